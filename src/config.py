@@ -1,0 +1,101 @@
+"""Structured-config schemas: Hydra checks every YAML and command-line override against these.
+
+A misspelt key or a value of the wrong type fails at start with Hydra's own message, before any work is done.
+The YAML files under ``conf/`` hold the values; these dataclasses hold the types and the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DataConf:
+    name: str = "shakespeare"  # shakespeare | text_file | synthetic
+    path: Optional[str] = None  # text_file only: the UTF-8 file to train on
+    batch_size: int = 32  # sequences per optimisation step (per device)
+    vocab_size: int = 64  # synthetic only: number of distinct random tokens (the prototype's 64)
+    num_tokens: int = 50_000  # synthetic only: corpus length (the prototype's 50 000)
+    val_fraction: float = 0.05  # contiguous tail of the corpus held out for validation ...
+    test_fraction: float = 0.05  # ... and, after it, for test
+    num_workers: int = 0  # DataLoader workers; 0 is fastest for in-memory character data
+
+
+@dataclass
+class ModelConf:
+    name: str = "baby"  # the preset's name, for run folders and summaries
+    seq_len: int = 128  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+
+@dataclass
+class DeviceConf:
+    name: str = "cpu"
+    accelerator: str = "cpu"  # cpu | cuda | mps | auto (Lightning's names)
+    devices: Any = 1  # how many, or "auto"
+    strategy: str = "auto"  # auto | ddp (Lightning's names)
+    precision: str = "32-true"  # e.g. bf16-mixed on a recent GPU
+    num_nodes: int = 1
+
+
+@dataclass
+class OptimConf:
+    lr: float = 2e-3  # peak learning rate after warm-up (nanoGPT baby uses 1e-3 at batch 12; we use batch 32)
+    min_lr: float = 2e-4  # end of the cosine decay (lr / 10, as nanoGPT)
+    warmup_steps: int = 100  # linear warm-up from 0
+    weight_decay: float = 0.1  # on matrices only, not on norms and biases
+    beta1: float = 0.9
+    beta2: float = 0.99  # nanoGPT's choice for small batches of characters
+    grad_clip: float = 1.0  # clip the gradient norm at this value (0 disables)
+
+
+@dataclass
+class TrainerConf:
+    max_steps: int = 2000  # optimisation steps
+    val_every: int = 250  # validate every this many steps
+    limit_val_batches: Any = 20  # batches per periodic validation (int or fraction); the final one uses all
+    log_every: int = 10  # steps between logged training scalars
+    fast_dev_run: bool = False  # one batch of each loop, no checkpoints: a smoke test
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    sample_chars: int = 200  # characters of generated text logged at each validation (0 disables)
+
+
+@dataclass
+class Config:
+    stage: str = "teacher"  # which stage `python -m src.train` runs; set by +experiment=...
+    seed: int = 1337
+    resume: Optional[str] = None  # a run folder or a last.ckpt: continue that run
+    data: DataConf = field(default_factory=DataConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    device: DeviceConf = field(default_factory=DeviceConf)
+    optim: OptimConf = field(default_factory=OptimConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+@dataclass
+class SampleConf:
+    ckpt: Optional[str] = None  # a teacher checkpoint (.ckpt) or a run folder holding checkpoints/best.ckpt
+    prompt: str = ""  # text to continue (every character must be in the model's vocabulary); empty: a newline
+    num_chars: int = 500  # characters to generate
+    temperature: float = 0.8  # < 1 sharper, > 1 more random
+    top_k: Optional[int] = None  # sample only among the k likeliest characters
+    num_samples: int = 1
+    seed: int = 1337
+    device: str = "cpu"
+
+
+def register_sample_config() -> None:
+    ConfigStore.instance().store(name="sample_schema", node=SampleConf)

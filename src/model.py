@@ -1,0 +1,193 @@
+"""A small GPT in the style of nanoGPT: config -> attention -> MLP -> block -> GPT.
+
+The teacher of every later stage. Two things are added to nanoGPT's design:
+
+* every block's attention is an ordinary sub-module, so a stage can swap it for another
+  causal attention (``GPT.set_attention``), e.g. a hybrid that is sparse in some heads;
+* ``GPT.forward(idx, signals=...)`` can return, for chosen layers, the teacher signals that the
+  distillation stages read: Q, K, V, the attention probabilities and each head's output.
+
+Shapes: B batch, T sequence length, C = d_model, nh heads, hs = C // nh head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65  # characters in the corpus; set from the data
+    seq_len: int = 128  # block size: the longest context the model sees
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    d_model: int = 128  # embedding width C; head size is d_model // n_head
+    dropout: float = 0.0  # 0 for small data on CPU, as nanoGPT's "baby" config
+    bias: bool = False  # biases in Linear and LayerNorm; False is a little better and faster
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass
+class AttentionSignals:
+    """What one layer's attention computed, per head, for a batch: the distillation targets."""
+
+    q: torch.Tensor  # (B, nh, T, hs)
+    k: torch.Tensor  # (B, nh, T, hs)
+    v: torch.Tensor  # (B, nh, T, hs)
+    probs: torch.Tensor  # (B, nh, T, T) causal softmax(q k^T / sqrt(hs)); zero above the diagonal
+    head_out: torch.Tensor  # (B, nh, T, hs) probs @ v, before the output projection
+
+
+def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Materialised causal softmax attention: (B, nh, T, hs) x2 -> (B, nh, T, T)."""
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Full multi-head causal attention (SDPA). The reference every sparse variant is measured against."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, nh, T, hs) -> output projection of the concatenated heads, (B, T, C)."""
+        B, nh, T, hs = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
+
+    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(x)  # (B, nh, T, hs)
+        if signals is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+        else:  # materialise the probabilities: the teacher signals
+            probs = causal_attention_probs(q, k)
+            y = probs @ v
+            signals.append(AttentionSignals(q=q, k=k, v=v, probs=probs, head_out=y))
+        return self.merge_heads(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn: nn.Module = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), signals)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding, tied to lm_head
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)  # learned positions
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def set_attention(self, layer: int, attn: nn.Module) -> None:
+        """Replace one block's attention by any module with the signature attn(x, signals=None)."""
+        self.blocks[layer].attn = attn
+
+    def forward(
+        self, idx: torch.Tensor, signals: dict[int, AttentionSignals] | None = None
+    ) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V).
+
+        Pass ``signals={layer: None, ...}`` to have the teacher signals of those layers filled in.
+        """
+        B, T = idx.shape
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence of length {T} is longer than model.seq_len={self.cfg.seq_len}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            box: list | None = [] if signals is not None and i in signals else None
+            x = block(x, box)
+            if box:
+                signals[i] = box[0]
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        """Sample max_new_tokens continuations of idx (B, T), cropping the context to seq_len."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.cfg.seq_len :])[:, -1, :] / max(temperature, 1e-6)  # (B, V)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1)], dim=1)
+        return idx

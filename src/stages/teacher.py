@@ -1,0 +1,197 @@
+"""Stage 1: train the teacher GPT with full causal attention (character-level language modelling).
+
+AdamW with linear warm-up and cosine decay, gradient clipping (Trainer), torchmetrics loss / perplexity / accuracy,
+a generated text sample in TensorBoard at every validation, best and last checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from src.data import CharDataModule, Vocab
+from src.errors import UserError
+from src.model import GPT, GPTConfig
+from src.runs import build_trainer, resume_checkpoint, scalar_metrics, write_json
+
+log = logging.getLogger(__name__)
+
+
+def gpt_config(model: dict, vocab_size: int) -> GPTConfig:
+    """Model group of the Hydra config (+ the data's vocabulary size) -> GPTConfig; extra keys ignored."""
+    names = {f.name for f in fields(GPTConfig)}
+    try:
+        return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in model.items() if k in names})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
+    """Learning rate at ``step``: linear warm-up to lr, then cosine decay to min_lr at ``total`` steps."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+class TeacherLM(L.LightningModule):
+    """Language-model training of :class:`GPT`; the vocabulary is a hyper-parameter, so it lives in every checkpoint."""
+
+    def __init__(self, model: dict, vocab: list[str], optim: dict, max_steps: int = 2000, sample_chars: int = 200):
+        super().__init__()
+        self.save_hyperparameters()
+        self.vocab = Vocab(list(vocab))
+        self.gpt = GPT(gpt_config(model, len(vocab)))
+        V = len(vocab)
+        self.metrics = torch.nn.ModuleDict(
+            {
+                split: torch.nn.ModuleDict(
+                    {"loss": MeanMetric(), "ppl": Perplexity(), "acc": MulticlassAccuracy(V, average="micro")}
+                )
+                for split in ("val", "test")
+            }
+        )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.gpt(idx)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch  # (B, T) each
+        logits = self.gpt(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, split: str) -> None:
+        x, y = batch
+        logits = self.gpt(x)
+        m = self.metrics[split]
+        m["loss"].update(F.cross_entropy(logits.flatten(0, 1), y.flatten()), weight=y.numel())
+        m["ppl"].update(logits, y)
+        m["acc"].update(logits.flatten(0, 1), y.flatten())
+        for name, metric in m.items():
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        val = self.trainer.callback_metrics.get("val/loss")
+        if val is not None:
+            log.info("step %d: val/loss %.4f", self.global_step, float(val))
+        if self.hparams.sample_chars:
+            self._log_sample()
+
+    @rank_zero_only
+    def _log_sample(self) -> None:
+        text = self.sample(self.hparams.sample_chars)
+        if self.logger is not None and hasattr(self.logger.experiment, "add_text"):
+            # markdown: keep line breaks visible in TensorBoard's text tab
+            self.logger.experiment.add_text("sample", "    " + text.replace("\n", "\n    "), self.global_step)
+
+    @torch.no_grad()
+    def sample(self, num_chars: int, prompt: str = "", temperature: float = 0.8, top_k: int | None = None) -> str:
+        """Continue ``prompt`` by num_chars characters; an empty prompt starts from a newline (or token 0)."""
+        was_training = self.training
+        self.eval()
+        ids = self.vocab.encode(prompt) if prompt else torch.tensor([self.vocab.stoi.get("\n", 0)])
+        out = self.gpt.generate(ids[None].to(self.device), num_chars, temperature=temperature, top_k=top_k)
+        self.train(was_training)
+        return self.vocab.decode(out[0, len(ids) :].tolist())
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in self.parameters() if p.dim() < 2]  # norms and biases
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"],
+            betas=(o["beta1"], o["beta2"]),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: warmup_cosine(s, o["warmup_steps"], self.hparams.max_steps, o["lr"], o["min_lr"]) / o["lr"],
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDataModule:
+    d = cfg.data
+    dm = CharDataModule(
+        name=d.name,
+        seq_len=cfg.model.seq_len,
+        batch_size=d.batch_size,
+        path=d.path,
+        vocab_size=d.vocab_size,
+        num_tokens=d.num_tokens,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        num_workers=d.num_workers,
+        seed=cfg.seed,
+        vocab=vocab,
+    )
+    dm.setup()
+    return dm
+
+
+def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
+    """A trained teacher from its checkpoint, with one clear message when the file is missing or not a teacher."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no teacher checkpoint at {p}: train one with `python -m src.train +experiment=teacher`")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated file, not a torch file, ...
+        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "vocab" not in hp or "model" not in hp or "state_dict" not in ckpt:
+        raise UserError(f"{p} is not a teacher checkpoint of this project: train one with `python -m src.train +experiment=teacher`")
+    module = TeacherLM(**hp)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(cfg.resume)
+    dm = build_datamodule(cfg)
+    log.info("data %s", dm.summary())
+    module = TeacherLM(
+        model=OmegaConf.to_container(cfg.model),
+        vocab=dm.vocab.itos,
+        optim=OmegaConf.to_container(cfg.optim),
+        max_steps=cfg.trainer.max_steps,
+        sample_chars=cfg.trainer.sample_chars,
+    )
+    log.info("model %s: %.2f M parameters", cfg.model.name, module.gpt.num_params() / 1e6)
+    trainer = build_trainer(cfg, run_dir, monitor="val/loss")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    best = None if cfg.trainer.fast_dev_run else trainer.checkpoint_callback.best_model_path or None
+    test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    result = {
+        "stage": "teacher",
+        "run_dir": str(run_dir),
+        "checkpoint": best,
+        "steps": trainer.global_step,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
+        **scalar_metrics(test[0] if test else {}),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", result)
+    return result

@@ -1,0 +1,55 @@
+"""Every config file composes against the schemas; mistakes fail at start with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from tests.conftest import CONF, compose_config
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
+
+
+def test_groups_exist():
+    assert {"data", "model", "device", "experiment"} <= GROUPS.keys()
+    assert {"tiny", "small", "base", "medium", "large", "xl", "baby"} <= set(GROUPS["model"])
+    assert {"cpu", "cuda", "mps", "auto", "ddp"} <= set(GROUPS["device"])
+    assert {"shakespeare", "text_file", "synthetic"} <= set(GROUPS["data"])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes(group, option):
+    override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
+    cfg = compose_config([override])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group == "model":
+        assert cfg.model.name == option
+        assert cfg.model.d_model % cfg.model.n_head == 0
+
+
+def test_model_grid_matches_prototype():
+    expected = {"tiny": (128, 2, 64), "small": (256, 4, 128), "base": (512, 8, 256),
+                "medium": (768, 12, 512), "large": (1024, 16, 1024), "xl": (1280, 20, 2048)}
+    for name, (d, h, t) in expected.items():
+        m = compose_config([f"model={name}"]).model
+        assert (m.d_model, m.n_head, m.seq_len) == (d, h, t)
+        assert m.d_model // m.n_head == 64
+
+
+def test_misspelt_key_fails():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config(["model.d_modle=64"])
+    assert "d_modle" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_fails():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_config(["model.n_layer=four"])
+    assert "n_layer" in str(e.value) or "n_layer" in str(e.value.__cause__)
+
+
+def test_sample_config_composes():
+    cfg = compose_config(["ckpt=x.ckpt"], config_name="sample")
+    assert cfg.ckpt == "x.ckpt" and cfg.num_chars > 0

@@ -1,0 +1,98 @@
+"""Corpus builders, vocabulary, splits and each bad-input message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.data import CharDataModule, Vocab, shakespeare_text, strip_markdown
+from src.errors import UserError
+
+MARKDOWN = """# Hamlet
+
+## ACT I
+
+### SCENE I. Elsinore.
+
+_Enter BERNARDO_
+
+**BERNARDO**  
+Who's there? \\[Aside]  
+Long live the king!
+
+**MARCELLUS & BERNARDO**  
+Longer, longer.
+"""
+
+
+def test_strip_markdown():
+    text = strip_markdown(MARKDOWN)
+    assert text == (
+        "Hamlet\n\nACT I\n\nSCENE I. Elsinore.\n\nEnter BERNARDO\n\n"
+        "BERNARDO:\nWho's there? [Aside]\nLong live the king!\n\nMARCELLUS & BERNARDO:\nLonger, longer.\n"
+    )
+
+
+def test_shakespeare_corpus():
+    text = shakespeare_text()
+    assert 4_500_000 < len(text) < 5_500_000
+    assert not set("*_#\\") & set(text)
+    assert "HAMLET:\nTo be, or not to be" in text
+    assert 60 < len(set(text)) < 100
+
+
+def test_splits_deterministic_and_disjoint():
+    a, b = CharDataModule(seq_len=64), CharDataModule(seq_len=64)
+    a.setup(), b.setup()
+    assert a.vocab.itos == b.vocab.itos
+    n = sum(len(v) for v in a.splits.values())
+    assert len(a.splits["val"]) == len(a.splits["test"]) == int(n * 0.05)
+    for k in a.splits:
+        assert torch.equal(a.splits[k], b.splits[k])
+    x, y = next(iter(a.val_dataloader()))
+    assert x.shape == (32, 64) and torch.equal(x[0, 1:], y[0, :-1])
+    assert torch.equal(x[0], a.splits["val"][:64])
+
+
+def test_synthetic_matches_prototype():
+    dm = CharDataModule(name="synthetic", seq_len=64)
+    dm.setup()
+    assert len(dm.vocab) == 64 and sum(len(v) for v in dm.splits.values()) == 50_000
+
+
+def test_text_file(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("hello world\n" * 200, encoding="utf-8")
+    dm = CharDataModule(name="text_file", path=str(f), seq_len=16, batch_size=4)
+    dm.setup()
+    assert dm.vocab.itos == sorted(set("hello world\n"))
+    assert dm.vocab.decode(dm.splits["train"][:11].tolist()) == "hello world"
+
+
+def test_vocab_round_trip_and_unknown():
+    v = Vocab.from_text("abc\n")
+    assert v.decode(v.encode("cab\n")) == "cab\n"
+    with pytest.raises(UserError, match="not in the model's vocabulary"):
+        v.encode("abz")
+
+
+@pytest.mark.parametrize(
+    "make,msg",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_text(""), "is empty"),
+        (lambda p: p.write_bytes(b"\xff\xfe\x00bad"), "not UTF-8"),
+        (lambda p: p.write_text("short text"), "too short for seq_len"),
+    ],
+    ids=["missing", "empty", "not-utf8", "too-short"],
+)
+def test_bad_text_file(tmp_path, make, msg):
+    p = tmp_path / "corpus.txt"
+    make(p)
+    with pytest.raises(UserError, match=msg):
+        CharDataModule(name="text_file", path=str(p), seq_len=64).setup()
+
+
+def test_text_file_needs_path():
+    with pytest.raises(UserError, match="data.path="):
+        CharDataModule(name="text_file").setup()

@@ -1,0 +1,84 @@
+"""The GPT: shapes, causality, teacher signals, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.model import GPT, GPTConfig
+
+
+def tiny_gpt(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{"vocab_size": 17, "seq_len": 24, "n_layer": 2, "n_head": 2, "d_model": 32, **kw})).eval()
+
+
+def test_shapes():
+    m = tiny_gpt()
+    assert m(torch.randint(0, 17, (3, 24))).shape == (3, 24, 17)
+    assert m(torch.randint(0, 17, (1, 5))).shape == (1, 5, 17)
+
+
+def test_causal():
+    """Logits at position t do not change when tokens after t change."""
+    m = tiny_gpt()
+    x = torch.randint(0, 17, (2, 24))
+    for t in (0, 7, 22):
+        y = x.clone()
+        y[:, t + 1 :] = torch.randint(0, 17, y[:, t + 1 :].shape)
+        assert not torch.equal(x, y) or t == 23
+        torch.testing.assert_close(m(x)[:, : t + 1], m(y)[:, : t + 1])
+    # and the last position does see the tokens before it
+    y = x.clone()
+    y[:, 0] = (x[:, 0] + 1) % 17
+    assert not torch.allclose(m(x)[:, -1], m(y)[:, -1])
+
+
+def test_signals_match_sdpa_path():
+    m = tiny_gpt()
+    x = torch.randint(0, 17, (2, 24))
+    signals = {0: None, 1: None}
+    logits = m(x, signals=signals)
+    torch.testing.assert_close(logits, m(x), atol=1e-5, rtol=1e-5)
+    s = signals[1]
+    B, nh, T, hs = 2, 2, 24, 16
+    assert s.q.shape == s.k.shape == s.v.shape == s.head_out.shape == (B, nh, T, hs)
+    assert s.probs.shape == (B, nh, T, T)
+    torch.testing.assert_close(s.probs.sum(-1), torch.ones(B, nh, T))
+    assert torch.all(s.probs.triu(1) == 0)  # no weight on future keys
+    ref = F.scaled_dot_product_attention(s.q, s.k, s.v, is_causal=True)
+    torch.testing.assert_close(s.head_out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_set_attention_swaps_one_layer():
+    m = tiny_gpt()
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, signals=None):
+            return torch.zeros_like(x)
+
+    x = torch.randint(0, 17, (1, 24))
+    before = m(x)
+    m.set_attention(1, Zero())
+    assert not torch.allclose(before, m(x))
+
+
+def test_too_long_sequence():
+    with pytest.raises(ValueError, match="longer than model.seq_len"):
+        tiny_gpt()(torch.zeros(1, 25, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout")],
+)
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        GPTConfig(**kw)
+
+
+def test_generate_length():
+    m = tiny_gpt()
+    out = m.generate(torch.zeros(1, 3, dtype=torch.long), 30, top_k=5)
+    assert out.shape == (1, 33)
