@@ -19,7 +19,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m src.train $(ARGS)
+	$(PY) -m src.train +experiment=pipeline $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -69,6 +69,38 @@ class TrainerConf:
 
 
 @dataclass
+class TeacherConf:
+    ckpt: Optional[str] = None  # teacher checkpoint; None: the newest compatible teacher under outputs/
+
+
+@dataclass
+class HybridConf:
+    layers: Any = field(default_factory=lambda: [0])  # sparse layers: a list of indices or "all"
+    heads: Any = field(default_factory=lambda: [0])  # sparse heads in each of those layers: a list or "all"
+    top_k: int = 8  # keys each query keeps (the prototype's script uses 3, its analyses 8 and 16)
+
+
+@dataclass
+class SelectorConf:
+    name: str = "indexer"  # mlp | indexer | oracle  (Hydra group selector/)
+    hidden: int = 64  # mlp: hidden width (the prototype's 64)
+    d_index: int = 16  # indexer: width of the index queries and keys
+    loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the selector's own
+    max_steps: int = 300  # distillation steps
+    lr: float = 3e-3  # the prototype's 3e-3
+    ckpt: Optional[str] = None  # a distill_selector checkpoint for the next stage; None: the newest compatible one
+
+
+@dataclass
+class ApproximatorConf:
+    name: str = "softmax"  # mlp | softmax  (Hydra group approximator/)
+    hidden: int = 64  # mlp: hidden width (the prototype's 64)
+    max_steps: int = 300  # distillation steps (none for softmax: nothing to learn)
+    lr: float = 3e-3
+    ckpt: Optional[str] = None  # a distill_approximator checkpoint (the whole hybrid); None: the newest compatible one
+
+
+@dataclass
 class Config:
     stage: str = "teacher"  # which stage `python -m src.train` runs; set by +experiment=...
     seed: int = 1337
@@ -78,6 +110,10 @@ class Config:
     device: DeviceConf = field(default_factory=DeviceConf)
     optim: OptimConf = field(default_factory=OptimConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    teacher: TeacherConf = field(default_factory=TeacherConf)
+    hybrid: HybridConf = field(default_factory=HybridConf)
+    selector: SelectorConf = field(default_factory=SelectorConf)
+    approximator: ApproximatorConf = field(default_factory=ApproximatorConf)
 
 
 def register_configs() -> None:

@@ -50,6 +50,7 @@ class GPTConfig:
 class AttentionSignals:
     """What one layer's attention computed, per head, for a batch: the distillation targets."""
 
+    x: torch.Tensor  # (B, T, C) the attention's input (after ln_1): what content-based selectors read
     q: torch.Tensor  # (B, nh, T, hs)
     k: torch.Tensor  # (B, nh, T, hs)
     v: torch.Tensor  # (B, nh, T, hs)
@@ -96,7 +97,7 @@ class CausalSelfAttention(nn.Module):
         else:  # materialise the probabilities: the teacher signals
             probs = causal_attention_probs(q, k)
             y = probs @ v
-            signals.append(AttentionSignals(q=q, k=k, v=v, probs=probs, head_out=y))
+            signals.append(AttentionSignals(x=x, q=q, k=k, v=v, probs=probs, head_out=y))
         return self.merge_heads(y)
 
 
@@ -122,8 +123,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), signals)
+    def forward(self, x: torch.Tensor, signals: list | None = None, attn: nn.Module | None = None) -> torch.Tensor:
+        x = x + (attn or self.attn)(self.ln_1(x), signals)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -161,11 +162,16 @@ class GPT(nn.Module):
         self.blocks[layer].attn = attn
 
     def forward(
-        self, idx: torch.Tensor, signals: dict[int, AttentionSignals] | None = None
+        self,
+        idx: torch.Tensor,
+        signals: dict[int, AttentionSignals] | None = None,
+        attention: dict[int, nn.Module] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V).
 
-        Pass ``signals={layer: None, ...}`` to have the teacher signals of those layers filled in.
+        Pass ``signals={layer: None, ...}`` to have the teacher signals of those layers filled in, and
+        ``attention={layer: module}`` to run those layers with another attention for this call only
+        (how a hybrid runs on the teacher's weights without copying them).
         """
         B, T = idx.shape
         if T > self.cfg.seq_len:
@@ -174,7 +180,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             box: list | None = [] if signals is not None and i in signals else None
-            x = block(x, box)
+            x = block(x, box, attention.get(i) if attention else None)
             if box:
                 signals[i] = box[0]
         return self.lm_head(self.ln_f(x))  # (B, T, V)

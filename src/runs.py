@@ -31,6 +31,8 @@ def run_dir_for(resume: str | None, stage: str, model_name: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("idiv"):  # e.g. hybrid.top_k: ${idiv:${model.seq_len},8}
+        OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b))
 
 
 def resume_checkpoint(resume: str | None) -> str | None:
@@ -47,34 +49,48 @@ def resume_checkpoint(resume: str | None) -> str | None:
     return str(ckpt)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str = "min") -> L.Trainer:
-    """The Trainer of every stage: TensorBoard in RUN/tensorboard, best/last checkpoints in RUN/checkpoints."""
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    monitor: str | None,
+    mode: str = "min",
+    max_steps: int | None = None,
+    val_every: int | None = None,
+) -> L.Trainer:
+    """The Trainer of every stage: TensorBoard in RUN/tensorboard, best/last checkpoints in RUN/checkpoints.
+
+    ``monitor`` names the validation metric that picks best.ckpt (None: no checkpoints, e.g. evaluation);
+    ``max_steps`` / ``val_every`` override ``trainer.*`` for stages with budgets of their own.
+    """
     t, d = cfg.trainer, cfg.device
+    max_steps = t.max_steps if max_steps is None else max_steps
+    val_every = t.val_every if val_every is None else val_every
     callbacks: list[L.Callback] = [TokensPerSecond(every_n_steps=t.log_every)]
     logger = False
     if not t.fast_dev_run:
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False)
-        callbacks += [
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
-                monitor=monitor,
-                mode=mode,
-                save_top_k=1,
-                save_last=True,
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            ),
-            LearningRateMonitor(logging_interval="step"),
-        ]
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if monitor:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    filename="best",
+                    monitor=monitor,
+                    mode=mode,
+                    save_top_k=1,
+                    save_last=True,
+                    auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                )
+            )
     return L.Trainer(
         accelerator=d.accelerator,
         devices=d.devices,
         strategy=d.strategy,
         num_nodes=d.num_nodes,
         precision=d.precision,
-        max_steps=t.max_steps,
-        val_check_interval=min(t.val_every, t.max_steps),  # so that the last steps are validated too
+        max_steps=max_steps,
+        val_check_interval=max(1, min(val_every, max_steps)),  # so that the last steps are validated too
         check_val_every_n_epoch=None,  # count validation intervals in steps, across epochs
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every,
@@ -83,6 +99,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str = "min
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=True,
+        enable_checkpointing=bool(monitor) and not t.fast_dev_run,
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
@@ -100,3 +117,61 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def saved_checkpoint(trainer: L.Trainer, run_dir: Path) -> str:
+    """The checkpoint a stage hands on: best.ckpt when validation picked one, else the final weights (saved now).
+
+    Even a fast_dev_run leaves one, so that a pipeline can chain its stages in a smoke test; ``find_run``
+    never offers a fast_dev_run's checkpoint to a later run.
+    """
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.best_model_path:
+        return cb.best_model_path
+    path = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------- finding runs
+
+
+def model_spec(cfg: DictConfig) -> dict:
+    """What a checkpoint's model must match: its shape, not its preset name."""
+    return {k: cfg.model[k] for k in ("n_layer", "n_head", "d_model", "seq_len", "bias")}
+
+
+def data_spec(cfg: DictConfig) -> dict:
+    d = cfg.data
+    spec = {"name": d.name}
+    if d.name == "text_file":
+        spec["path"] = str(Path(d.path).expanduser().resolve()) if d.path else None
+    if d.name == "synthetic":
+        spec.update(vocab_size=d.vocab_size, num_tokens=d.num_tokens)
+    return spec
+
+
+def stage_spec(cfg: DictConfig, stage: str) -> dict:
+    """The settings a stage's output depends on; a later run reuses an earlier one only when they are equal."""
+    spec = {"model": model_spec(cfg), "data": data_spec(cfg)}
+    if stage in ("distill_selector", "distill_approximator"):
+        spec["hybrid"] = OmegaConf.to_container(cfg.hybrid, resolve=True)
+        spec["selector"] = {k: cfg.selector[k] for k in ("name", "hidden", "d_index", "loss")}
+    if stage == "distill_approximator":
+        spec["approximator"] = {k: cfg.approximator[k] for k in ("name", "hidden")}
+    return spec
+
+
+def find_run(stage: str, spec: dict, root: Path | None = None) -> str | None:
+    """The checkpoint of the newest finished run of ``stage`` under outputs/ whose spec equals ``spec``."""
+    root = root or OUTPUT_ROOT
+    found = []
+    for f in root.glob("**/metrics.json"):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        ckpt = m.get("checkpoint")
+        if m.get("stage") == stage and m.get("spec") == spec and not m.get("fast_dev_run") and ckpt and Path(ckpt).is_file():
+            found.append((Path(ckpt).stat().st_mtime, ckpt))
+    return max(found)[1] if found else None

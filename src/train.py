@@ -30,9 +30,15 @@ warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*"
 
 def stages() -> dict:
     """Stage name -> ``run(cfg, run_dir) -> dict``; imported lazily so that `--help` stays quick."""
-    from src.stages import teacher
+    from src.stages import distill_approximator, distill_selector, evaluate, pipeline, teacher
 
-    return {"teacher": teacher.run}
+    return {
+        "teacher": teacher.run,
+        "distill_selector": distill_selector.run,
+        "distill_approximator": distill_approximator.run,
+        "evaluate": evaluate.run,
+        "pipeline": pipeline.run,
+    }
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -40,19 +46,35 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.stage not in table:
         raise UserError(f"stage={cfg.stage!r} is unknown: use one of {', '.join(table)} (or +experiment=NAME)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = table[cfg.stage](cfg, run_dir)
-    return result
+    return table[cfg.stage](cfg, run_dir)
 
 
-def _print_summary(result: dict) -> None:
+SUMMARY_KEYS = (
+    "best_val_loss", "test/loss", "test/ppl", "test/acc",  # teacher
+    "val/mass_recall", "val/recall", "val/top1_acc",  # selector
+    "val/approx_rel_err", "val/hybrid_loss",  # approximator
+    "test/teacher_loss", "test/hybrid_loss", "test/loss_change_pct", "test/kl_teacher_hybrid",
+    "test/logits_rel_err", "test/mass_recall", "test/recall", "test/top1_acc",  # evaluation
+)
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The lines a user needs at the end of a run: where it is, what it reached."""
     lines = [f"run folder: {result.get('run_dir')}"]
-    if result.get("checkpoint"):
-        lines.append(f"checkpoint: {result['checkpoint']}")
-    for key in ("best_val_loss", "test/loss", "test/ppl", "test/acc"):
-        if result.get(key) is not None:
-            lines.append(f"{key}: {result[key]:.4f}" + (" nats/char" if key.endswith("loss") else ""))
+    parts = [result] + [result[k] for k in ("teacher", "selector", "approximator", "evaluate") if k in result]
+    for part in parts:
+        prefix = f"{part['stage']}: " if part is not result else ""
+        if part.get("checkpoint") and (part is not result or len(parts) == 1):
+            lines.append(f"{prefix}checkpoint: {part['checkpoint']}")
+        for key in SUMMARY_KEYS:
+            if part.get(key) is not None:
+                unit = " nats/char" if key.endswith("loss") else ("%" if key.endswith("pct") else "")
+                lines.append(f"{prefix}{key}: {part[key]:.4f}{unit}")
+    results = Path(str(result.get("run_dir"))) / "results.md"
+    if results.is_file():
+        lines.append(f"results: {results}")
     lines.append(f"TensorBoard: tensorboard --logdir {result.get('run_dir')}")
-    print("\n".join(lines), flush=True)
+    return lines
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -68,8 +90,8 @@ def main(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:  # one bad job must not stop the sweep
             return None
         sys.exit(2)
-    _print_summary(result)
-    return result.get("best_val_loss")
+    print("\n".join(summary_lines(result)), flush=True)
+    return result.get("best_val_loss") or result.get("test/hybrid_loss")
 
 
 if __name__ == "__main__":

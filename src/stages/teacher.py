@@ -23,7 +23,7 @@ from torchmetrics.text import Perplexity
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.model import GPT, GPTConfig
-from src.runs import build_trainer, resume_checkpoint, scalar_metrics, write_json
+from src.runs import build_trainer, resume_checkpoint, saved_checkpoint, scalar_metrics, stage_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("model %s: %.2f M parameters", cfg.model.name, module.gpt.num_params() / 1e6)
     trainer = build_trainer(cfg, run_dir, monitor="val/loss")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    best = None if cfg.trainer.fast_dev_run else trainer.checkpoint_callback.best_model_path or None
-    test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    checkpoint = saved_checkpoint(trainer, run_dir)
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
     result = {
         "stage": "teacher",
         "run_dir": str(run_dir),
-        "checkpoint": best,
+        "checkpoint": checkpoint,
+        "spec": stage_spec(cfg, "teacher"),
+        "fast_dev_run": bool(cfg.trainer.fast_dev_run),
         "steps": trainer.global_step,
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
+        "best_val_loss": float(best) if best is not None else None,
         **scalar_metrics(test[0] if test else {}),
     }
     if trainer.is_global_zero:

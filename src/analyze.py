@@ -1,0 +1,324 @@
+"""Analyses that need no training run: ``python -m src.analyze SUBCOMMAND [...]``.
+
+    python -m src.analyze costs [--out DIR]   # the analytic cost model (src/costs.py): tables, CSVs, a plot
+
+Each subcommand is one entry of ``SUBCOMMANDS``: a help line, a function adding its arguments, a function running
+it. Bad arguments end with one line ``error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from src import costs
+from src.costs import GRID, PAIRS, ComponentSizes
+from src.errors import UserError
+
+# --------------------------------------------------------------------------------------------------------------
+# number formats: as the prototype's README printed them
+
+
+def millions(x: float) -> str:
+    """67108864 -> '67.1' (units of 10⁶, one decimal, thousands separated)."""
+    return f"{x / 1e6:,.1f}"
+
+
+def megabytes(x: float) -> str:
+    """Bytes -> MB (10⁶ bytes), one decimal as the prototype printed; three where that would show 0.0."""
+    return millions(x) if x >= 0.05e6 else f"{x / 1e6:.3f}"
+
+
+def times(x: float) -> str:
+    """2.2857 -> '2.29×'."""
+    return f"{x:.2f}×"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """align: one 'l' or 'r' per column."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, rule, *rows])
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# costs: 1. prototype accounting
+
+XL_FOOTNOTE = (
+    '¹ The prototype\'s README labels this row "2048d"; its numbers are those of d_model = 1280, T = 2048 '
+    "(2·2048²·1280 = 10,737.4 M)."
+)
+
+
+def prototype_markdown() -> str:
+    compute = [
+        [f"{r.d_model}d / {r.seq_len}" + (" ¹" if (r.d_model, r.seq_len) == (1280, 2048) else ""),
+         millions(r.dense_macs), millions(r.sparse_macs), times(r.speedup)]
+        for r in costs.prototype_compute_rows()
+    ]
+    memory = [
+        [f"{r.d_model}d / {r.seq_len}" + (" ²" if (r.d_model, r.seq_len) == (512, 512) else ""), str(r.n_head),
+         str(r.k), megabytes(r.dense_bytes), megabytes(r.sparse_bytes), f"{r.ratio:.0f}×"]
+        for r in costs.prototype_memory_rows()
+    ]
+    return "\n\n".join([
+        "## Prototype accounting (its README's tables, reproduced)",
+        "### Compute: MACs (the prototype calls them FLOPs); dense = all heads, no causal mask; "
+        "sparse = ONE head's selector + approximator, nothing for the other heads",
+        f"Dense = 2·T²·d. Sparse = selector T·hs·h + T·h·T + approximator T·(k·hs)·h + T·h·hs, with hs = "
+        f"{costs.PROTO_HEAD_DIM}, k = {costs.PROTO_K}, h = {costs.PROTO_HIDDEN}. Millions of MACs.",
+        markdown_table(["d_model / T", "dense (M, all heads)", "sparse (M, one head)", "speed-up"], compute, "lrrr"),
+        XL_FOOTNOTE,
+        "### Memory: attention-probability matrices only, one layer (batch 8, fp32)",
+        f"Dense = B·nh·T²·4 bytes; sparse = B·nh·T·k·4 bytes with k = min(32, T/8); B = {costs.PROTO_BATCH}, "
+        "nh = d_model / 64. Activations, weights and the selected indices are not counted. MB = 10⁶ bytes.",
+        markdown_table(["d_model / T", "heads", "k", "dense (MB)", "sparse (MB)", "ratio"], memory, "lrrrrr"),
+        "² The README's check row (not a size of the grid).",
+    ])
+
+
+def prototype_csv_rows() -> tuple[list[dict], list[dict]]:
+    compute = [
+        {"d_model": r.d_model, "seq_len": r.seq_len, "dense_macs_all_heads": r.dense_macs,
+         "sparse_macs_one_head": r.sparse_macs, "speedup": round(r.speedup, 4)}
+        for r in costs.prototype_compute_rows()
+    ]
+    memory = [
+        {"d_model": r.d_model, "seq_len": r.seq_len, "n_head": r.n_head, "k": r.k, "batch": costs.PROTO_BATCH,
+         "dense_bytes": r.dense_bytes, "sparse_bytes": r.sparse_bytes, "ratio": round(r.ratio, 4)}
+        for r in costs.prototype_memory_rows()
+    ]
+    return compute, memory
+
+
+# --------------------------------------------------------------------------------------------------------------
+# costs: 2. full accounting
+
+
+def crossover_text(T: int | None) -> str:
+    return f"{T:,}" if T is not None else f"none ≤ {costs.POW2_SEQ_LENS[-1]:,}"
+
+
+def full_markdown(rows: list[costs.PairCost], crossovers: dict, k: int | None, sizes: ComponentSizes) -> str:
+    n_layer = rows[0].n_layer
+    dense_rows, seen = [], set()
+    for r in rows:
+        if r.size.name in seen:
+            continue
+        seen.add(r.size.name)
+        s = r.size
+        dense_rows.append([s.name, f"{s.d_model} / {s.n_head} / {s.seq_len}", millions(r.dense_attn.flops),
+                           millions(r.rest.flops), f"{r.attn_share:.1%}", millions(r.dense_model_flops)])
+    pair_rows = [
+        [r.size.name, r.pair, str(r.k), millions(r.sparse_attn.flops), times(r.attn_speedup),
+         millions(r.sparse_model_flops), times(r.model_speedup), crossover_text(crossovers[r.size, r.pair])]
+        for r in rows
+    ]
+    return "\n\n".join([
+        "## Full accounting: FLOPs = 2·MACs, every head, causal, selector included",
+        f"Forward pass of one sequence. n_layer = {n_layer}; k = {'T/8' if k is None else k} keys per query; "
+        f"mlp selector hidden {sizes.selector_hidden}, mlp approximator hidden {sizes.approximator_hidden}, "
+        f"indexer d_index {sizes.d_index}, block size {sizes.block}; softmax {sizes.softmax_ops} FLOPs per score, "
+        f"top-k {sizes.topk_ops} FLOP per candidate. Attention = the attention core (QK^T, softmax, PV or "
+        "selector + approximator); projections (4·T·d² MACs) + MLP (8·T·d² MACs) are the same for dense and "
+        "sparse. Millions of FLOPs.",
+        "### Dense (SDPA) per layer and per model",
+        markdown_table(["model", "d_model / heads / T", "attention (M/layer)", "proj. + MLP (M/layer)",
+                        "attention share", f"model (M, {n_layer} layers)"], dense_rows, "llrrrr"),
+        "### Sparse pairs (selector+approximator) in every head of every layer",
+        markdown_table(["model", "pair", "k", "attention (M/layer)", "attention speed-up", "model (M)",
+                        "model speed-up", "crossover T ³"], pair_rows, "lllrrrrr"),
+        "k = keys each query's approximator reads (block: rounded up to whole blocks of the block size).",
+        "³ Smallest power-of-two T at which the pair's attention core costs fewer FLOPs than dense, at this "
+        "d_model / heads and the same k rule.",
+    ])
+
+
+def full_csv_rows(rows: list[costs.PairCost], crossovers: dict, sizes: ComponentSizes) -> list[dict]:
+    return [
+        {"model": r.size.name, "d_model": r.size.d_model, "n_head": r.size.n_head, "seq_len": r.size.seq_len,
+         "n_layer": r.n_layer, "k": r.k, "pair": r.pair, "selector_hidden": sizes.selector_hidden,
+         "approximator_hidden": sizes.approximator_hidden, "d_index": sizes.d_index, "block": sizes.block,
+         "dense_attn_flops": r.dense_attn.flops, "sparse_attn_flops": r.sparse_attn.flops,
+         "rest_flops": r.rest.flops, "attn_speedup": round(r.attn_speedup, 4),
+         "dense_model_flops": r.dense_model_flops, "sparse_model_flops": r.sparse_model_flops,
+         "model_speedup": round(r.model_speedup, 4), "attn_share": round(r.attn_share, 4),
+         "crossover_seq_len": crossovers[r.size, r.pair] or ""}
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# costs: 3. the plot
+
+SCALING_SIZE = GRID[4]  # the right panel varies T at this width (1024 d_model, 16 heads of 64)
+SCALING_SEQ_LENS = tuple(2**i for i in range(4, 17))  # 16 ... 65,536
+
+
+def plot_compute_scaling(path: Path, rows: list[costs.PairCost], k: int | None, sizes: ComponentSizes) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 8))
+    colors = dict(zip(PAIRS, plt.get_cmap("tab10").colors[1:]))
+
+    # left: per-layer cost against the grid's sizes, both accountings
+    d = [s.d_model for s in GRID]
+    proto = costs.prototype_compute_rows()
+    left.plot(d, [r.dense_macs for r in proto], "k--", marker="s", ms=10, mfc="none",
+              label="dense — prototype accounting: all heads, no causal mask (MACs)")
+    left.plot(d, [r.sparse_macs for r in proto], "--", color=colors["mlp+mlp"], marker="s",
+              label="mlp+mlp, k=8, h=128 — prototype accounting: one head (MACs)")
+    by_pair = {p: [r for r in rows if r.pair == p] for p in PAIRS}
+    first = by_pair[PAIRS[0]]
+    left.plot(d, [r.dense_attn.flops for r in first], "k-", marker="o", lw=2,
+              label="dense SDPA — full accounting: all heads, causal (FLOPs)")
+    for p, rs in by_pair.items():
+        left.plot(d, [r.sparse_attn.flops for r in rs], "-", color=colors[p], marker="o",
+                  label=f"{p} — full accounting: all heads, causal (FLOPs)")
+    left.plot(d, [r.rest.flops for r in first], ":", color="grey", lw=2,
+              label="projections + MLP, unchanged — full accounting (FLOPs)")
+    left.set(xscale="log", yscale="log", xlabel="model size (d_model / T)", ylabel="per layer, one sequence",
+             title="Cost per layer vs model size\nprototype accounting (dashed) vs full accounting (solid)")
+    left.set_xticks(d, [f"{s.d_model}d/{s.seq_len}" for s in GRID], rotation=30)
+    left.minorticks_off()
+    left.grid(True, which="major", alpha=0.3)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+
+    # right: attention speed-up against T at one width, crossover marked
+    s = SCALING_SIZE
+    Ts = SCALING_SEQ_LENS
+    right.plot(Ts, [costs.prototype_dense_macs(T, s.d_model) / costs.prototype_sparse_macs(T) for T in Ts],
+               "--", color=colors["mlp+mlp"], marker="s",
+               label="mlp+mlp, k=8, h=128 — prototype accounting (one head)")
+    for p in PAIRS:
+        ups = [costs.dense_layer(s.d_model, s.n_head, T, sizes).flops
+               / costs.sparse_layer(p, s.d_model, s.n_head, T, k, sizes).flops for T in Ts]
+        cross = costs.crossover_seq_len(p, s.d_model, s.n_head, k=k, sizes=sizes)
+        right.plot(Ts, ups, "-", color=colors[p], marker="o",
+                   label=f"{p} — full accounting (crossover T: {crossover_text(cross)})")
+        if cross in Ts:
+            up = ups[Ts.index(cross)]
+            right.plot([cross], [up], marker="*", ms=18, color=colors[p], mec="k", zorder=5)
+            right.annotate(f"T={cross:,}", (cross, up), textcoords="offset points", xytext=(6, -14), fontsize=8)
+    right.axhline(1.0, color="k", lw=1)
+    right.text(Ts[-1], 0.92, "1× = dense", fontsize=8, ha="right", va="top")
+    right.set(xscale="log", yscale="log", xlabel="sequence length T",
+              ylabel="attention-core speed-up over dense (FLOPs ratio)",
+              title=f"Attention speed-up vs T at d_model={s.d_model}, {s.n_head} heads\n"
+                    f"full accounting: all heads, causal, k = {'T/8' if k is None else k} (★ = crossover)")
+    right.set_xticks(Ts, [f"{T:,}" for T in Ts], rotation=30)
+    right.minorticks_off()
+    right.grid(True, which="major", alpha=0.3)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# subcommand: costs
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def add_costs_arguments(p: argparse.ArgumentParser) -> None:
+    default = ComponentSizes()
+    p.add_argument("--out", type=Path, default=Path("outputs/analysis/costs"), help="folder for the files")
+    p.add_argument("--n-layer", type=positive_int, default=4, help="layers per model (default 4)")
+    p.add_argument("--k", type=positive_int, default=None, help="keys kept per query (default T/8)")
+    p.add_argument("--selector-hidden", type=positive_int, default=default.selector_hidden)
+    p.add_argument("--approximator-hidden", type=positive_int, default=default.approximator_hidden)
+    p.add_argument("--d-index", type=positive_int, default=default.d_index)
+    p.add_argument("--block", type=positive_int, default=default.block)
+
+
+def run_costs(args: argparse.Namespace) -> None:
+    sizes = ComponentSizes(args.selector_hidden, args.approximator_hidden, args.d_index, args.block)
+    rows = costs.full_rows(GRID, PAIRS, args.n_layer, args.k, sizes)
+    crossovers = {(s, p): costs.crossover_seq_len(p, s.d_model, s.n_head, k=args.k, sizes=sizes)
+                  for s in GRID for p in PAIRS}
+    proto_md, full_md = prototype_markdown(), full_markdown(rows, crossovers, args.k, sizes)
+    proto_compute, proto_memory = prototype_csv_rows()
+
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "costs_prototype.md").write_text(proto_md + "\n")
+        (out / "costs_full.md").write_text(full_md + "\n")
+        write_csv(out / "costs_prototype.csv", proto_compute)
+        write_csv(out / "memory_prototype.csv", proto_memory)
+        write_csv(out / "costs_full.csv", full_csv_rows(rows, crossovers, sizes))
+        plot_compute_scaling(out / "compute_scaling.png", rows, args.k, sizes)
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror or e}; pass another folder with --out") from None
+    print(proto_md + "\n\n" + full_md + "\n")
+    print(f"wrote {out}/: costs_prototype.md costs_full.md costs_prototype.csv memory_prototype.csv "
+          "costs_full.csv compute_scaling.png")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command line
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "costs": Subcommand("analytic FLOPs and memory of dense vs sparse attention", add_costs_arguments, run_costs),
+    # "sweep": Subcommand("summarise the runs of a multirun folder", add_sweep_arguments, run_sweep),  # to come
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises UserError (one line, exit 2) instead of printing the usage."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python -m src.analyze --help)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m src.analyze", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for name, cmd in SUBCOMMANDS.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        SUBCOMMANDS[args.command].run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Exact softmax attention restricted to the selected keys: the reference approximator (no parameters).
+
+With K = T it is full causal attention; with K < T the error comes only from the keys the selector left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+
+
+class SoftmaxApproximator(nn.Module):
+    trainable = False
+
+    def forward(self, q, k_sel, v_sel, valid):
+        """q (B, h, T, hs); k_sel, v_sel (B, h, T, K, hs); valid (B, h, T, K) -> (B, h, T, hs)."""
+        scores = (k_sel @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.size(-1))  # (B, h, T, K)
+        weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+        return (weights.unsqueeze(-2) @ v_sel).squeeze(-2)  # (B, h, T, hs)

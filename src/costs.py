@@ -1,0 +1,349 @@
+"""Analytic cost model: how much arithmetic dense and sparse attention do, counted two ways.
+
+* **Prototype accounting** reproduces the prototype's README tables exactly, flaws included: its "FLOPs" are
+  multiply-accumulates (MACs); its dense count 2·T²·d covers QK^T and PV for all heads without the causal mask,
+  while its sparse count covers ONE head's selector and approximator and nothing for the other heads.
+* **Full accounting** is the count this project uses: FLOPs = 2 × MACs (+ the element-wise work named below), for
+  every head of a layer, causal masking counted (a causal QK^T over T queries touches T(T+1)/2 query-key pairs),
+  selector included; per layer and per model, next to the projections and MLP that sparse attention leaves as they
+  are, so the attention's share of the whole model is visible.
+
+Every component function returns a ``Cost``: ``macs`` (multiply-accumulates of the matrix products) and ``ops``
+(element-wise FLOPs: softmax, top-k comparisons). What each one counts and ignores is in its docstring.
+It counts arithmetic only, for kernels that skip masked work: not memory traffic nor the gather of the selected
+keys (what usually limits sparse attention on a GPU), and not the full T×T score matrices that the framework's
+PyTorch selectors (src/selectors/) materialise before masking. FLOPs are a lower bound on time, not a measurement.
+Shapes: T sequence length, d = d_model, nh heads, hs = d // nh head size, k keys kept per query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+SOFTMAX_OPS = 5  # FLOPs per score element in a softmax: max, subtract, exp, sum, divide
+TOPK_OPS = 1  # FLOPs per candidate score in a top-k (linear-time selection; a full sort would cost more)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work of one piece of computation: ``macs`` multiply-accumulates + ``ops`` element-wise FLOPs."""
+
+    macs: int = 0
+    ops: int = 0
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs + self.ops  # one MAC = one multiply + one add
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.macs + other.macs, self.ops + other.ops)
+
+    def __mul__(self, n: int) -> Cost:
+        return Cost(self.macs * n, self.ops * n)
+
+    __rmul__ = __mul__
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """One size of the model grid (conf/model/*.yaml)."""
+
+    name: str
+    d_model: int
+    n_head: int
+    seq_len: int  # T
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+# The prototype's size grid, as conf/model/*.yaml (a test checks they agree): heads of 64, T doubling with width.
+GRID = (
+    ModelSize("tiny", 128, 2, 64),
+    ModelSize("small", 256, 4, 128),
+    ModelSize("base", 512, 8, 256),
+    ModelSize("medium", 768, 12, 512),
+    ModelSize("large", 1024, 16, 1024),
+    ModelSize("xl", 1280, 20, 2048),
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Prototype accounting (its README tables, reproduced as they were computed)
+
+PROTO_HEAD_DIM = 64  # the prototype's head size
+PROTO_K = 8  # keys kept per query in its compute table
+PROTO_HIDDEN = 128  # hidden width of its selector and approximator in its analysis
+PROTO_BATCH = 8  # batch size of its memory table
+PROTO_BYTES = 4  # fp32
+
+
+def prototype_dense_macs(T: int, d_model: int) -> int:
+    """The prototype's "full attention FLOPs" 2·T²·d: QK^T and PV, all heads, no causal mask; really MACs."""
+    return 2 * T * T * d_model
+
+
+def prototype_sparse_macs(T: int, head_dim: int = PROTO_HEAD_DIM, k: int = PROTO_K, hidden: int = PROTO_HIDDEN) -> int:
+    """The prototype's "sparse FLOPs": ONE head's selector + approximator, nothing for the other heads; MACs.
+
+    selector T·hs·hidden + T·hidden·T, approximator T·(k·hs)·hidden + T·hidden·hs.
+    """
+    selector = T * head_dim * hidden + T * hidden * T
+    approximator = T * (k * head_dim) * hidden + T * hidden * head_dim
+    return selector + approximator
+
+
+@dataclass(frozen=True)
+class PrototypeComputeRow:
+    """One row of the prototype's compute table (MACs, which it calls FLOPs)."""
+
+    d_model: int
+    seq_len: int
+    dense_macs: int
+    sparse_macs: int  # one head only
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_macs / self.sparse_macs
+
+
+def prototype_compute_rows(grid: Iterable[ModelSize] = GRID) -> list[PrototypeComputeRow]:
+    return [
+        PrototypeComputeRow(s.d_model, s.seq_len, prototype_dense_macs(s.seq_len, s.d_model),
+                            prototype_sparse_macs(s.seq_len))
+        for s in grid
+    ]
+
+
+def prototype_memory_k(T: int) -> int:
+    """Keys kept per query in the prototype's memory table: min(32, T/8)."""
+    return min(32, T // 8)
+
+
+@dataclass(frozen=True)
+class PrototypeMemoryRow:
+    """Bytes of the attention-probability matrices only, one layer, batch 8, fp32 (no activations, no indices)."""
+
+    d_model: int
+    seq_len: int
+    n_head: int
+    k: int
+    dense_bytes: int  # B·nh·T·T·4
+    sparse_bytes: int  # B·nh·T·k·4
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bytes / self.sparse_bytes
+
+
+def prototype_memory_row(d_model: int, T: int, batch: int = PROTO_BATCH) -> PrototypeMemoryRow:
+    nh, k = d_model // PROTO_HEAD_DIM, prototype_memory_k(T)
+    return PrototypeMemoryRow(d_model, T, nh, k, batch * nh * T * T * PROTO_BYTES, batch * nh * T * k * PROTO_BYTES)
+
+
+def prototype_memory_rows(grid: Iterable[ModelSize] = GRID) -> list[PrototypeMemoryRow]:
+    """The grid's rows (heads = d_model / 64) plus the README's check row 512d / T=512 / 8 heads, sorted."""
+    shapes = {(s.d_model, s.seq_len) for s in grid} | {(512, 512)}
+    return [prototype_memory_row(d, T) for d, T in sorted(shapes)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. Full accounting: the components, per head
+
+
+def causal_pairs(T: int) -> int:
+    """Query-key pairs a causal attention over T positions touches: 1 + 2 + ... + T = T(T+1)/2."""
+    return T * (T + 1) // 2
+
+
+def dense_attention(T: int, hs: int, softmax_ops: int = SOFTMAX_OPS) -> Cost:
+    """Dense causal attention (SDPA), one head: QK^T + PV over T(T+1)/2 pairs, softmax counted per score."""
+    pairs = causal_pairs(T)
+    return Cost(macs=2 * pairs * hs, ops=softmax_ops * pairs)
+
+
+def mlp_selector(T: int, hs: int, hidden: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """The prototype's KeySelector, one head: Linear(hs -> hidden) -> ReLU -> Linear(hidden -> seq_len), top-k.
+
+    T·hs·hidden + T·hidden·T MACs: Θ(T²·hidden), the output layer scores every position (the causal mask is
+    applied to its logits afterwards, so it saves nothing); top-k over T candidates per query; ReLU ignored.
+    """
+    return Cost(macs=T * hs * hidden + T * hidden * T, ops=topk_ops * T * T)
+
+
+def indexer_selector(T: int, d_model: int, d_index: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """Content-based indexer (after DeepSeek-V3.2's lightning indexer), one head.
+
+    Query and key projections from the layer input x (B, T, d): 2·T·d·d_index MACs; causal scores
+    T(T+1)/2·d_index MACs; top-k over the causal candidates. Its ReLU/weighting is ignored.
+    """
+    pairs = causal_pairs(T)
+    return Cost(macs=2 * T * d_model * d_index + pairs * d_index, ops=topk_ops * pairs)
+
+
+def oracle_selector(T: int, hs: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """The teacher's exact top-k, one head: the full causal QK^T (T(T+1)/2·hs MACs) + top-k; no softmax needed."""
+    pairs = causal_pairs(T)
+    return Cost(macs=pairs * hs, ops=topk_ops * pairs)
+
+
+def causal_block_pairs(T: int, block: int) -> int:
+    """(query, key block) pairs a causal block selector scores: query t sees blocks 0..t//B, ≈ T·(T/B)/2."""
+    return sum(t // block + 1 for t in range(T))
+
+
+def block_selector(T: int, hs: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """Block selection (MoBA/NSA style), one head: mean-pool keys per block (T·hs, counted as MACs), score each
+    query against the causal blocks (≈ T·(T/B)/2·hs MACs: Θ(T²/B·hs)), top-k over those blocks.
+    """
+    block_pairs = causal_block_pairs(T, block)
+    return Cost(macs=T * hs + block_pairs * hs, ops=topk_ops * block_pairs)
+
+
+def mlp_approximator(T: int, hs: int, k: int, hidden: int) -> Cost:
+    """The prototype's HeadApproximator, one head: Linear(k·hs -> hidden) -> ReLU -> Linear(hidden -> hs).
+
+    T·k·hs·hidden + T·hidden·hs MACs (its input is always k values wide, padded for early queries); ReLU ignored.
+    """
+    return Cost(macs=T * k * hs * hidden + T * hidden * hs)
+
+
+def softmax_approximator(T: int, hs: int, k: int, softmax_ops: int = SOFTMAX_OPS) -> Cost:
+    """Exact softmax attention over the k selected keys, one head: scores T·k·hs + weighted sum T·k·hs MACs.
+
+    Counts k keys for every query, an upper bound: query t < k has only t + 1 keys (≤ k²/2 pairs too many).
+    """
+    return Cost(macs=2 * T * k * hs, ops=softmax_ops * T * k)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2b. Full accounting: layers and models
+
+
+@dataclass(frozen=True)
+class ComponentSizes:
+    """Sizes of the selectors and approximators (the framework's defaults)."""
+
+    selector_hidden: int = 64  # mlp selector hidden width (the prototype's analysis used 128)
+    approximator_hidden: int = 64  # mlp approximator hidden width
+    d_index: int = 16  # indexer query/key width
+    block: int = 64  # block selector block size B
+    softmax_ops: int = SOFTMAX_OPS
+    topk_ops: int = TOPK_OPS
+
+
+SELECTORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, d_model, hs, sizes) -> Cost
+    "mlp": lambda T, d, hs, c: mlp_selector(T, hs, c.selector_hidden, c.topk_ops),
+    "indexer": lambda T, d, hs, c: indexer_selector(T, d, c.d_index, c.topk_ops),
+    "oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),
+    "block": lambda T, d, hs, c: block_selector(T, hs, c.block, c.topk_ops),
+}
+APPROXIMATORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, hs, k, sizes) -> Cost
+    "mlp": lambda T, hs, k, c: mlp_approximator(T, hs, k, c.approximator_hidden),
+    "softmax": lambda T, hs, k, c: softmax_approximator(T, hs, k, c.softmax_ops),
+}
+PAIRS = ("mlp+mlp", "indexer+softmax", "indexer+mlp", "oracle+softmax", "block+softmax")  # selector+approximator
+
+
+def keys_kept(T: int, k: int | None = None) -> int:
+    """Keys kept per query: T/8 (at least 1) unless ``k`` fixes it; never more than the T positions there are."""
+    return max(1, T // 8) if k is None else min(k, T)
+
+
+def keys_attended(selector: str, T: int, k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> int:
+    """Keys each query's approximator reads: ``keys_kept``, except that the block selector keeps whole blocks,
+    so its k is rounded up to a multiple of the block size B (at most T).
+    """
+    k = keys_kept(T, k)
+    return min(T, -(-k // sizes.block) * sizes.block) if selector == "block" else k
+
+
+def dense_layer(d_model: int, n_head: int, T: int, sizes: ComponentSizes = ComponentSizes()) -> Cost:
+    """Dense causal attention core of one layer: every head."""
+    return n_head * dense_attention(T, d_model // n_head, sizes.softmax_ops)
+
+
+def sparse_layer(pair: str, d_model: int, n_head: int, T: int, k: int | None = None,
+                 sizes: ComponentSizes = ComponentSizes()) -> Cost:
+    """Sparse attention core of one layer: n_head × (selector + approximator). ``pair`` is 'selector+approximator'."""
+    selector, _, approximator = pair.partition("+")
+    if selector not in SELECTORS or approximator not in APPROXIMATORS:
+        raise ValueError(f"unknown pair {pair!r}: selectors {sorted(SELECTORS)}, approximators {sorted(APPROXIMATORS)}")
+    hs, k = d_model // n_head, keys_attended(selector, T, k, sizes)
+    per_head = SELECTORS[selector](T, d_model, hs, sizes) + APPROXIMATORS[approximator](T, hs, k, sizes)
+    return n_head * per_head
+
+
+def rest_of_layer(d_model: int, T: int) -> Cost:
+    """What sparse attention leaves unchanged, one layer: q/k/v/out projections 4·T·d² + MLP (d -> 4d -> d)
+    8·T·d² MACs. LayerNorm, GELU, residuals, embeddings and the lm_head are ignored (small next to these).
+    """
+    return Cost(macs=4 * T * d_model**2 + 8 * T * d_model**2)
+
+
+@dataclass(frozen=True)
+class PairCost:
+    """Dense vs one sparse pair for one model size, forward pass of one sequence (batch 1)."""
+
+    size: ModelSize
+    pair: str
+    k: int  # keys each query's approximator reads
+    n_layer: int
+    dense_attn: Cost  # per layer, attention core only
+    sparse_attn: Cost  # per layer, attention core only
+    rest: Cost = field(repr=False)  # per layer, projections + MLP: the same for both
+
+    @property
+    def attn_speedup(self) -> float:
+        return self.dense_attn.flops / self.sparse_attn.flops
+
+    @property
+    def dense_model_flops(self) -> int:
+        return self.n_layer * (self.dense_attn + self.rest).flops
+
+    @property
+    def sparse_model_flops(self) -> int:
+        return self.n_layer * (self.sparse_attn + self.rest).flops
+
+    @property
+    def model_speedup(self) -> float:
+        return self.dense_model_flops / self.sparse_model_flops
+
+    @property
+    def attn_share(self) -> float:
+        """Fraction of the dense model's FLOPs spent in the attention core."""
+        return self.dense_attn.flops / (self.dense_attn + self.rest).flops
+
+
+def pair_cost(size: ModelSize, pair: str, n_layer: int = 4, k: int | None = None,
+              sizes: ComponentSizes = ComponentSizes()) -> PairCost:
+    d, nh, T = size.d_model, size.n_head, size.seq_len
+    return PairCost(
+        size=size, pair=pair, k=keys_attended(pair.partition("+")[0], T, k, sizes), n_layer=n_layer,
+        dense_attn=dense_layer(d, nh, T, sizes), sparse_attn=sparse_layer(pair, d, nh, T, k, sizes),
+        rest=rest_of_layer(d, T),
+    )
+
+
+def full_rows(grid: Iterable[ModelSize] = GRID, pairs: Iterable[str] = PAIRS, n_layer: int = 4,
+              k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> list[PairCost]:
+    """Every (size, pair) of the grid, size-major."""
+    pairs = tuple(pairs)
+    return [pair_cost(s, p, n_layer, k, sizes) for s in grid for p in pairs]
+
+
+POW2_SEQ_LENS = tuple(2**i for i in range(4, 21))  # 16 ... 1,048,576
+
+
+def crossover_seq_len(pair: str, d_model: int, n_head: int, seq_lens: Iterable[int] = POW2_SEQ_LENS,
+                      k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> int | None:
+    """The smallest T in ``seq_lens`` at which the pair's attention core costs fewer FLOPs than dense; None if none.
+
+    Only as fine as ``seq_lens`` (powers of two by default): pass e.g. range(8, 4097) for the exact integer.
+    """
+    for T in seq_lens:
+        if sparse_layer(pair, d_model, n_head, T, k, sizes).flops < dense_layer(d_model, n_head, T, sizes).flops:
+            return T
+    return None

@@ -1,0 +1,24 @@
+"""Key selectors (Hydra group ``selector/``): one file each. ``build_selector`` makes one from its config."""
+
+from __future__ import annotations
+
+from src.selectors.base import KeySelector, Selection, causal_topk, gather_keys, selection_mask
+from src.selectors.indexer import IndexerSelector
+from src.selectors.mlp import MLPSelector
+from src.selectors.oracle import OracleSelector
+
+SELECTORS = {"mlp": MLPSelector, "indexer": IndexerSelector, "oracle": OracleSelector}
+
+
+def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int, hidden: int = 64,
+                   d_index: int = 16) -> KeySelector:
+    if name == "mlp":
+        return MLPSelector(n_heads, head_dim, seq_len, hidden)
+    if name == "indexer":
+        return IndexerSelector(n_heads, d_model, d_index)
+    if name == "oracle":
+        return OracleSelector()
+    raise ValueError(f"selector.name={name!r} is unknown: use one of {', '.join(SELECTORS)}")
+
+
+__all__ = ["KeySelector", "Selection", "SELECTORS", "build_selector", "causal_topk", "gather_keys", "selection_mask"]

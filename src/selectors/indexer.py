@@ -1,0 +1,33 @@
+"""A content-based selector in the spirit of DeepSeek-V3.2's lightning indexer.
+
+Per served head, small learned projections of the layer input give index queries and keys of width d_index
+(default 16, against the head's 32-64): score(i, j) = q_i · k_j / sqrt(d_index). It is distilled with KL divergence
+towards the teacher's attention distribution, costs Θ(T² · d_index) per head instead of attention's Θ(T² · head_dim),
+and works at any length up to the model's block size because it reads content, not positions.
+(DeepSeek's indexer uses ReLU-weighted index heads and one selection shared by all heads; here each head selects.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from src.selectors.base import KeySelector
+
+
+class IndexerSelector(KeySelector):
+    default_loss = "kl"
+
+    def __init__(self, n_heads: int, d_model: int, d_index: int = 16):
+        super().__init__()
+        self.n_heads, self.d_index = n_heads, d_index
+        self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
+        self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
+
+    def scores(self, x, q, k):
+        B, T, _ = x.shape
+        qi = self.wq(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)  # (B, h, T, d_index)
+        ki = self.wk(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)
+        return qi @ ki.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, T, T)

@@ -1,0 +1,123 @@
+"""Stage 3: distil a head approximator, given the trained selectors, for every sparse (layer, head).
+
+Teacher-forced like stage 2: the selector (frozen) picks keys from the teacher's own Q and K, and the approximator
+learns to turn the selected keys and values into the teacher's head output (MSE). The checkpoint it writes is the
+whole hybrid: teacher, selectors and approximators.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torchmetrics import MeanMetric
+
+from src.errors import UserError
+from src.metrics import approximation_stats
+from src.runs import build_trainer, find_run, stage_spec, write_json
+from src.stages.distill_selector import fit_or_measure
+from src.stages.hybrid_module import (
+    HybridModule,
+    check_same,
+    datamodule_for,
+    hybrid_hparams,
+    load_stage_checkpoint,
+    resolve_teacher,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApproximatorDistillation(HybridModule):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parts.selectors.requires_grad_(False)
+        self.val_metrics = self.per_head_metrics(["approx_mse", "approx_rel_err"])
+        self.val_hybrid_loss = MeanMetric()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        _, signals = self.teacher_signals(x)
+        losses = []
+        for layer, s in signals.items():
+            with torch.no_grad():
+                sel = self.select(layer, s)
+            losses.append(F.mse_loss(self.approximate(layer, s, sel), self.served(s)[4]))
+        loss = torch.stack(losses).mean()
+        self.log("train/approx_mse", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        _, signals = self.teacher_signals(x)
+        stats = []
+        for layer, s in signals.items():
+            sel = self.select(layer, s)
+            stats.append(approximation_stats(self.approximate(layer, s, sel), self.served(s)[4]))
+        self.update_per_head(self.val_metrics, stats)
+        logits = self.hybrid_logits(x)
+        self.val_hybrid_loss.update(F.cross_entropy(logits.flatten(0, 1), y.flatten()), weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.log_per_head("val", self.val_metrics)
+        hybrid_loss = float(self.val_hybrid_loss.compute())
+        self.val_hybrid_loss.reset()
+        self.log("val/hybrid_loss", hybrid_loss, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            log.info("step %d: approximator relative error %.4f, hybrid val loss %.4f", self.global_step,
+                     values["val/approx_rel_err"], hybrid_loss)
+
+    def configure_optimizers(self):
+        return self.adamw(self.parts.approximators.parameters())
+
+
+def selector_command(cfg: DictConfig) -> str:
+    return (f"python -m src.train +experiment=distill_selector model={cfg.model.name} data={cfg.data.name} "
+            f"selector={cfg.selector.name}")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    teacher, teacher_ckpt = resolve_teacher(cfg)
+    dm = datamodule_for(cfg, teacher.vocab, f"teacher {teacher_ckpt}")
+    hp = hybrid_hparams(cfg, teacher, teacher_ckpt, cfg.approximator.lr, cfg.approximator.max_steps)
+    module = ApproximatorDistillation(**hp)
+    module.teacher.load_state_dict(teacher.gpt.state_dict())
+    selector_ckpt = None
+    if module.selector_learned or cfg.selector.ckpt:
+        selector_ckpt = cfg.selector.ckpt or find_run("distill_selector", stage_spec(cfg, "distill_selector"))
+        if not selector_ckpt:
+            raise UserError(
+                f"no trained {cfg.selector.name} selector for these settings under outputs/: make one with "
+                f"`{selector_command(cfg)}` (same hybrid.* settings), or name one with selector.ckpt=PATH"
+            )
+        ckpt = load_stage_checkpoint(selector_ckpt, "distill_selector", selector_command(cfg))
+        check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
+                   selector_command(cfg))
+        selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
+                     if k.startswith("parts.selectors.")}
+        module.parts.selectors.load_state_dict(selectors)
+    log.info("approximator %s over top-%d keys of the %s selector (%s)", cfg.approximator.name, module.spec.top_k,
+             cfg.selector.name, selector_ckpt or "nothing to load")
+    steps = cfg.approximator.max_steps
+    trainer = build_trainer(cfg, run_dir, monitor="val/approx_rel_err", mode="min", max_steps=steps,
+                            val_every=max(1, steps // 2))
+    checkpoint, metrics = fit_or_measure(module, module.approximator_learned, trainer, dm, run_dir)
+    result = {
+        "stage": "distill_approximator",
+        "run_dir": str(run_dir),
+        "checkpoint": checkpoint,
+        "teacher_ckpt": teacher_ckpt,
+        "selector_ckpt": selector_ckpt,
+        "spec": stage_spec(cfg, "distill_approximator"),
+        "fast_dev_run": bool(cfg.trainer.fast_dev_run),
+        "steps": trainer.global_step,
+        **metrics,
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", result)
+    return result

@@ -1,0 +1,183 @@
+"""Stage 4: evaluate the hybrid against its teacher on the test split; write results.md and results.json.
+
+Quality of the whole model (both run on the same batches): the teacher's and the hybrid's loss and perplexity,
+the change in loss, KL(teacher ‖ hybrid) of the next-token distributions and the relative error of the final
+logits (the prototype's headline metric). Per sparse head, teacher-forced: selector top-1 accuracy, recall@K,
+attention-mass recall, approximator MSE and relative error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
+
+from src.approximators import APPROXIMATORS
+from src.errors import UserError
+from src.metrics import PerHeadRatio, approximation_stats, selection_stats
+from src.runs import build_trainer, find_run, stage_spec, write_json
+from src.selectors import SELECTORS
+from src.stages.hybrid_module import (
+    HybridModule,
+    check_same,
+    datamodule_for,
+    hybrid_hparams,
+    load_stage_checkpoint,
+    resolve_teacher,
+)
+
+log = logging.getLogger(__name__)
+
+# the prototype's published figures (random tokens, layer 0 head 0, top-3, mlp selector + mlp approximator)
+PROTOTYPE = {"top1_acc": 0.092, "logits_rel_err": 0.5746}
+
+
+class HybridEvaluation(HybridModule):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall", "approx_mse", "approx_rel_err"])
+        self.teacher_loss, self.hybrid_loss, self.kl = MeanMetric(), MeanMetric(), MeanMetric()
+        self.logits_rel_err = PerHeadRatio(1, sqrt=True)
+        self.results: dict[str, float] = {}
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        teacher_logits, signals = self.teacher_signals(x)
+        hybrid_logits = self.hybrid_logits(x)
+        n = y.numel()
+        self.teacher_loss.update(F.cross_entropy(teacher_logits.flatten(0, 1), y.flatten()), weight=n)
+        self.hybrid_loss.update(F.cross_entropy(hybrid_logits.flatten(0, 1), y.flatten()), weight=n)
+        logp_t, logp_h = teacher_logits.log_softmax(-1), hybrid_logits.log_softmax(-1)
+        self.kl.update((logp_t.exp() * (logp_t - logp_h)).sum(-1).mean(), weight=n)
+        self.logits_rel_err.update((hybrid_logits - teacher_logits).pow(2).sum()[None],
+                                   teacher_logits.pow(2).sum()[None])
+        stats = []
+        for layer, s in signals.items():
+            sel = self.select(layer, s)
+            stats.append({**selection_stats(sel, self.served(s)[3]),
+                          **approximation_stats(self.approximate(layer, s, sel), self.served(s)[4])})
+            self.keep_figure_input(s, sel)
+        self.update_per_head(self.head_metrics, stats)
+
+    def on_test_epoch_end(self) -> None:
+        teacher, hybrid = float(self.teacher_loss.compute()), float(self.hybrid_loss.compute())
+        whole = {
+            "test/teacher_loss": teacher,
+            "test/hybrid_loss": hybrid,
+            "test/teacher_ppl": float(torch.tensor(teacher).exp()),
+            "test/hybrid_ppl": float(torch.tensor(hybrid).exp()),
+            "test/loss_change_pct": 100.0 * (hybrid - teacher) / teacher,
+            "test/kl_teacher_hybrid": float(self.kl.compute()),
+            "test/logits_rel_err": float(self.logits_rel_err.compute()),
+        }
+        for m in (self.teacher_loss, self.hybrid_loss, self.kl, self.logits_rel_err):
+            m.reset()
+        for key, value in whole.items():
+            self.log(key, value)
+        self.results = {**whole, **self.log_per_head("test", self.head_metrics)}
+        self.log_figure()
+
+
+def approximator_command(cfg: DictConfig) -> str:
+    return (f"python -m src.train +experiment=pipeline model={cfg.model.name} data={cfg.data.name} "
+            f"selector={cfg.selector.name} approximator={cfg.approximator.name}")
+
+
+def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
+    """The hybrid to evaluate: from a distill_approximator checkpoint, or (nothing trained) from the teacher."""
+    needs_training = SELECTORS[cfg.selector.name].trainable or APPROXIMATORS[cfg.approximator.name].trainable
+    if not needs_training and not cfg.approximator.ckpt:
+        teacher, teacher_ckpt = resolve_teacher(cfg)
+        module = HybridEvaluation(**hybrid_hparams(cfg, teacher, teacher_ckpt, 0.0, 0))
+        module.teacher.load_state_dict(teacher.gpt.state_dict())
+        return module, f"teacher {teacher_ckpt}"
+    path = cfg.approximator.ckpt or find_run("distill_approximator", stage_spec(cfg, "distill_approximator"))
+    if not path:
+        raise UserError(
+            f"no trained {cfg.selector.name} + {cfg.approximator.name} hybrid for these settings under outputs/: "
+            f"make one with `{approximator_command(cfg)}`, or name one with approximator.ckpt=PATH"
+        )
+    ckpt = load_stage_checkpoint(path, "distill_approximator", approximator_command(cfg))
+    hp = ckpt["hyper_parameters"]
+    wanted = {"model": hp["model"], "vocab": hp["vocab"], "hybrid": OmegaConf.to_container(cfg.hybrid, resolve=True),
+              "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
+    check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
+    module = HybridEvaluation(**hp)
+    module.load_state_dict(ckpt["state_dict"])
+    return module, f"hybrid {path}"
+
+
+def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source: str) -> str:
+    first = module.pair_names[0]
+    layer, head = module.spec.pairs()[0]
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [
+        f"# Hybrid vs teacher: {cfg.selector.name} selector + {cfg.approximator.name} approximator",
+        "",
+        f"- data: {cfg.data.name}, test split; model: {cfg.model.name} ({cfg.model.n_layer} layers, "
+        f"{cfg.model.n_head} heads, d_model {cfg.model.d_model}, T={cfg.model.seq_len})",
+        f"- sparse layers {list(module.spec.layers)}, heads {list(module.spec.heads)} "
+        f"({len(module.pair_names)} of {cfg.model.n_layer * cfg.model.n_head} heads), top_k={module.spec.top_k}",
+        f"- loaded from: {source}",
+        "",
+        "## The prototype's \"Expected Output\", with this run's numbers",
+        "",
+        "```",
+        f"[result] relative error (final logits, hybrid vs teacher): {r['test/logits_rel_err']:.4f}",
+        f"[result] key selector top-1 accuracy (head {head}, layer {layer}): {r[f'test/top1_acc/{first}']:.3f}",
+        "",
+        "Final Results:",
+        f"- KeySelector top-1 accuracy: {pct(r[f'test/top1_acc/{first}'])}   "
+        f"(prototype: {pct(PROTOTYPE['top1_acc'])}, random tokens)",
+        f"- Hybrid vs Teacher relative error: {pct(r['test/logits_rel_err'])}   "
+        f"(prototype: {pct(PROTOTYPE['logits_rel_err'])})",
+        "```",
+        "",
+        "## Whole model (test split)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| teacher loss (nats/token) | {r['test/teacher_loss']:.4f} |",
+        f"| hybrid loss (nats/token) | {r['test/hybrid_loss']:.4f} |",
+        f"| loss change | {r['test/loss_change_pct']:+.2f}% |",
+        f"| teacher / hybrid perplexity | {r['test/teacher_ppl']:.3f} / {r['test/hybrid_ppl']:.3f} |",
+        f"| KL(teacher ‖ hybrid) per token | {r['test/kl_teacher_hybrid']:.5f} |",
+        f"| relative error of the final logits | {r['test/logits_rel_err']:.4f} |",
+        f"| attention-mass recall (mean over sparse heads) | {r['test/mass_recall']:.4f} |",
+        f"| recall@{module.spec.top_k} (mean) | {r['test/recall']:.4f} |",
+        f"| selector top-1 accuracy (mean) | {r['test/top1_acc']:.4f} |",
+        f"| approximator relative error (mean) | {r['test/approx_rel_err']:.4f} |",
+        "",
+        "## Per sparse head (teacher-forced)",
+        "",
+        f"| head | top-1 acc | recall@{module.spec.top_k} | mass recall | approx MSE | approx rel. error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in module.pair_names:
+        lines.append(f"| {p} | {r[f'test/top1_acc/{p}']:.4f} | {r[f'test/recall/{p}']:.4f} | "
+                     f"{r[f'test/mass_recall/{p}']:.4f} | {r[f'test/approx_mse/{p}']:.5f} | "
+                     f"{r[f'test/approx_rel_err/{p}']:.4f} |")
+    lines += ["", "## Configuration", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    module, source = load_hybrid(cfg)
+    dm = datamodule_for(cfg, module.vocab, source)
+    trainer = build_trainer(cfg, run_dir, monitor=None)
+    trainer.test(module, datamodule=dm, verbose=False)
+    r = module.results
+    result = {"stage": "evaluate", "run_dir": str(run_dir), "source": source,
+              "spec": stage_spec(cfg, "distill_approximator"), "fast_dev_run": bool(cfg.trainer.fast_dev_run), **r}
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", {**result, "config": OmegaConf.to_container(cfg, resolve=True)})
+        write_json(run_dir / "metrics.json", result)
+        (run_dir / "results.md").write_text(results_markdown(cfg, r, module, source))
+        log.info("results: %s", run_dir / "results.md")
+    return result

@@ -1,0 +1,225 @@
+"""What the selector, approximator and evaluation stages share: a frozen teacher plus the sparse parts.
+
+``HybridModule`` holds the teacher GPT (frozen, always in eval mode) and ``SparseParts`` (one selector and one
+approximator per sparse layer). Teacher signals are computed batch by batch from the shared DataModule, never
+stored. Its checkpoints are self-contained: the teacher's weights, the parts and every setting travel together.
+
+Also here: finding and checking the teacher (``resolve_teacher``) and loading a stage's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from src.data import CharDataModule, Vocab
+from src.errors import UserError
+from src.hybrid import HybridSpec, SparseParts, hybrid_attention
+from src.metrics import SQRT_METRICS, PerHeadRatio
+from src.model import GPT, AttentionSignals
+from src.plots import attention_figure
+from src.runs import find_run, model_spec, stage_spec
+from src.selectors import Selection, gather_keys, selection_mask
+from src.stages.teacher import TeacherLM, build_datamodule, gpt_config, load_teacher, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class HybridModule(L.LightningModule):
+    """Frozen teacher + sparse parts. Subclasses add the training objective of their stage."""
+
+    def __init__(self, model: dict, vocab: list[str], hybrid: dict, selector: dict, approximator: dict,
+                 lr: float = 3e-3, max_steps: int = 300, teacher_ckpt: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.vocab = Vocab(list(vocab))
+        self.teacher = GPT(gpt_config(model, len(vocab))).requires_grad_(False).eval()
+        try:
+            self.spec = HybridSpec.from_config(hybrid["layers"], hybrid["heads"], hybrid["top_k"], self.teacher.cfg)
+            self.parts = SparseParts(self.spec, self.teacher.cfg, selector, approximator)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.pair_names = [f"L{layer}H{head}" for layer, head in self.spec.pairs()]
+        # plain dict: the overrides own no weights (the teacher's and the parts' are registered already)
+        self._attention = hybrid_attention(self.teacher, self.spec, self.parts)
+        self._figure_input: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------- the model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: no dropout, whatever Lightning asks
+        return self
+
+    @torch.no_grad()
+    def teacher_signals(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, AttentionSignals]]:
+        signals: dict = {layer: None for layer in self.spec.layers}
+        return self.teacher(x, signals=signals), signals
+
+    def served(self, s: AttentionSignals) -> tuple[torch.Tensor, ...]:
+        """q, k, v, probs, head_out of the sparse heads only: (B, h, T, ...)."""
+        h = list(self.spec.heads)
+        return s.q[:, h], s.k[:, h], s.v[:, h], s.probs[:, h], s.head_out[:, h]
+
+    def select(self, layer: int, s: AttentionSignals) -> Selection:
+        q, k, *_ = self.served(s)
+        return self.parts.selectors[str(layer)].select(s.x, q, k, self.spec.top_k)
+
+    def approximate(self, layer: int, s: AttentionSignals, sel: Selection) -> torch.Tensor:
+        q, k, v, *_ = self.served(s)
+        approximator = self.parts.approximators[str(layer)]
+        return approximator(q, gather_keys(k, sel.idx), gather_keys(v, sel.idx), sel.valid)
+
+    def hybrid_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x, attention=self._attention)
+
+    @property
+    def selector_learned(self) -> bool:
+        """Whether the selector has weights to learn (oracle: none), frozen or not."""
+        return any(True for _ in self.parts.selectors.parameters())
+
+    @property
+    def approximator_learned(self) -> bool:
+        """Whether the approximator has weights to learn (softmax: none)."""
+        return any(True for _ in self.parts.approximators.parameters())
+
+    def adamw(self, params):
+        params = list(params)
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
+        steps = self.hparams.max_steps
+        lr = self.hparams.lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, max(1, steps // 10), steps, lr, lr / 10) / lr
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------- metrics
+
+    def per_head_metrics(self, names: list[str]) -> torch.nn.ModuleDict:
+        n = len(self.pair_names)
+        return torch.nn.ModuleDict({name: PerHeadRatio(n, sqrt=name in SQRT_METRICS) for name in names})
+
+    @staticmethod
+    def update_per_head(metrics: torch.nn.ModuleDict, stats_by_layer: list[dict]) -> None:
+        """stats_by_layer: one dict {metric: (num (h,), den (h,))} per sparse layer, in spec order."""
+        for name, metric in metrics.items():
+            metric.update(*(torch.cat([s[name][i] for s in stats_by_layer]) for i in (0, 1)))
+
+    def log_per_head(self, split: str, metrics: torch.nn.ModuleDict) -> dict[str, float]:
+        """Log mean and per-head values (``split/name`` and ``split/name/L0H1``); return them; reset."""
+        out = {}
+        for name, metric in metrics.items():
+            values = metric.compute().reshape(-1)  # torchmetrics squeezes a single head to a scalar
+            out[f"{split}/{name}"] = float(values.mean())
+            for pair, value in zip(self.pair_names, values.tolist()):
+                out[f"{split}/{name}/{pair}"] = value
+            metric.reset()
+        for key, value in out.items():
+            self.log(key, value, prog_bar=key.count("/") == 1)  # means in the bar, per head in TensorBoard
+        return out
+
+    def keep_figure_input(self, s: AttentionSignals, sel: Selection) -> None:
+        """Remember the first sequence's attention and selection of the first sparse head for the picture."""
+        if self._figure_input is None:
+            T = s.probs.size(-1)
+            probs = s.probs[0, self.spec.heads[0]]
+            chosen = selection_mask(Selection(sel.idx[:1, :1], sel.valid[:1, :1]), T)[0, 0]
+            self._figure_input = (probs.detach().cpu(), chosen.cpu())
+
+    @rank_zero_only
+    def log_figure(self) -> None:
+        if self._figure_input is None or self.logger is None or not hasattr(self.logger.experiment, "add_figure"):
+            self._figure_input = None
+            return
+        probs, chosen = self._figure_input
+        layer, head = self.spec.pairs()[0]
+        title = f"layer {layer} head {head}: {self.hparams.selector['name']} selector, top-{self.spec.top_k}"
+        self.logger.experiment.add_figure(f"attention/L{layer}H{head}", attention_figure(probs, chosen, title),
+                                          self.global_step)
+        self._figure_input = None
+
+
+# ------------------------------------------------------------------------------------------- teachers and checkpoints
+
+
+def teacher_command(cfg: DictConfig) -> str:
+    extra = f" data.path={cfg.data.path}" if cfg.data.name == "text_file" else ""
+    return f"python -m src.train +experiment=teacher model={cfg.model.name} data={cfg.data.name}{extra}"
+
+
+def resolve_teacher(cfg: DictConfig) -> tuple[TeacherLM, str]:
+    """``teacher.ckpt``, or the newest compatible teacher under outputs/; checked against this run's model."""
+    path = cfg.teacher.ckpt or find_run("teacher", stage_spec(cfg, "teacher"))
+    if not path:
+        raise UserError(
+            f"no trained teacher for model={cfg.model.name} data={cfg.data.name} under outputs/: train one with "
+            f"`{teacher_command(cfg)}`, or name one with teacher.ckpt=PATH"
+        )
+    teacher = load_teacher(path)
+    have = {k: teacher.hparams.model.get(k) for k in model_spec(cfg)}
+    if have != model_spec(cfg):
+        diff = ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in model_spec(cfg).items() if have[k] != v)
+        raise UserError(
+            f"teacher {path} does not fit model={cfg.model.name}: it has {diff}; pick the matching model=... or "
+            f"train a teacher for this one with `{teacher_command(cfg)}`"
+        )
+    return teacher, str(path)
+
+
+def datamodule_for(cfg: DictConfig, vocab: Vocab, source: str) -> CharDataModule:
+    """The run's data, checked to have exactly the vocabulary the checkpoint ``source`` was trained with."""
+    dm = build_datamodule(cfg)
+    if dm.vocab.itos != vocab.itos:
+        raise UserError(
+            f"{source} was trained with another vocabulary ({len(vocab)} symbols) than data={cfg.data.name} "
+            f"({len(dm.vocab)} symbols): use the data it was trained on, or train a teacher on this data with "
+            f"`{teacher_command(cfg)}`"
+        )
+    return dm
+
+
+def hybrid_hparams(cfg: DictConfig, teacher: TeacherLM, teacher_ckpt: str, lr: float, max_steps: int) -> dict:
+    return dict(
+        model=dict(teacher.hparams.model),
+        vocab=list(teacher.vocab.itos),
+        hybrid=OmegaConf.to_container(cfg.hybrid, resolve=True),
+        selector=OmegaConf.to_container(cfg.selector, resolve=True),
+        approximator=OmegaConf.to_container(cfg.approximator, resolve=True),
+        lr=lr,
+        max_steps=max_steps,
+        teacher_ckpt=teacher_ckpt,
+    )
+
+
+def load_stage_checkpoint(path: str | Path, stage: str, make_command: str) -> dict:
+    """A distillation checkpoint as a dict, with one clear message when it is missing or of another kind."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no {stage} checkpoint at {p}: make one with `{make_command}`")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not {"hybrid", "selector", "approximator", "vocab", "model"} <= hp.keys():
+        raise UserError(f"{p} is not a {stage} checkpoint of this project: make one with `{make_command}`")
+    return ckpt
+
+
+def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, make_command: str) -> None:
+    """The settings in ``keys`` must be equal in a checkpoint and in this run, or the parts do not fit."""
+    for key in keys:
+        a, b = ckpt_hp.get(key), hparams.get(key)
+        if key in ("selector", "approximator"):  # training budgets and paths may differ
+            a = {k: v for k, v in (a or {}).items() if k in ("name", "hidden", "d_index", "loss")}
+            b = {k: v for k, v in (b or {}).items() if k in ("name", "hidden", "d_index", "loss")}
+        if a != b:
+            raise UserError(
+                f"checkpoint {path} was made with {key}={a}, this run asks for {key}={b}: run with the same "
+                f"settings, or make a matching one with `{make_command}`"
+            )
