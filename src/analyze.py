@@ -1,6 +1,7 @@
 """Analyses that need no training run: ``python -m src.analyze SUBCOMMAND [...]``.
 
     python -m src.analyze costs [--out DIR]   # the analytic cost model (src/costs.py): tables, CSVs, a plot
+    python -m src.analyze sweep DIR           # one table + plot of a multirun's jobs (src/sweep.py)
 
 Each subcommand is one entry of ``SUBCOMMANDS``: a help line, a function adding its arguments, a function running
 it. Bad arguments end with one line ``error: ...`` and exit status 2.
@@ -279,6 +280,27 @@ def run_costs(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# subcommand: sweep
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="the multirun folder (outputs/multirun/<timestamp>)")
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from src import sweep
+
+    rows = sweep.gather(args.dir)
+    try:
+        paths = sweep.write(rows, args.dir)
+    except OSError as e:
+        raise UserError(f"cannot write to {args.dir}: {e.strerror or e}") from None
+    print(sweep.markdown(rows, args.dir))
+    print("wrote " + " ".join(str(p) for p in paths))
+    print(f"TensorBoard (HPARAMS tab compares the jobs): tensorboard --logdir {args.dir}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the command line
 
 
@@ -291,7 +313,8 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "costs": Subcommand("analytic FLOPs and memory of dense vs sparse attention", add_costs_arguments, run_costs),
-    # "sweep": Subcommand("summarise the runs of a multirun folder", add_sweep_arguments, run_sweep),  # to come
+    "sweep": Subcommand("one table and plot of a multirun's jobs: quality, FLOPs, measured speed", add_sweep_arguments,
+                        run_sweep),
 }
 
 

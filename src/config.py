@@ -82,9 +82,10 @@ class HybridConf:
 
 @dataclass
 class SelectorConf:
-    name: str = "indexer"  # mlp | indexer | oracle  (Hydra group selector/)
+    name: str = "indexer"  # mlp | indexer | oracle | block  (Hydra group selector/)
     hidden: int = 64  # mlp: hidden width (the prototype's 64)
     d_index: int = 16  # indexer: width of the index queries and keys
+    block_size: int = 16  # block: keys per block (MoBA uses 512+ at long T; 16 leaves several blocks at T = 64)
     loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the selector's own
     max_steps: int = 300  # distillation steps
     lr: float = 3e-3  # the prototype's 3e-3
@@ -101,6 +102,12 @@ class ApproximatorConf:
 
 
 @dataclass
+class PipelineConf:
+    measure_speed: bool = False  # after evaluation, time one attention layer: SDPA against this hybrid's sparse variant
+    bench_repeats: int = 5  # timed forward passes per variant (median reported), after one warm-up
+
+
+@dataclass
 class Config:
     stage: str = "teacher"  # which stage `python -m src.train` runs; set by +experiment=...
     seed: int = 1337
@@ -114,6 +121,7 @@ class Config:
     hybrid: HybridConf = field(default_factory=HybridConf)
     selector: SelectorConf = field(default_factory=SelectorConf)
     approximator: ApproximatorConf = field(default_factory=ApproximatorConf)
+    pipeline: PipelineConf = field(default_factory=PipelineConf)
 
 
 def register_configs() -> None:

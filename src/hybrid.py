@@ -61,6 +61,7 @@ class SparseParts(nn.Module):
                 str(layer): build_selector(
                     selector["name"], h, model.d_model, model.head_dim, model.seq_len,
                     hidden=selector.get("hidden", 64), d_index=selector.get("d_index", 16),
+                    block_size=selector.get("block_size", 16),
                 )
                 for layer in spec.layers
             }

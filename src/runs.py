@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks import TokensPerSecond
@@ -175,3 +176,29 @@ def find_run(stage: str, spec: dict, root: Path | None = None) -> str | None:
         if m.get("stage") == stage and m.get("spec") == spec and not m.get("fast_dev_run") and ckpt and Path(ckpt).is_file():
             found.append((Path(ckpt).stat().st_mtime, ckpt))
     return max(found)[1] if found else None
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, one line per job (finished or failed) and how to gather them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        root = Path(config.hydra.sweep.dir)
+        jobs = sorted((p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()), key=job_number)
+        failed = [p for p in jobs if (p / "error.json").is_file()]
+        print(f"\nsweep {root}: {len(jobs)} jobs, {len(jobs) - len(failed)} finished, {len(failed)} failed", flush=True)
+        for p in failed:
+            try:
+                error = json.loads((p / "error.json").read_text())["error"].splitlines()[0]
+            except (OSError, ValueError, KeyError, IndexError):
+                error = "see its log"
+            print(f"  failed: {p.name}: {error}", flush=True)
+        print(f"gather the results: python -m src.analyze sweep {root}", flush=True)
+
+
+def job_number(path: Path) -> tuple[int, str]:
+    """Sort key of a sweep's job folders: '10_small' after '9_tiny'."""
+    head = path.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, path.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -81,15 +82,24 @@ def summary_lines(result: dict) -> list[str]:
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         result = train(cfg, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         log.error("error: %s", e)
         write_json(run_dir / "error.json", {"error": str(e), "stage": cfg.stage})
-        if hc.mode == RunMode.MULTIRUN:  # one bad job must not stop the sweep
+        if multirun:  # one bad job must not stop the sweep
             return None
         sys.exit(2)
+    except Exception as e:  # a bug or a crash (e.g. out of memory): keep the traceback, and the sweep going
+        if not multirun:
+            raise
+        log.exception("job %s failed", hc.job.num)
+        print(f"error: job {hc.job.num} ({run_dir}) failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        write_json(run_dir / "error.json", {"error": f"{type(e).__name__}: {e}", "stage": cfg.stage,
+                                            "traceback": traceback.format_exc()})
+        return None
     print("\n".join(summary_lines(result)), flush=True)
     return result.get("best_val_loss") or result.get("test/hybrid_loss")
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from src.selectors.base import KeySelector, Selection, causal_topk, gather_keys, selection_mask
+from src.selectors.block import BlockSelector
 from src.selectors.indexer import IndexerSelector
 from src.selectors.mlp import MLPSelector
 from src.selectors.oracle import OracleSelector
 
-SELECTORS = {"mlp": MLPSelector, "indexer": IndexerSelector, "oracle": OracleSelector}
+SELECTORS = {"mlp": MLPSelector, "indexer": IndexerSelector, "oracle": OracleSelector, "block": BlockSelector}
 
 
 def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int, hidden: int = 64,
-                   d_index: int = 16) -> KeySelector:
+                   d_index: int = 16, block_size: int = 16) -> KeySelector:
     if name == "mlp":
         return MLPSelector(n_heads, head_dim, seq_len, hidden)
     if name == "indexer":
         return IndexerSelector(n_heads, d_model, d_index)
     if name == "oracle":
         return OracleSelector()
+    if name == "block":
+        return BlockSelector(n_heads, d_model, d_index, block_size)
     raise ValueError(f"selector.name={name!r} is unknown: use one of {', '.join(SELECTORS)}")
 
 
-__all__ = ["KeySelector", "Selection", "SELECTORS", "build_selector", "causal_topk", "gather_keys", "selection_mask"]
+__all__ = ["BlockSelector", "KeySelector", "Selection", "SELECTORS", "build_selector", "causal_topk", "gather_keys",
+           "selection_mask"]

@@ -1,6 +1,11 @@
 """All five steps in one command: train the teacher -> (teacher signals, batch by batch) -> distil the selector
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
 checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher.
+
+With ``pipeline.measure_speed=true`` (the scaling grid sets it) a last step times one attention layer of this
+model's size, SDPA against the hybrid's sparse variant (src/bench.py), on the run's device. The run folder gets
+``metrics.json`` (every stage's numbers) and, in ``tensorboard/``, one hparams entry: the settings with the final
+metrics, so that the jobs of a sweep compare side by side in TensorBoard's HPARAMS tab.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.runs import write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,58 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("[4/4] evaluating the hybrid against the teacher")
     e = evaluate.run(cfg, run_dir / "evaluate")
     summary.update(selector=s, approximator=a, evaluate=e, checkpoint=a["checkpoint"])
+    if cfg.pipeline.measure_speed:
+        log.info("[+] timing one attention layer: SDPA against %s + %s", cfg.selector.name, cfg.approximator.name)
+        summary["speed"] = measure_speed(cfg)
     if (run_dir / "evaluate" / "results.md").is_file():
         shutil.copy(run_dir / "evaluate" / "results.md", run_dir / "results.md")
+    write_json(run_dir / "metrics.json", {**summary, "config": OmegaConf.to_container(cfg, resolve=True)})
+    if not cfg.trainer.fast_dev_run:
+        log_hparams(cfg, summary, run_dir / "tensorboard")
     return summary
+
+
+def measure_speed(cfg: DictConfig) -> dict:
+    """Median forward time of one attention layer of this model: SDPA against this hybrid's sparse variant."""
+    from src import bench
+
+    m = cfg.model
+    variant = f"{cfg.selector.name}+{cfg.approximator.name}"
+    settings = dict(T=m.seq_len, d_model=m.d_model, n_head=m.n_head, top_k=int(cfg.hybrid.top_k),
+                    device=cfg.device.accelerator, repeats=cfg.pipeline.bench_repeats)
+    if variant not in bench.VARIANTS:
+        log.warning("no benchmark variant %s; timing SDPA only", variant)
+        return {"variant": variant, "sdpa_ms": bench.measure("sdpa", **settings)["median_ms"]}
+    sdpa, sparse = bench.measure("sdpa", **settings), bench.measure(variant, **settings)
+    return {"variant": variant, "sdpa_ms": sdpa["median_ms"], "sparse_ms": sparse["median_ms"],
+            "measured_speedup": sdpa["median_ms"] / sparse["median_ms"], "device": sdpa.get("device")}
+
+
+HPARAMS = ("model.name", "model.n_layer", "model.n_head", "model.d_model", "model.seq_len", "data.name",
+           "trainer.max_steps", "selector.name", "selector.max_steps", "approximator.name", "approximator.max_steps",
+           "hybrid.top_k", "hybrid.layers", "hybrid.heads")
+HPARAM_METRICS = {
+    "teacher_loss": ("evaluate", "test/teacher_loss"), "hybrid_loss": ("evaluate", "test/hybrid_loss"),
+    "loss_change_pct": ("evaluate", "test/loss_change_pct"), "kl": ("evaluate", "test/kl_teacher_hybrid"),
+    "logits_rel_err": ("evaluate", "test/logits_rel_err"), "mass_recall": ("evaluate", "test/mass_recall"),
+    "recall": ("evaluate", "test/recall"), "top1_acc": ("evaluate", "test/top1_acc"),
+    "sdpa_ms": ("speed", "sdpa_ms"), "sparse_ms": ("speed", "sparse_ms"),
+    "measured_speedup": ("speed", "measured_speedup"),
+}
+
+
+def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
+    """One TensorBoard hparams entry (settings -> final metrics) for the whole pipeline run."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    hparams = {}
+    for key in HPARAMS:
+        value = OmegaConf.select(cfg, key)
+        hparams[key] = value if isinstance(value, (int, float, str, bool)) else str(list(value))
+    metrics = {}
+    for name, (part, key) in HPARAM_METRICS.items():
+        value = summary.get(part, {}).get(key)
+        if isinstance(value, (int, float)):
+            metrics[f"hparams/{name}"] = float(value)
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.add_hparams(hparams, metrics, run_name=".")

@@ -1,0 +1,218 @@
+"""Gather a multirun folder into one table: ``python -m src.analyze sweep DIR``.
+
+Every job folder of a Hydra sweep (``DIR/<num>_<model>/``) becomes one row: its settings, its quality against the
+teacher (from the pipeline's ``metrics.json``), the analytic FLOPs of its configuration (src/costs.py, full
+accounting) and the attention-layer timing it measured (``pipeline.measure_speed=true``, as the scaling grid
+sets). A failed job (``error.json``, written by src/train.py) or one that never finished is a row too, with its
+error, so a sweep with a bad job still gives a table of the others.
+
+Writes DIR/sweep.csv, sweep.json, sweep.md and sweep.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from src import costs
+from src.errors import UserError
+from src.runs import job_number, register_resolvers
+
+COLUMNS = (
+    "job", "status", "model", "d_model", "n_head", "n_layer", "seq_len", "top_k", "selector", "approximator",
+    "sparse_heads", "teacher_loss", "hybrid_loss", "loss_change_pct", "kl", "logits_rel_err", "mass_recall",
+    "recall", "top1_acc", "attn_flops_speedup", "model_flops_speedup", "dense_model_flops", "sparse_model_flops",
+    "sdpa_ms", "sparse_ms", "measured_speedup", "device", "error",
+)
+EVALUATE_KEYS = {
+    "teacher_loss": "test/teacher_loss", "hybrid_loss": "test/hybrid_loss", "loss_change_pct": "test/loss_change_pct",
+    "kl": "test/kl_teacher_hybrid", "logits_rel_err": "test/logits_rel_err", "mass_recall": "test/mass_recall",
+    "recall": "test/recall", "top1_acc": "test/top1_acc",
+}
+
+
+def job_folders(root: Path) -> list[Path]:
+    """The job folders of a sweep: those Hydra made (they hold ``.hydra/``), in job order."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder: give the folder of a multirun, e.g. outputs/multirun/<timestamp>")
+    jobs = [p for p in root.iterdir() if p.is_dir() and (p / ".hydra" / "config.yaml").is_file()]
+    if not jobs:
+        raise UserError(
+            f"{root} holds no job folders (sub-folders with .hydra/config.yaml): give the folder a multirun made, "
+            "e.g. `python -m src.train -m +experiment=scaling_grid` prints it at the end"
+        )
+    return sorted(jobs, key=job_number)
+
+
+def job_config(job: Path) -> dict:
+    """The job's composed config, resolved (the pipeline's own copy when it finished, else Hydra's)."""
+    metrics = read_json(job / "metrics.json")
+    if metrics and isinstance(metrics.get("config"), dict):
+        return metrics["config"]
+    register_resolvers()
+    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that cannot resolve here: keep what can be read
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def count_sparse(value, n: int) -> int:
+    if value == "all":
+        return n
+    return len(set(value)) if isinstance(value, (list, tuple)) else 1
+
+
+def flops_columns(cfg: dict) -> dict:
+    """Full-accounting FLOPs of the job's hybrid (only its sparse heads are sparse), one sequence, forward."""
+    m, hyb = cfg.get("model", {}), cfg.get("hybrid", {})
+    sel, app = cfg.get("selector", {}).get("name"), cfg.get("approximator", {}).get("name")
+    pair = f"{sel}+{app}"
+    try:
+        d, nh, T, n_layer, k = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"], int(hyb["top_k"])
+        sizes = costs.ComponentSizes(
+            selector_hidden=cfg["selector"].get("hidden", 64), approximator_hidden=cfg["approximator"].get("hidden", 64),
+            d_index=cfg["selector"].get("d_index", 16), block=cfg["selector"].get("block_size", 64),
+        )
+        dense, sparse = costs.dense_layer(d, nh, T, sizes).flops, costs.sparse_layer(pair, d, nh, T, k, sizes).flops
+    except (KeyError, TypeError, ValueError):
+        return {}
+    rest = costs.rest_of_layer(d, T).flops
+    layers, heads = count_sparse(hyb.get("layers"), n_layer), count_sparse(hyb.get("heads"), nh)
+    sparse_layer = rest + (sparse // nh) * heads + (dense // nh) * (nh - heads)
+    dense_model = n_layer * (rest + dense)
+    sparse_model = layers * sparse_layer + (n_layer - layers) * (rest + dense)
+    return {"sparse_heads": layers * heads, "attn_flops_speedup": dense / sparse,
+            "dense_model_flops": dense_model, "sparse_model_flops": sparse_model,
+            "model_flops_speedup": dense_model / sparse_model}
+
+
+def job_row(job: Path) -> dict:
+    cfg = job_config(job)
+    m = cfg.get("model", {})
+    row: dict = {
+        "job": job.name, "model": m.get("name"), "d_model": m.get("d_model"), "n_head": m.get("n_head"),
+        "n_layer": m.get("n_layer"), "seq_len": m.get("seq_len"), "top_k": cfg.get("hybrid", {}).get("top_k"),
+        "selector": cfg.get("selector", {}).get("name"), "approximator": cfg.get("approximator", {}).get("name"),
+    }
+    row.update(flops_columns(cfg))
+    metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
+    if error:
+        row.update(status="failed", error=str(error.get("error", "")).splitlines()[0] if error.get("error") else "")
+    elif not metrics or "evaluate" not in metrics:
+        row.update(status="unfinished", error="no metrics.json: the job was stopped or is still running")
+    else:
+        row["status"] = "ok"
+        for name, key in EVALUATE_KEYS.items():
+            row[name] = metrics["evaluate"].get(key)
+        speed = metrics.get("speed") or {}
+        row.update({k: speed.get(k) for k in ("sdpa_ms", "sparse_ms", "measured_speedup", "device")})
+    return {c: row.get(c) for c in COLUMNS}
+
+
+def gather(root: Path) -> list[dict]:
+    return [job_row(job) for job in job_folders(root)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def markdown(rows: list[dict], root: Path) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines = [
+        f"# Sweep {root}",
+        "",
+        f"{len(rows)} jobs: {len(ok)} finished, {len(rows) - len(ok)} failed or unfinished.",
+        "Quality on the test split against each job's own teacher; FLOPs: full accounting (src/costs.py: every head, "
+        "causal, selector included; forward of one sequence); measured: one attention layer's forward, median ms, "
+        "SDPA vs the sparse variant, on the job's device (src/bench.py).",
+        "",
+        "| job | model | d / heads / T | k | pair | loss change | KL | mass recall | logits rel. err | "
+        "attn FLOPs speed-up | model FLOPs speed-up | SDPA ms | sparse ms | measured speed-up |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in ok:
+        pct = f"{r['loss_change_pct']:+.2f}%" if r["loss_change_pct"] is not None else "–"
+        lines.append(
+            f"| {r['job']} | {r['model']} | {r['d_model']} / {r['n_head']} / {r['seq_len']} | {r['top_k']} | "
+            f"{r['selector']}+{r['approximator']} | {pct} | {fmt(r['kl'])} | {fmt(r['mass_recall'])} | "
+            f"{fmt(r['logits_rel_err'])} | {fmt(r['attn_flops_speedup'], 3)}× | {fmt(r['model_flops_speedup'], 3)}× | "
+            f"{fmt(r['sdpa_ms'], 3)} | {fmt(r['sparse_ms'], 3)} | "
+            f"{fmt(r['measured_speedup'], 3) + '×' if r['measured_speedup'] else '–'} |"
+        )
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        lines += ["", "## Failed or unfinished jobs", ""]
+        lines += [f"- {r['job']} ({r['status']}): {r['error']}" for r in bad]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["seq_len"] or 0, r["d_model"] or 0))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    labels = [f"{r['model']}\n{r['d_model']}d/T={r['seq_len']}" for r in ok]
+    x = range(len(ok))
+    left.plot(x, [r["loss_change_pct"] for r in ok], "o-", label="loss change vs teacher (%)")
+    left.set(ylabel="test loss change (%)", title="Quality of the hybrid against its teacher")
+    twin = left.twinx()
+    twin.plot(x, [r["mass_recall"] for r in ok], "s--", color="tab:green", label="attention-mass recall")
+    twin.set(ylabel="attention-mass recall", ylim=(0, 1.05))
+    left.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="lower right", fontsize=8)
+    for name, style, label in (("attn_flops_speedup", "o-", "attention FLOPs (full accounting)"),
+                               ("model_flops_speedup", "s-", "whole-model FLOPs (full accounting)"),
+                               ("measured_speedup", "^-", "measured, one attention layer vs SDPA")):
+        ys = [r[name] for r in ok]
+        if any(y is not None for y in ys):
+            right.plot(x, [y if y is not None else float("nan") for y in ys], style, label=label)
+    right.axhline(1.0, color="k", lw=1)
+    right.set(yscale="log", ylabel="speed-up over dense (×)", title="Speed-up of the sparse configuration")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.grid(True, alpha=0.3)
+    devices = sorted({str(r["device"]) for r in ok if r["device"]})
+    fig.suptitle(f"sweep {path.parent.name}: {len(ok)} of {len(rows)} jobs finished"
+                 + (f"; measured on {', '.join(devices)}" if devices else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(rows: list[dict], root: Path) -> list[Path]:
+    paths = [root / "sweep.csv", root / "sweep.json", root / "sweep.md", root / "sweep.png"]
+    with paths[0].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    paths[1].write_text(json.dumps(rows, indent=2) + "\n")
+    paths[2].write_text(markdown(rows, root))
+    plot(rows, paths[3])
+    return paths
