@@ -197,6 +197,12 @@ def causal_block_pairs(T: int, block: int) -> int:
 def block_selector(T: int, hs: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
     """Block selection (MoBA/NSA style), one head: mean-pool keys per block (T·hs, counted as MACs), score each
     query against the causal blocks (≈ T·(T/B)/2·hs MACs: Θ(T²/B·hs)), top-k over those blocks.
+
+    This is MoBA's gate, which pools the head's own keys (width hs). The framework's selector
+    (src/selectors/block.py) pools learned index keys of width d_index instead, after projecting the layer input
+    (2·T·d·d_index MACs, as ``indexer_selector`` counts them): its count is this one with hs = d_index, plus
+    those projections. Its PyTorch ``select`` (the hybrid's) spreads the block scores over a T×T matrix and takes a
+    top-k over keys; ``select_blocks`` (src/bench.py's block variants) takes the top-k over blocks, as counted here.
     """
     block_pairs = causal_block_pairs(T, block)
     return Cost(macs=T * hs + block_pairs * hs, ops=topk_ops * block_pairs)

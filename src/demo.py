@@ -73,10 +73,11 @@ def timings(seq_lens: tuple[int, ...], d_model: int, n_head: int, variants: tupl
     rows = []
     for T in seq_lens:
         top_k = max(1, T // 8)
-        base = bench.measure("sdpa", T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats)
+        base = bench.measure("sdpa", T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats,
+                             memory=False)
         rows.append([str(T), "sdpa", f"{base['median_ms']:.1f}", "1.00×"])
         for v in variants:
-            r = bench.measure(v, T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats)
+            r = bench.measure(v, T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats, memory=False)
             rows.append([str(T), v, f"{r['median_ms']:.1f}", times(base["median_ms"] / r["median_ms"])])
     return "\n".join([
         f"One attention layer, forward, batch 1, d_model {d_model} / {n_head} heads, fp32, k = T/8, selection "
@@ -127,6 +128,8 @@ def expected_output(result: dict) -> str:
 
 def quiet() -> None:
     """Lightning's per-run chatter (GPU available, model summary) would bury the demo's own lines."""
+    import lightning.pytorch  # noqa: F401  its import sets its loggers' level: quieten them after it
+
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "src"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         seq_lens, d_model, n_head, variants, repeats = (128, 256), 64, 2, ("indexer+softmax",), 1
         steps, extra = (4, 2, 2), ["model.seq_len=32", "data.num_tokens=5000", "trainer.limit_val_batches=2"]
     else:
-        seq_lens, d_model, n_head, variants, repeats = (1024, 4096), 512, 8, ("mlp+mlp", "indexer+softmax"), 3
+        seq_lens, d_model, n_head, repeats = (1024, 2048), 512, 8, 3
+        variants = ("mlp+mlp", "indexer+softmax", "block+softmax")
         steps, extra = (300, 300, 400), []
     start, spent = time.perf_counter(), {}
     try:

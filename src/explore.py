@@ -18,7 +18,6 @@ STAGES = ("teacher", "selector", "approximator", "evaluate")
 RUN_MARKERS = ("metrics.json", "error.json", ".hydra", "tensorboard", "sweep.csv", "multirun.yaml", "bench.csv",
                "costs_full.csv")
 SPEEDUPS = ("flops_speedup", "attn_flops_speedup", "model_flops_speedup", "measured_speedup")
-QUALITY = ("loss_change_pct", "mass_recall")
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -156,15 +155,17 @@ def png(fig) -> bytes:
 
 
 def run_config(run: Path) -> dict | None:
-    """The run's resolved config: from evaluate's results.json, a metrics.json, or Hydra's .hydra/config.yaml."""
-    for f in (run / "evaluate" / "results.json", run / "results.json", run / "metrics.json"):
-        cfg = (read_json(f) or {}).get("config")
-        if isinstance(cfg, dict):
-            return cfg
-    if (run / ".hydra" / "config.yaml").is_file():
-        from src.sweep import job_config
+    """The run's resolved config: from evaluate's results.json, a metrics.json, or Hydra's .hydra/config.yaml
+    (a pipeline's stage folder: the pipeline's)."""
+    for folder in (run, run.parent):
+        for f in (folder / "evaluate" / "results.json", folder / "results.json", folder / "metrics.json"):
+            cfg = (read_json(f) or {}).get("config")
+            if isinstance(cfg, dict):
+                return cfg
+        if (folder / ".hydra" / "config.yaml").is_file():
+            from src.sweep import job_config
 
-        return job_config(run)
+            return job_config(folder)
     return None
 
 
@@ -192,8 +193,10 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
     if cfg is None:
         raise ValueError(f"{run}: no config found (results.json, metrics.json or .hydra/config.yaml)")
     cfg = OmegaConf.create(cfg)
+    if (read_json(run / "metrics.json") or {}).get("stage", cfg.get("stage")) == "teacher":
+        raise ValueError(f"{run} is a teacher's run: it has no selector")
     folder = run / "approximator" if (run / "approximator").is_dir() else run
-    if own_checkpoint(folder) and (folder != run or cfg.stage == "distill_approximator"):
+    if own_checkpoint(folder):  # a distillation stage's checkpoint holds the whole hybrid (teacher included)
         cfg.approximator.ckpt = own_checkpoint(folder)
     if own_checkpoint(run / "teacher"):
         cfg.teacher.ckpt = own_checkpoint(run / "teacher")
@@ -275,7 +278,7 @@ def column(rows: list[dict], *names: str) -> str | None:
     return next((n for n in names if any(isinstance(r.get(n), (int, float)) for r in rows)), None)
 
 
-# ---------------------------------------------------------------------------------------------------- sweeps, bench, costs
+# ------------------------------------------------------------------------------------------ sweeps, bench, costs
 
 
 def sweep_rows(folder: Path) -> list[dict]:
@@ -320,8 +323,24 @@ def _readable_ticks(ax) -> None:
         ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
+def _panel(rows: list[dict], x: str, ys: tuple[str, ...], by: tuple[str, ...], ylabel: str, logy: bool = True,
+           one: bool = False):
+    """A draw(ax) -> bool for _grid_figure: each y column against x (log), one line per group of ``by``."""
+    def draw(ax) -> bool:
+        drawn = False
+        for y, style in zip(ys, ("o-", "s--", "^:", "d-.")):
+            drawn |= _lines(ax, rows, x, y, by, style, y if len(ys) > 1 else "")
+        if drawn:
+            ax.set(xscale="log", yscale="log" if logy else "linear", xlabel=x, ylabel=ylabel)
+            if one:
+                ax.axhline(1.0, color="k", lw=1)
+        return drawn
+
+    return draw
+
+
 def _grid_figure(panels: list, title: str) -> Figure | None:
-    """panels: (title, draw(ax) -> bool); the ones that draw nothing are left out."""
+    """panels: (title, draw(ax) -> bool) side by side; the ones that draw nothing are left out; None if all are."""
     fig = Figure(figsize=(4.6 * max(1, len(panels)), 3.8), layout="constrained")
     used = 0
     for i, (name, draw) in enumerate(panels):
@@ -341,30 +360,15 @@ def _grid_figure(panels: list, title: str) -> Figure | None:
 
 
 def sweep_figure(rows: list[dict]) -> Figure | None:
+    """Speed-ups, loss change and mass recall of a sweep's finished jobs against seq_len (or d_model)."""
     ok = [r for r in rows if r.get("status") in (None, "ok")]
-    seq = {r.get("seq_len") for r in ok}
-    x = "seq_len" if len(seq) > 1 or column(ok, "d_model") is None else "d_model"
+    x = "seq_len" if len({r.get("seq_len") for r in ok}) > 1 or not column(ok, "d_model") else "d_model"
     by = ("selector", "approximator")
-
-    def speed(ax):
-        drawn = [_lines(ax, ok, x, c, by, s, c) for c, s in zip(SPEEDUPS, ("o-", "o-", "s--", "^:")) if c in
-                 {k for r in ok for k in r}]
-        if any(drawn):
-            ax.axhline(1.0, color="k", lw=1)
-            ax.set(xscale="log", yscale="log", xlabel=x, ylabel="speed-up over dense (×)")
-        return any(drawn)
-
-    def one(col, ylabel):
-        def draw(ax):
-            if _lines(ax, ok, x, col, by):
-                ax.set(xscale="log", xlabel=x, ylabel=ylabel)
-                return True
-            return False
-        return draw
-
-    return _grid_figure([("speed-up", speed), ("loss change vs teacher", one("loss_change_pct", "%")),
-                         ("attention-mass recall", one("mass_recall", "recall"))],
-                        f"sweep: {len(ok)} of {len(rows)} jobs finished")
+    return _grid_figure([
+        ("speed-up over dense (×)", _panel(ok, x, SPEEDUPS, by, "×", one=True)),
+        ("loss change vs teacher", _panel(ok, x, ("loss_change_pct",), by, "%", logy=False)),
+        ("attention-mass recall", _panel(ok, x, ("mass_recall",), by, "recall", logy=False)),
+    ], f"sweep: {len(ok)} of {len(rows)} jobs finished")
 
 
 def failed_jobs(rows: list[dict]) -> list[str]:
@@ -373,42 +377,25 @@ def failed_jobs(rows: list[dict]) -> list[str]:
 
 
 def bench_figure(rows: list[dict]) -> Figure | None:
+    """bench.csv (src/bench.py): time, speed-up and peak memory against T (or seq_len), one line per variant."""
     x = column(rows, "T", "seq_len")
     if x is None:
         return None
-    by = tuple(c for c in ("variant",) if any(r.get(c) is not None for r in rows))
-
-    def panel(col, ylabel, log=True):
-        def draw(ax):
-            if _lines(ax, rows, x, col, by):
-                ax.set(xscale="log", yscale="log" if log else "linear", xlabel=x, ylabel=ylabel)
-                if col == "speedup":
-                    ax.axhline(1.0, color="k", lw=1)
-                return True
-            return False
-        return draw
-
-    return _grid_figure([("forward time", panel(column(rows, "median_ms", "ms") or "median_ms", "median ms")),
-                         ("speed-up over SDPA", panel("speedup", "×")),
-                         ("peak memory", panel(column(rows, "peak_mb", "peak_memory_mb") or "peak_mb", "MB"))],
-                        "benchmark (src/bench.py)")
+    by = ("variant",)
+    return _grid_figure([
+        ("forward time", _panel(rows, x, ("median_ms", "ms"), by, "median ms")),
+        ("speed-up over SDPA", _panel(rows, x, ("speedup",), by, "×", one=True)),
+        ("peak memory", _panel(rows, x, ("peak_mb", "peak_memory_mb"), by, "MB")),
+    ], "benchmark (src/bench.py)")
 
 
 def costs_figure(full: list[dict], prototype: list[dict] | None = None) -> Figure | None:
-    """costs_full.csv (and costs_prototype.csv): FLOPs speed-up per pair across the model grid."""
+    """costs_full.csv (with costs_prototype.csv's line): FLOPs speed-up of each pair across the model grid."""
     x = "d_model" if column(full, "d_model") else "seq_len"
-
-    def panel(col):
-        def draw(ax):
-            drawn = _lines(ax, full, x, col, ("pair",))
-            if prototype and col == "attn_speedup":
-                drawn |= _lines(ax, prototype, x, "speedup", (), "k--", "prototype accounting (one head)")
-            if drawn:
-                ax.axhline(1.0, color="k", lw=1)
-                ax.set(xscale="log", yscale="log", xlabel=x, ylabel="× over dense (FLOPs)")
-            return drawn
-        return draw
-
-    return _grid_figure([("attention speed-up", panel("attn_speedup")), ("whole-model speed-up",
-                                                                          panel("model_speedup"))],
-                        "analytic cost model (python -m src.analyze costs)")
+    proto = [{x: r.get(x), "attn_speedup": r.get("speedup"), "pair": "prototype accounting (one head)"}
+             for r in prototype or []]
+    unit = "× over dense (FLOPs)"
+    return _grid_figure([
+        ("attention speed-up", _panel(full + proto, x, ("attn_speedup",), ("pair",), unit, one=True)),
+        ("whole-model speed-up", _panel(full, x, ("model_speedup",), ("pair",), unit, one=True)),
+    ], "analytic cost model (python -m src.analyze costs)")

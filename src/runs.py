@@ -157,7 +157,7 @@ def stage_spec(cfg: DictConfig, stage: str) -> dict:
     spec = {"model": model_spec(cfg), "data": data_spec(cfg)}
     if stage in ("distill_selector", "distill_approximator"):
         spec["hybrid"] = OmegaConf.to_container(cfg.hybrid, resolve=True)
-        spec["selector"] = {k: cfg.selector[k] for k in ("name", "hidden", "d_index", "loss")}
+        spec["selector"] = {k: cfg.selector[k] for k in ("name", "hidden", "d_index", "loss", "block_size")}
     if stage == "distill_approximator":
         spec["approximator"] = {k: cfg.approximator[k] for k in ("name", "hidden")}
     return spec

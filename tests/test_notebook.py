@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -65,8 +66,8 @@ def sweep_folder(pipeline_run):
         writer.writerows(rows)
     (root / "bench").mkdir()
     (root / "bench" / "bench.csv").write_text(
-        "T,variant,median_ms,speedup,peak_mb\n"
-        "128,sdpa,0.10,1.0,2.0\n256,sdpa,0.30,1.0,6.0\n128,indexer+softmax,0.20,0.5,1.5\n256,indexer+softmax,0.25,1.2,2.5\n")
+        "T,variant,median_ms,speedup,peak_mb\n128,sdpa,0.10,1.0,2.0\n256,sdpa,0.30,1.0,6.0\n"
+        "128,indexer+softmax,0.20,0.5,1.5\n256,indexer+softmax,0.25,1.2,2.5\n")
     assert analyze(["costs", "--out", str(root / "costs")]) == 0
     return root
 
@@ -154,8 +155,6 @@ def test_newest_run_and_kinds(tmp_path):
     sweep = tmp_path / "multirun" / "2026-01-02_00-00-00"
     (sweep / "0_tiny" / ".hydra").mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("{}")
-    import os
-
     os.utime(old, (1, 1))
     assert explore.runs_under(tmp_path) == [sweep, old]
     assert explore.newest_run(tmp_path) == sweep

@@ -3,7 +3,8 @@
 Keys are grouped in blocks of ``block_size`` consecutive positions (default 16; the last block may be shorter).
 Per served head, small learned projections of the layer input give index queries and keys of width d_index
 (as src/selectors/indexer.py); a block's score for query t is q_t · mean(k over the block) / sqrt(d_index), so
-scoring costs Θ(T · T/block_size · d_index) per head instead of the indexer's Θ(T² · d_index).
+scoring costs Θ(T · T/block_size · d_index) per head instead of the indexer's Θ(T² · d_index). (The projection
+is linear, so a block's mean index key is computed as the projection of the block's mean input.)
 
 Causality: a block before the query's own block lies wholly in the past. The query's own block also holds keys
 after it, so its score uses the mean of the keys from the block's start up to the query only (a prefix mean).
@@ -67,35 +68,37 @@ class BlockSelector(KeySelector):
 
     # -- the pieces -----------------------------------------------------------------------------------------
 
-    def index(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> index queries and keys, each (B, h, T, d_index)."""
-        B, T, _ = x.shape
-        qi = self.wq(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)
-        ki = self.wk(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)
-        return qi, ki
+    def _project(self, w: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """(B, R, C) -> (B, h, R, d_index): index vectors of every served head."""
+        B, R, _ = x.shape
+        return w(x).view(B, R, self.n_heads, self.d_index).transpose(1, 2)
 
-    def _blocked(self, ki: torch.Tensor) -> torch.Tensor:
-        """(B, h, T, d) -> (B, h, nb, block_size, d), zero-padded at the end."""
-        B, h, T, d = ki.shape
-        pad = n_blocks(T, self.block_size) * self.block_size - T
-        return F.pad(ki, (0, 0, 0, pad)).view(B, h, -1, self.block_size, d)
+    def _blocked(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., T, d) -> (..., nb, block_size, d), zero-padded at the end."""
+        pad = n_blocks(t.size(-2), self.block_size) * self.block_size - t.size(-2)
+        return F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, self.block_size))
 
-    def block_means(self, ki: torch.Tensor) -> torch.Tensor:
-        """(B, h, T, d) -> mean index key of every block (B, h, nb, d); the last block over its own keys only."""
-        T = ki.size(-2)
-        count = (T - torch.arange(n_blocks(T, self.block_size), device=ki.device) * self.block_size)
-        return self._blocked(ki).sum(-2) / count.clamp(max=self.block_size)[:, None]
+    def block_means(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., T, d) -> the mean of every block (..., nb, d); the last block over its own rows only."""
+        T = t.size(-2)
+        count = T - torch.arange(n_blocks(T, self.block_size), device=t.device) * self.block_size
+        return self._blocked(t).sum(-2) / count.clamp(max=self.block_size)[:, None]
 
-    def prefix_means(self, ki: torch.Tensor) -> torch.Tensor:
-        """(B, h, T, d) -> at each position t, the mean of the keys from t's block start up to t (B, h, T, d)."""
-        T = ki.size(-2)
-        csum = self._blocked(ki).cumsum(-2).flatten(2, 3)[:, :, :T]  # (B, h, T, d)
-        count = torch.arange(T, device=ki.device) % self.block_size + 1
-        return csum / count[:, None]
+    def prefix_means(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., T, d) -> at each position t, the mean of the rows from t's block start up to t (..., T, d)."""
+        T = t.size(-2)
+        csum = self._blocked(t).cumsum(-2).flatten(-3, -2)[..., :T, :]
+        return csum / (torch.arange(T, device=t.device) % self.block_size + 1)[:, None]
+
+    def block_index(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> index queries of the queries at ``rows`` (all when None), (B, h, R, d_index), and the
+        block keys (B, h, nb, d_index). A block key is the projection of the block's mean input: the same as the
+        mean of its keys' index keys (the projection is linear), for 1/block_size of the work."""
+        return self._project(self.wq, x if rows is None else x[:, rows]), self._project(self.wk, self.block_means(x))
 
     def choose(self, qi: torch.Tensor, kb: torch.Tensor, rows: torch.Tensor, n_keep: int) -> BlockChoice:
         """Blocks for the queries at positions ``rows`` (R,): qi (B, h, R, d) their index queries, kb (B, h, nb, d)
-        the block means -> BlockChoice of n_keep blocks each. Only blocks before the query's own are scored."""
+        the block keys -> BlockChoice of n_keep blocks each. Only blocks before the query's own are scored."""
         nb = kb.size(-2)
         if not 0 < n_keep <= nb:
             raise ValueError(f"n_blocks={n_keep} must be in 1..{nb} (the number of blocks)")
@@ -116,11 +119,10 @@ class BlockSelector(KeySelector):
         queries (R = n_q_blocks rows, chosen by each block's first query). ``chunk`` rows are scored at a time
         (None: all at once), so the (B, h, R, nb) scores need not exist whole; the result is the same."""
         T = x.size(1)
-        qi, ki = self.index(x)
-        kb = self.block_means(ki)
         rows = torch.arange(0, T, self.block_size if per_block else 1, device=x.device)
+        qi, kb = self.block_index(x, rows if per_block else None)
         step = chunk or len(rows)
-        parts = [self.choose(qi[:, :, rows[s:s + step]], kb, rows[s:s + step], n_keep)
+        parts = [self.choose(qi[:, :, s:s + step], kb, rows[s:s + step], n_keep)
                  for s in range(0, len(rows), step)]
         return BlockChoice(idx=torch.cat([p.idx for p in parts], 2), valid=torch.cat([p.valid for p in parts], 2),
                            rows=rows)
@@ -130,11 +132,11 @@ class BlockSelector(KeySelector):
     def scores(self, x, q, k):
         """(B, h, T, T): key j's score is its block's; in the query's own block, the prefix-mean score."""
         T = x.size(1)
-        qi, ki = self.index(x)
-        block = qi @ self.block_means(ki).transpose(-2, -1)  # (B, h, T, nb)
+        qi, kb = self.block_index(x)
+        block = qi @ kb.transpose(-2, -1)  # (B, h, T, nb)
         key_block = torch.arange(T, device=x.device) // self.block_size  # (T,)
         tokens = block.index_select(-1, key_block)  # (B, h, T, T)
-        own = (qi * self.prefix_means(ki)).sum(-1, keepdim=True)  # (B, h, T, 1)
+        own = (qi * self._project(self.wk, self.prefix_means(x))).sum(-1, keepdim=True)  # (B, h, T, 1)
         same = key_block[:, None] == key_block[None, :]  # (T, T): key in the query's own block
         return torch.where(same, own, tokens) / math.sqrt(self.d_index)
 

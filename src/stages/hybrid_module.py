@@ -216,8 +216,8 @@ def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, m
     for key in keys:
         a, b = ckpt_hp.get(key), hparams.get(key)
         if key in ("selector", "approximator"):  # training budgets and paths may differ
-            a = {k: v for k, v in (a or {}).items() if k in ("name", "hidden", "d_index", "loss")}
-            b = {k: v for k, v in (b or {}).items() if k in ("name", "hidden", "d_index", "loss")}
+            a = {k: v for k, v in (a or {}).items() if k in ("name", "hidden", "d_index", "loss", "block_size")}
+            b = {k: v for k, v in (b or {}).items() if k in ("name", "hidden", "d_index", "loss", "block_size")}
         if a != b:
             raise UserError(
                 f"checkpoint {path} was made with {key}={a}, this run asks for {key}={b}: run with the same "

@@ -59,19 +59,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def measure_speed(cfg: DictConfig) -> dict:
-    """Median forward time of one attention layer of this model: SDPA against this hybrid's sparse variant."""
+    """Median forward time of one attention layer of this model: SDPA against this hybrid's sparse variant.
+
+    Both are timed by ``src.bench.measure`` in the same process, on random inputs of this model's shape (batch 1).
+    """
     from src import bench
 
     m = cfg.model
     variant = f"{cfg.selector.name}+{cfg.approximator.name}"
-    settings = dict(T=m.seq_len, d_model=m.d_model, n_head=m.n_head, top_k=int(cfg.hybrid.top_k),
-                    device=cfg.device.accelerator, repeats=cfg.pipeline.bench_repeats)
+    settings = dict(T=m.seq_len, d_model=m.d_model, n_head=m.n_head, top_k=min(int(cfg.hybrid.top_k), m.seq_len),
+                    block_size=int(cfg.selector.get("block_size", 16)), device=cfg.device.accelerator,
+                    repeats=cfg.pipeline.bench_repeats, memory=False)
+    sdpa = bench.measure("sdpa", **settings)
+    out = {"variant": variant, "sdpa_ms": sdpa["median_ms"], "device": sdpa.get("device")}
     if variant not in bench.VARIANTS:
-        log.warning("no benchmark variant %s; timing SDPA only", variant)
-        return {"variant": variant, "sdpa_ms": bench.measure("sdpa", **settings)["median_ms"]}
-    sdpa, sparse = bench.measure("sdpa", **settings), bench.measure(variant, **settings)
-    return {"variant": variant, "sdpa_ms": sdpa["median_ms"], "sparse_ms": sparse["median_ms"],
-            "measured_speedup": sdpa["median_ms"] / sparse["median_ms"], "device": sdpa.get("device")}
+        log.warning("src.bench has no variant %s; timed SDPA only", variant)
+        return out
+    sparse = bench.measure(variant, **settings)
+    if sparse["status"] != "ok" or not sdpa["median_ms"]:
+        log.warning("%s was not timed: %s", variant, sparse.get("note") or sdpa.get("note"))
+        return out
+    return {**out, "sparse_ms": sparse["median_ms"], "measured_speedup": sdpa["median_ms"] / sparse["median_ms"]}
 
 
 HPARAMS = ("model.name", "model.n_layer", "model.n_head", "model.d_model", "model.seq_len", "data.name",
