@@ -696,8 +696,8 @@ def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None
             writer.writerows(rows)
         paths[1].write_text(json.dumps({"machine": info, "settings": settings, "label": label, "elapsed_s": elapsed,
                                         "rows": rows, "crossover": cross, "notes": NOTES}, indent=2) + "\n")
-        paths[2].write_text(f"# Measured: one attention layer, dense vs sparse\n\n{label}; {info['torch']}, "
-                            f"{info['threads']} threads.\n\n{NOTES}\n\n{table(rows)}")
+        paths[2].write_text(f"# Measured: one attention layer, dense vs sparse\n\n{label}; torch {info['torch']}."
+                            f"\n\n{NOTES}\n\n{table(rows)}")
         plot(paths[3], rows, label)
     except OSError as e:
         raise UserError(f"cannot write to {out}: {e.strerror or e}; pass another folder with --out") from None

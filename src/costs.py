@@ -235,7 +235,7 @@ class ComponentSizes:
     selector_hidden: int = 64  # mlp selector hidden width (the prototype's analysis used 128)
     approximator_hidden: int = 64  # mlp approximator hidden width
     d_index: int = 16  # indexer query/key width
-    block: int = 64  # block selector block size B
+    block: int = 16  # block selector block size B (conf/selector/block.yaml)
     softmax_ops: int = SOFTMAX_OPS
     topk_ops: int = TOPK_OPS
 

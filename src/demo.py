@@ -38,6 +38,7 @@ def section(title: str) -> None:
 def cost_tables(k: int | None = None) -> str:
     """Per model size: the prototype's claimed speed-up beside the full accounting of two selector pairs."""
     proto = {(r.d_model, r.seq_len): r for r in costs.prototype_compute_rows()}
+    mem = costs.prototype_memory_row(512, 512)
     rows = []
     for size in costs.GRID:
         p = proto.get((size.d_model, size.seq_len))
@@ -61,6 +62,9 @@ def cost_tables(k: int | None = None) -> str:
         f"T = {cross['mlp+mlp'] or 'never (up to 1M)'}; of indexer+softmax from T = {cross['indexer+softmax']}.",
         f"Prototype table, 512d/256: dense {millions(proto[512, 256].dense_macs)} M vs sparse "
         f"{millions(proto[512, 256].sparse_macs)} M MACs -> {times(proto[512, 256].speedup)} (its README: 2.29×).",
+        f"Prototype memory table, 512d / 8 heads / T=512, batch 8: {mem.dense_bytes / 1e6:.1f} MB dense vs "
+        f"{mem.sparse_bytes / 1e6:.1f} MB sparse ({times(mem.ratio)}) - the attention probabilities only; the",
+        "measured peak memory of whole layers is in python -m src.bench.",
     ])
 
 
