@@ -6,15 +6,22 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all demo clean
+.PHONY: install train test demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# the stamp records the torch build installed: asking for another one (TORCH=...) reinstalls
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e ".[dev]"
-	touch $(STAMP)
+	echo '$(TORCH)' > $(STAMP)
+
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(strip $(shell cat $(STAMP))),$(strip $(TORCH)))
+.PHONY: $(STAMP)
+endif
+endif
 
 install: $(STAMP)
 
@@ -23,6 +30,12 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+demo: $(STAMP)
+	$(PY) -m src.demo $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m src.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -26,7 +26,9 @@ it (inputs and weights excluded; intermediates and the output counted), from a s
 torch.cuda.max_memory_allocated; on CPU the profiler's allocator events (torch.profiler, profile_memory=True),
 which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers included.
 
-Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to ``--out``. Bad arguments end with
+The default grid (256d/4h, 512d/8h and 1024d/16h; T = 256 … 16384) takes about 20 minutes on 2 CPU cores;
+``--quick`` (512d/8h, T = 256 and 1024) under a minute. Writes bench.csv, bench.json (machine and settings), bench.md
+and bench.png to ``--out``. Bad arguments end with
 one line ``error: ...`` and exit status 2. Functions for other code: ``measure``, ``run``, ``crossover``.
 """
 
@@ -68,7 +70,7 @@ CHUNK = 512  # queries processed at a time by the sparse variants ...
 CHUNK_BYTES = 512 * 10**6  # ... or fewer, so one chunk's scores + gathered keys/values stay under 512 MB
 MAX_GB = 8.0  # skip a cell whose estimated memory (inputs, weights, working memory) exceeds this
 MAX_SECONDS = 30.0  # per cell: stop repeating after this long; skip a cell whose one run should take longer
-QUICK = dict(seq_lens=(256, 1024), repeats=3)  # --quick: under a minute on 2 CPU cores
+QUICK = dict(seq_lens=(256, 1024), repeats=3)  # --quick (512d / 8 heads only): under a minute on 2 CPU cores
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -448,7 +450,7 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, top_k: in
 @dataclass
 class Settings:
     seq_lens: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
-    sizes: tuple[tuple[int, int], ...] = ((512, 8),)  # (d_model, n_head): heads of 64
+    sizes: tuple[tuple[int, int], ...] = ((256, 4), (512, 8), (1024, 16))  # (d_model, n_head): heads of 64
     top_k: int | None = None  # a fixed k for every T; None: top_k_frac · T
     top_k_frac: float = 0.125  # k = T/8, the prototype's memory table's and src/costs.py's default
     block_size: int = 16  # block selector: keys per block (conf/selector/block.yaml)
@@ -747,7 +749,7 @@ def build_parser() -> Parser:
                    help=f"sequence lengths T (default {','.join(map(str, d.seq_lens))}; --quick: "
                         f"{','.join(map(str, QUICK['seq_lens']))})")
     p.add_argument("--sizes", type=size_list, default=None,
-                   help="D_MODEL/N_HEAD,... e.g. 512/8,1024/16 (default 512/8)")
+                   help="D_MODEL/N_HEAD,... e.g. 512/8,1024/16 (default 256/4,512/8,1024/16; --quick: 512/8)")
     p.add_argument("--d-model", type=int, default=None, help="one size's width (with --n-head; default 512)")
     p.add_argument("--n-head", type=int, default=None, help="one size's heads (default 8: heads of 64)")
     k = p.add_mutually_exclusive_group()
@@ -781,7 +783,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     quick = getattr(args, "quick", False)
     if args.sizes is not None and (args.d_model is not None or args.n_head is not None):
         raise UserError("give either --sizes or --d-model/--n-head, not both")
-    sizes = args.sizes or ((args.d_model or 512, args.n_head or 8),)
+    if args.sizes is not None:
+        sizes = args.sizes
+    elif args.d_model is not None or args.n_head is not None or quick:
+        sizes = ((args.d_model or 512, args.n_head or 8),)
+    else:
+        sizes = Settings.sizes
     seq_lens = args.seq_lens or (QUICK["seq_lens"] if quick else Settings.seq_lens)
     repeats = args.repeats if args.repeats is not None else (QUICK["repeats"] if quick else Settings.repeats)
     return Settings(seq_lens=tuple(seq_lens), sizes=tuple(sizes), top_k=args.top_k, top_k_frac=args.top_k_frac,

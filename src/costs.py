@@ -208,6 +208,17 @@ def block_selector(T: int, hs: int, block: int, topk_ops: int = TOPK_OPS) -> Cos
     return Cost(macs=T * hs + block_pairs * hs, ops=topk_ops * block_pairs)
 
 
+def indexed_block_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """The framework's block selector (src/selectors/block.py), one head: what ``SELECTORS["block"]`` counts.
+
+    Index queries and (prefix-)mean index keys are projections of the layer input, as the indexer's:
+    2·T·d·d_index MACs; pooling the inputs per block: T·d (counted per head, an upper bound); block scores
+    ≈ T·(T/B)/2·d_index MACs; top-k over the causal blocks. Θ(T·d·d_index + T²/B·d_index).
+    """
+    block_pairs = causal_block_pairs(T, block)
+    return Cost(macs=2 * T * d_model * d_index + T * d_model + block_pairs * d_index, ops=topk_ops * block_pairs)
+
+
 def mlp_approximator(T: int, hs: int, k: int, hidden: int) -> Cost:
     """The prototype's HeadApproximator, one head: Linear(k·hs -> hidden) -> ReLU -> Linear(hidden -> hs).
 
@@ -244,13 +255,13 @@ SELECTORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T,
     "mlp": lambda T, d, hs, c: mlp_selector(T, hs, c.selector_hidden, c.topk_ops),
     "indexer": lambda T, d, hs, c: indexer_selector(T, d, c.d_index, c.topk_ops),
     "oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),
-    "block": lambda T, d, hs, c: block_selector(T, hs, c.block, c.topk_ops),
+    "block": lambda T, d, hs, c: indexed_block_selector(T, d, c.d_index, c.block, c.topk_ops),
 }
 APPROXIMATORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, hs, k, sizes) -> Cost
     "mlp": lambda T, hs, k, c: mlp_approximator(T, hs, k, c.approximator_hidden),
     "softmax": lambda T, hs, k, c: softmax_approximator(T, hs, k, c.softmax_ops),
 }
-PAIRS = ("mlp+mlp", "indexer+softmax", "indexer+mlp", "oracle+softmax", "block+softmax")  # selector+approximator
+PAIRS = tuple(f"{sel}+{app}" for sel in SELECTORS for app in APPROXIMATORS)  # every selector+approximator pair
 
 
 def keys_kept(T: int, k: int | None = None) -> int:

@@ -68,13 +68,13 @@ def read_text_file(path: str | None) -> str:
         raise UserError("data=text_file needs a file: add data.path=/path/to/text.txt")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"data.path={path}: no such file")
+        raise UserError(f"data.path={path}: no such file; give the path of an existing UTF-8 text file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"data.path={path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8") from None
     if not text:
-        raise UserError(f"data.path={path} is empty")
+        raise UserError(f"data.path={path} is empty; give a file with text in it")
     return text
 
 
@@ -205,6 +205,12 @@ class CharDataModule(L.LightningDataModule):
                 f"the {self.name} corpus ({n:,} tokens) is too short for seq_len={self.seq_len}: each of the "
                 f"train/val/test splits ({n_train:,}/{n_val:,}/{n_test:,} tokens) needs at least {need}; "
                 "use a longer text or a smaller model (e.g. model=tiny)"
+            )
+        if n_train - self.seq_len < self.batch_size:  # training drops an incomplete last batch: none would be left
+            raise UserError(
+                f"the {self.name} corpus's training split ({n_train:,} tokens) holds {max(0, n_train - self.seq_len):,} "
+                f"windows of seq_len={self.seq_len}, fewer than one batch (data.batch_size={self.batch_size}); "
+                "use a longer text or a smaller data.batch_size"
             )
         self.splits = {
             "train": tokens[:n_train],

@@ -29,9 +29,17 @@ def run_dir_for(resume: str | None, stage: str, model_name: str) -> str:
     return str(OUTPUT_ROOT / stage / model_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 
+def hydra_subdir_for(resume: str | None) -> str:
+    """Hydra resolver behind ``hydra.output_subdir``: a resumed run keeps the config it was started with in
+    .hydra/ and records the resuming command's beside it, in .hydra/resumed-TIMESTAMP/."""
+    return f".hydra/resumed-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("hydra_subdir"):
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir_for)
     if not OmegaConf.has_resolver("idiv"):  # e.g. hybrid.top_k: ${idiv:${model.seq_len},8}
         OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b))
 
@@ -48,6 +56,34 @@ def resume_checkpoint(resume: str | None) -> str | None:
             "(a run that was started with `python -m src.train` and saved at least one checkpoint)"
         )
     return str(ckpt)
+
+
+def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> str:
+    """The command that makes what this run needs: ``+experiment=NAME``, the run's choice in each group, and the
+    overrides of this command line that touch those groups (e.g. ``model.n_layer=2``), so the result fits."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):  # called outside a Hydra job (tests, the demo)
+        task = []
+    parts = [f"+experiment={experiment}"]
+    for group in groups:
+        if group in cfg and "name" in cfg[group]:
+            parts.append(f"{group}={cfg[group].name}")
+        parts += [o for o in task if o.split("=", 1)[0].lstrip("+~").startswith(f"{group}.")]
+    if "data" in groups and cfg.data.name == "text_file" and not any(p.startswith("data.path=") for p in parts):
+        parts.append(f"data.path={cfg.data.path}")
+    return "python -m src.train " + " ".join(dict.fromkeys(parts))
+
+
+def original_overrides(run: Path) -> list[str]:
+    """The command-line overrides a run was started with (its .hydra/overrides.yaml), [] when unknown."""
+    f = run / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(f) if not str(o).startswith("resume=")] if f.is_file() else []
+    except Exception:  # noqa: BLE001  a damaged record only loses the hint
+        return []
 
 
 def build_trainer(

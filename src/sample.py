@@ -16,14 +16,18 @@ register_sample_config()
 
 
 def checkpoint_path(ckpt: str | None) -> Path:
-    """A .ckpt file, or a run folder (its checkpoints/best.ckpt, else last.ckpt)."""
+    """A .ckpt file, or a run folder: a teacher run's or a pipeline's (its teacher/), best.ckpt else last.ckpt."""
     if not ckpt:
         raise UserError("no checkpoint given: python -m src.sample ckpt=outputs/teacher/.../checkpoints/best.ckpt")
     p = Path(ckpt)
     if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
+        for folder in (p / "checkpoints", p / "teacher" / "checkpoints"):
+            for name in ("best.ckpt", "last.ckpt"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise UserError(f"{p} holds no teacher checkpoint (checkpoints/ or teacher/checkpoints/): give a teacher "
+                        "run folder, a pipeline run folder or a .ckpt file; train one with `python -m src.train "
+                        "+experiment=teacher`")
     return p
 
 

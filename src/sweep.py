@@ -83,7 +83,7 @@ def flops_columns(cfg: dict) -> dict:
         d, nh, T, n_layer, k = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"], int(hyb["top_k"])
         sizes = costs.ComponentSizes(
             selector_hidden=cfg["selector"].get("hidden", 64), approximator_hidden=cfg["approximator"].get("hidden", 64),
-            d_index=cfg["selector"].get("d_index", 16), block=cfg["selector"].get("block_size", 64),
+            d_index=cfg["selector"].get("d_index", 16), block=cfg["selector"].get("block_size", 16),
         )
         dense, sparse = costs.dense_layer(d, nh, T, sizes).flops, costs.sparse_layer(pair, d, nh, T, k, sizes).flops
     except (KeyError, TypeError, ValueError):

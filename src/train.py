@@ -54,6 +54,7 @@ SUMMARY_KEYS = (
     "best_val_loss", "test/loss", "test/ppl", "test/acc",  # teacher
     "val/mass_recall", "val/recall", "val/top1_acc",  # selector
     "val/approx_rel_err", "val/hybrid_loss",  # approximator
+    "val/teacher_loss", "val/loss_change_pct",  # evaluation (with val/hybrid_loss above)
     "test/teacher_loss", "test/hybrid_loss", "test/loss_change_pct", "test/kl_teacher_hybrid",
     "test/logits_rel_err", "test/mass_recall", "test/recall", "test/top1_acc",  # evaluation
 )
@@ -87,7 +88,6 @@ def main(cfg: DictConfig) -> float | None:
         result = train(cfg, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        log.error("error: %s", e)
         write_json(run_dir / "error.json", {"error": str(e), "stage": cfg.stage})
         if multirun:  # one bad job must not stop the sweep
             return None

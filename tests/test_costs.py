@@ -62,6 +62,19 @@ def test_oracle_selector():
     assert costs.oracle_selector(T=4, hs=2) == Cost(macs=20, ops=10)
 
 
+def test_indexed_block_selector_by_hand():
+    # T=4, d=3, d_index=2, B=2: projections 2·4·3·2 = 48, pooling 4·3 = 12, (query, block) pairs 1+1+2+2 = 6 -> 6·2
+    assert costs.indexed_block_selector(T=4, d_model=3, d_index=2, block=2) == Cost(macs=72, ops=6)
+    assert costs.SELECTORS["block"](4, 3, 64, ComponentSizes(d_index=2, block=2)) == Cost(macs=72, ops=6)
+
+
+def test_every_pair_of_the_framework_is_counted():
+    from src.approximators import APPROXIMATORS
+    from src.selectors import SELECTORS
+
+    assert set(PAIRS) == {f"{s}+{a}" for s in SELECTORS for a in APPROXIMATORS}
+
+
 def test_block_selector():
     # mean-pool 4 keys of width 2: 8; scores over 6 causal (query, block) pairs x 2 = 12; top-k over 6
     assert costs.block_selector(T=4, hs=2, block=2) == Cost(macs=20, ops=6)
@@ -136,7 +149,8 @@ def test_prototype_formulas_by_hand():
 
 @pytest.mark.parametrize(
     "d_model, T, dense, sparse, speedup",
-    [(512, 256, "67.1", "29.4", "2.29×"), (1024, 1024, "2,147.5", "218.1", "9.85×"),
+    [(128, 64, "1.0", "5.8", "0.18×"), (256, 128, "8.4", "12.6", "0.67×"), (512, 256, "67.1", "29.4", "2.29×"),
+     (768, 512, "402.7", "75.5", "5.33×"), (1024, 1024, "2,147.5", "218.1", "9.85×"),
      (1280, 2048, "10,737.4", "704.6", "15.24×")],
 )
 def test_prototype_compute_check_values(d_model, T, dense, sparse, speedup):
@@ -152,6 +166,17 @@ def test_prototype_memory_check_value():
     assert (megabytes(row.dense_bytes), megabytes(row.sparse_bytes)) == ("67.1", "4.2")
     assert [(r.d_model, r.seq_len) for r in costs.prototype_memory_rows()] == sorted(
         [(s.d_model, s.seq_len) for s in GRID] + [(512, 512)])
+
+
+@pytest.mark.parametrize(
+    "line",  # B·nh·T²·4 against B·nh·T·k·4 bytes, B = 8, nh = d/64, k = min(32, T/8), worked out by hand
+    ["| 128d / 64 | 2 | 8 | 0.3 | 0.033 | 8× |", "| 256d / 128 | 4 | 16 | 2.1 | 0.3 | 8× |",
+     "| 512d / 256 | 8 | 32 | 16.8 | 2.1 | 8× |", "| 512d / 512 ² | 8 | 32 | 67.1 | 4.2 | 16× |",
+     "| 768d / 512 | 12 | 32 | 100.7 | 6.3 | 16× |", "| 1024d / 1024 | 16 | 32 | 536.9 | 16.8 | 32× |",
+     "| 1280d / 2048 | 20 | 32 | 2,684.4 | 41.9 | 64× |"],
+)
+def test_prototype_memory_rows(line):
+    assert line in prototype_markdown()
 
 
 def test_prototype_labels_say_what_is_counted():

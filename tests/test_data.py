@@ -96,3 +96,11 @@ def test_bad_text_file(tmp_path, make, msg):
 def test_text_file_needs_path():
     with pytest.raises(UserError, match="data.path="):
         CharDataModule(name="text_file").setup()
+
+
+def test_training_split_shorter_than_one_batch(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("to be or not to be " * 200)  # 3,800 characters: 3,040 train tokens
+    CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=64).setup()  # fits
+    with pytest.raises(UserError, match="fewer than one batch"):
+        CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=4096).setup()

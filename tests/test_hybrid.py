@@ -44,6 +44,16 @@ def test_causal_topk_ignores_huge_future_scores():
     assert sel.idx[0, 0, 5, 0] == 5
 
 
+@pytest.mark.parametrize("fill", [float("-inf"), float("nan"), -3.4e38])
+def test_causal_topk_never_picks_a_future_key_on_ties_with_the_mask(fill):
+    """Earlier keys scored -inf (or NaN, or the lowest float) still rank above every masked future key."""
+    sel = causal_topk(torch.full((1, 1, 6, 6), fill), 3)
+    pos = torch.arange(6)[:, None]
+    assert torch.all(sel.idx <= pos)
+    assert torch.all(sel.idx[sel.valid] <= pos.expand(6, 3)[sel.valid[0, 0]])
+    assert torch.equal(selection_mask(sel, 6).sum(-1)[0, 0], torch.clamp(torch.arange(6) + 1, max=3))
+
+
 def test_gather_keys():
     t = torch.arange(2 * 1 * 5 * 3, dtype=torch.float).view(2, 1, 5, 3)
     idx = torch.tensor([[[[0, 0], [1, 0], [2, 1], [3, 0], [4, 2]]]]).expand(2, 1, 5, 2)

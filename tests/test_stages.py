@@ -32,17 +32,17 @@ def isolated_outputs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("experiment", ["distill_selector", "distill_approximator", "evaluate"])
-@pytest.mark.parametrize("selector,approximator", [("indexer", "softmax"), ("oracle", "softmax")])
+@pytest.mark.parametrize("selector,approximator", [("indexer", "softmax"), ("oracle", "softmax"), ("mlp", "mlp")])
 def test_stage_fast_dev_run(tiny_cfg, tmp_path, teacher_ckpt, experiment, selector, approximator):
-    cfg = tiny_cfg(f"+experiment={experiment}", f"teacher.ckpt={teacher_ckpt}", "trainer.fast_dev_run=true",
-                   f"selector={selector}", f"approximator={approximator}", "hybrid.layers=all", "hybrid.top_k=4")
-    if experiment != "distill_selector" and selector == "indexer":  # needs the selector stage's output first
-        sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=indexer",
-                             "hybrid.layers=all", "hybrid.top_k=4", "selector.max_steps=2"), tmp_path / "outputs" / "s")
+    parts = [f"selector={selector}", f"approximator={approximator}", "hybrid.layers=all", "hybrid.top_k=4"]
+    cfg = tiny_cfg(f"+experiment={experiment}", f"teacher.ckpt={teacher_ckpt}", "trainer.fast_dev_run=true", *parts)
+    if experiment != "distill_selector" and selector != "oracle":  # needs the selector stage's output first
+        sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", *parts,
+                             "selector.max_steps=2"), tmp_path / "outputs" / "s")
         cfg.selector.ckpt = sel["checkpoint"]
         if experiment == "evaluate":
-            a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector=indexer",
-                               "hybrid.layers=all", "hybrid.top_k=4", f"selector.ckpt={sel['checkpoint']}"),
+            a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", *parts,
+                               "approximator.max_steps=2", f"selector.ckpt={sel['checkpoint']}"),
                       tmp_path / "outputs" / "a")
             cfg.approximator.ckpt = a["checkpoint"]
     result = train(cfg, tmp_path / "run")
@@ -154,3 +154,24 @@ def test_selector_losses():
     assert selector_loss("kl", torch.zeros_like(logits), probs, 2) > 0.01
     assert selector_loss("ce", logits * 50, probs, 2) < selector_loss("ce", torch.zeros_like(logits), probs, 2)
     assert torch.isfinite(selector_loss("topk", torch.randn(1, 2, 6, 6), probs, 2))
+
+
+def test_teacher_checkpoint_of_the_wrong_kind(tiny_cfg, tmp_path, teacher_ckpt):
+    sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
+                         "hybrid.top_k=4"), tmp_path / "s")
+    with pytest.raises(UserError, match=r"is a selector or hybrid checkpoint .* not a teacher's"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={sel['checkpoint']}"), tmp_path / "x")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*junk.ckpt.*\+experiment=teacher"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={junk}"), tmp_path / "y")
+
+
+def test_hybrid_checkpoint_of_another_model(tiny_cfg, tmp_path, teacher_ckpt):
+    """evaluate must not run a checkpoint made for another model shape (it would report the wrong config)."""
+    parts = ["selector=oracle", "approximator=mlp", "hybrid.top_k=4"]
+    a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", *parts,
+                       "approximator.max_steps=2"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"trained for another model: n_head=2 \(this run: 4\)"):
+        train(tiny_cfg("+experiment=evaluate", *parts, "model.n_head=4", f"approximator.ckpt={a['checkpoint']}"),
+              tmp_path / "e")

@@ -63,6 +63,33 @@ def test_resume_continues_same_run(tiny_cfg, tmp_path):
     assert max(steps) >= 7  # the second run logged on the same curve, after the first
 
 
+def test_resume_with_other_settings_names_them(tiny_cfg, tmp_path):
+    from src.errors import UserError
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- model.n_layer=2\n")
+    train(tiny_cfg(), tmp_path)
+    with pytest.raises(UserError, match=r"trained with model.n_layer=2 \(now 1\).*resume=.* model=tiny model.n_layer=2"):
+        train(tiny_cfg(f"resume={tmp_path}", "model.n_layer=1", "trainer.max_steps=8"), tmp_path)
+
+
+def test_best_val_loss_is_on_the_whole_validation_split(tiny_cfg, tmp_path):
+    """Periodic validations read trainer.limit_val_batches; the reported best is re-measured on the whole split."""
+    from src.stages.teacher import build_datamodule
+
+    cfg = tiny_cfg("trainer.limit_val_batches=1")
+    result = train(cfg, tmp_path)
+    module = load_teacher(result["checkpoint"])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in build_datamodule(cfg).val_dataloader():
+            logits = module.gpt(x)
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    assert count > cfg.data.batch_size * cfg.model.seq_len  # more than the one batch the periodic ones read
+    assert result["best_val_loss"] == pytest.approx(total / count, rel=1e-4)
+
+
 def test_resume_missing_checkpoint(tiny_cfg, tmp_path):
     from src.errors import UserError
 
@@ -123,3 +150,15 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert metrics["steps"] == 4 and metrics["checkpoint"].endswith("best.ckpt")
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
+
+
+def test_sample_accepts_a_pipeline_folder(tiny_cfg, tmp_path):
+    from src.errors import UserError
+    from src.sample import checkpoint_path
+
+    result = train(tiny_cfg(), tmp_path / "pipeline" / "teacher")
+    assert checkpoint_path(str(tmp_path / "pipeline")) == tmp_path / "pipeline" / "teacher" / "checkpoints" / "best.ckpt"
+    assert str(checkpoint_path(str(tmp_path / "pipeline" / "teacher"))) == result["checkpoint"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no teacher checkpoint"):
+        checkpoint_path(str(tmp_path / "empty"))

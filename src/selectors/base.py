@@ -29,7 +29,9 @@ def causal_topk(scores: torch.Tensor, top_k: int) -> Selection:
     T = scores.size(-1)
     if not 0 < top_k <= T:
         raise ValueError(f"top_k={top_k} must be in 1..{T} (the sequence length)")
-    masked = scores.masked_fill(causal_mask(T, scores.device), float("-inf"))
+    lowest = torch.finfo(scores.dtype).min  # earlier keys stay above the -inf of future keys, even at -inf or NaN
+    finite = torch.nan_to_num(scores, nan=lowest, neginf=lowest, posinf=torch.finfo(scores.dtype).max)
+    masked = finite.masked_fill(causal_mask(T, scores.device), float("-inf"))
     idx = masked.topk(top_k, dim=-1).indices  # (B, h, T, K)
     pos = torch.arange(T, device=scores.device)
     valid = torch.arange(top_k, device=scores.device)[None, :] <= pos[:, None]  # (T, K): query i has i+1 keys

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import build_trainer, find_run, stage_spec, write_json
+from src.runs import build_trainer, find_run, make_command, stage_spec, write_json
 from src.stages.distill_selector import fit_or_measure
 from src.stages.hybrid_module import (
     HybridModule,
@@ -76,8 +76,7 @@ class ApproximatorDistillation(HybridModule):
 
 
 def selector_command(cfg: DictConfig) -> str:
-    return (f"python -m src.train +experiment=distill_selector model={cfg.model.name} data={cfg.data.name} "
-            f"selector={cfg.selector.name}")
+    return make_command("distill_selector", cfg, ("model", "data", "selector", "hybrid"))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

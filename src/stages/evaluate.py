@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 from src.approximators import APPROXIMATORS
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats, selection_stats
-from src.runs import build_trainer, find_run, stage_spec, write_json
+from src.runs import build_trainer, find_run, make_command, model_spec, stage_spec, write_json
 from src.selectors import SELECTORS
 from src.stages.hybrid_module import (
     HybridModule,
@@ -45,7 +45,7 @@ class HybridEvaluation(HybridModule):
         self.logits_rel_err = PerHeadRatio(1, sqrt=True)
         self.results: dict[str, float] = {}
 
-    def test_step(self, batch, batch_idx):
+    def evaluate_batch(self, batch, keep_figure: bool) -> None:
         x, y = batch
         teacher_logits, signals = self.teacher_signals(x)
         hybrid_logits = self.hybrid_logits(x)
@@ -61,31 +61,44 @@ class HybridEvaluation(HybridModule):
             sel = self.select(layer, s)
             stats.append({**selection_stats(sel, self.served(s)[3]),
                           **approximation_stats(self.approximate(layer, s, sel), self.served(s)[4])})
-            self.keep_figure_input(s, sel)
+            if keep_figure:
+                self.keep_figure_input(s, sel)
         self.update_per_head(self.head_metrics, stats)
 
-    def on_test_epoch_end(self) -> None:
+    def validation_step(self, batch, batch_idx):
+        self.evaluate_batch(batch, keep_figure=False)
+
+    def test_step(self, batch, batch_idx):
+        self.evaluate_batch(batch, keep_figure=True)
+
+    def finish(self, split: str) -> None:
+        """The split's metrics: logged, and added to ``self.results`` under ``split/``."""
         teacher, hybrid = float(self.teacher_loss.compute()), float(self.hybrid_loss.compute())
         whole = {
-            "test/teacher_loss": teacher,
-            "test/hybrid_loss": hybrid,
-            "test/teacher_ppl": float(torch.tensor(teacher).exp()),
-            "test/hybrid_ppl": float(torch.tensor(hybrid).exp()),
-            "test/loss_change_pct": 100.0 * (hybrid - teacher) / teacher,
-            "test/kl_teacher_hybrid": float(self.kl.compute()),
-            "test/logits_rel_err": float(self.logits_rel_err.compute()),
+            f"{split}/teacher_loss": teacher,
+            f"{split}/hybrid_loss": hybrid,
+            f"{split}/teacher_ppl": float(torch.tensor(teacher).exp()),
+            f"{split}/hybrid_ppl": float(torch.tensor(hybrid).exp()),
+            f"{split}/loss_change_pct": 100.0 * (hybrid - teacher) / teacher,
+            f"{split}/kl_teacher_hybrid": float(self.kl.compute()),
+            f"{split}/logits_rel_err": float(self.logits_rel_err.compute()),
         }
         for m in (self.teacher_loss, self.hybrid_loss, self.kl, self.logits_rel_err):
             m.reset()
         for key, value in whole.items():
             self.log(key, value)
-        self.results = {**whole, **self.log_per_head("test", self.head_metrics)}
+        self.results.update({**whole, **self.log_per_head(split, self.head_metrics)})
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.finish("test")
         self.log_figure()
 
 
 def approximator_command(cfg: DictConfig) -> str:
-    return (f"python -m src.train +experiment=pipeline model={cfg.model.name} data={cfg.data.name} "
-            f"selector={cfg.selector.name} approximator={cfg.approximator.name}")
+    return make_command("pipeline", cfg, ("model", "data", "selector", "approximator", "hybrid"))
 
 
 def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
@@ -104,6 +117,11 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
         )
     ckpt = load_stage_checkpoint(path, "distill_approximator", approximator_command(cfg))
     hp = ckpt["hyper_parameters"]
+    have = {k: (hp.get("model") or {}).get(k) for k in model_spec(cfg)}
+    if have != model_spec(cfg):
+        diff = ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in model_spec(cfg).items() if have[k] != v)
+        raise UserError(f"{path} was trained for another model: {diff}; run with that model's settings, or make a "
+                        f"hybrid for this one with `{approximator_command(cfg)}`")
     wanted = {"model": hp["model"], "vocab": hp["vocab"], "hybrid": OmegaConf.to_container(cfg.hybrid, resolve=True),
               "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
     check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
@@ -116,10 +134,11 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
     first = module.pair_names[0]
     layer, head = module.spec.pairs()[0]
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    val = lambda key, spec: format(r[f"val/{key}"], spec) if f"val/{key}" in r else "–"  # noqa: E731
     lines = [
         f"# Hybrid vs teacher: {cfg.selector.name} selector + {cfg.approximator.name} approximator",
         "",
-        f"- data: {cfg.data.name}, test split; model: {cfg.model.name} ({cfg.model.n_layer} layers, "
+        f"- data: {cfg.data.name}, test and validation splits; model: {cfg.model.name} ({cfg.model.n_layer} layers, "
         f"{cfg.model.n_head} heads, d_model {cfg.model.d_model}, T={cfg.model.seq_len})",
         f"- sparse layers {list(module.spec.layers)}, heads {list(module.spec.heads)} "
         f"({len(module.pair_names)} of {cfg.model.n_layer * cfg.model.n_head} heads), top_k={module.spec.top_k}",
@@ -138,16 +157,20 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
         f"(prototype: {pct(PROTOTYPE['logits_rel_err'])})",
         "```",
         "",
-        "## Whole model (test split)",
+        "## Whole model (test split; validation split beside it)",
         "",
-        "| metric | value |",
+        "| metric | test | validation |",
+        "|---|---|---|",
+        f"| teacher loss (nats/token) | {r['test/teacher_loss']:.4f} | {val('teacher_loss', '.4f')} |",
+        f"| hybrid loss (nats/token) | {r['test/hybrid_loss']:.4f} | {val('hybrid_loss', '.4f')} |",
+        f"| loss change | {r['test/loss_change_pct']:+.2f}% | {val('loss_change_pct', '+.2f')}% |",
+        f"| teacher / hybrid perplexity | {r['test/teacher_ppl']:.3f} / {r['test/hybrid_ppl']:.3f} | "
+        f"{val('teacher_ppl', '.3f')} / {val('hybrid_ppl', '.3f')} |",
+        f"| KL(teacher ‖ hybrid) per token | {r['test/kl_teacher_hybrid']:.5f} | {val('kl_teacher_hybrid', '.5f')} |",
+        f"| relative error of the final logits | {r['test/logits_rel_err']:.4f} | {val('logits_rel_err', '.4f')} |",
+        "",
+        "| metric (test split) | value |",
         "|---|---|",
-        f"| teacher loss (nats/token) | {r['test/teacher_loss']:.4f} |",
-        f"| hybrid loss (nats/token) | {r['test/hybrid_loss']:.4f} |",
-        f"| loss change | {r['test/loss_change_pct']:+.2f}% |",
-        f"| teacher / hybrid perplexity | {r['test/teacher_ppl']:.3f} / {r['test/hybrid_ppl']:.3f} |",
-        f"| KL(teacher ‖ hybrid) per token | {r['test/kl_teacher_hybrid']:.5f} |",
-        f"| relative error of the final logits | {r['test/logits_rel_err']:.4f} |",
         f"| attention-mass recall (mean over sparse heads) | {r['test/mass_recall']:.4f} |",
         f"| recall@{module.spec.top_k} (mean) | {r['test/recall']:.4f} |",
         f"| selector top-1 accuracy (mean) | {r['test/top1_acc']:.4f} |",
@@ -171,6 +194,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     module, source = load_hybrid(cfg)
     dm = datamodule_for(cfg, module.vocab, source)
     trainer = build_trainer(cfg, run_dir, monitor=None)
+    if not cfg.trainer.fast_dev_run:
+        trainer.limit_val_batches = 1.0  # the whole validation split, as the test split
+    trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
     result = {"stage": "evaluate", "run_dir": str(run_dir), "source": source,

@@ -23,7 +23,7 @@ from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.metrics import SQRT_METRICS, PerHeadRatio
 from src.model import GPT, AttentionSignals
 from src.plots import attention_figure
-from src.runs import find_run, model_spec, stage_spec
+from src.runs import find_run, make_command, model_spec, stage_spec
 from src.selectors import Selection, gather_keys, selection_mask
 from src.stages.teacher import TeacherLM, build_datamodule, gpt_config, load_teacher, warmup_cosine
 
@@ -148,8 +148,7 @@ class HybridModule(L.LightningModule):
 
 
 def teacher_command(cfg: DictConfig) -> str:
-    extra = f" data.path={cfg.data.path}" if cfg.data.name == "text_file" else ""
-    return f"python -m src.train +experiment=teacher model={cfg.model.name} data={cfg.data.name}{extra}"
+    return make_command("teacher", cfg, ("model", "data"))
 
 
 def resolve_teacher(cfg: DictConfig) -> tuple[TeacherLM, str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import UserError
+from src.hybrid import HybridSpec, SparseParts
 from src.runs import write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
 
@@ -29,7 +31,19 @@ def with_overrides(cfg: DictConfig, **dotted) -> DictConfig:
     return new
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Bad hybrid settings (K, layers, heads) or parts fail now, not after minutes of teacher training."""
+    model = teacher.gpt_config(OmegaConf.to_container(cfg.model), vocab_size=2)
+    hybrid = OmegaConf.to_container(cfg.hybrid, resolve=True)
+    try:
+        spec = HybridSpec.from_config(hybrid["layers"], hybrid["heads"], hybrid["top_k"], model)
+        SparseParts(spec, model, OmegaConf.to_container(cfg.selector), OmegaConf.to_container(cfg.approximator))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    check_settings(cfg)
     summary: dict = {"stage": "pipeline", "run_dir": str(run_dir)}
     teacher_ckpt = cfg.teacher.ckpt
     if not teacher_ckpt:

@@ -6,6 +6,7 @@ a generated text sample in TensorBoard at every validation, best and last checkp
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import fields
@@ -23,7 +24,8 @@ from torchmetrics.text import Perplexity
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.model import GPT, GPTConfig
-from src.runs import build_trainer, resume_checkpoint, saved_checkpoint, scalar_metrics, stage_spec, write_json
+from src.runs import (build_trainer, original_overrides, resume_checkpoint, saved_checkpoint, scalar_metrics,
+                      stage_spec, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +160,33 @@ def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated file, not a torch file, ...
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
+        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}): give a teacher checkpoint "
+                        "written by this project, or train one with `python -m src.train +experiment=teacher`") from None
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    make = "train one with `python -m src.train +experiment=teacher`"
     if "vocab" not in hp or "model" not in hp or "state_dict" not in ckpt:
-        raise UserError(f"{p} is not a teacher checkpoint of this project: train one with `python -m src.train +experiment=teacher`")
+        raise UserError(f"{p} is not a teacher checkpoint of this project: {make}")
+    others = sorted(set(hp) - set(inspect.signature(TeacherLM.__init__).parameters))
+    if others:
+        kind = "a selector or hybrid" if "hybrid" in hp else "another stage's"
+        raise UserError(f"{p} is {kind} checkpoint (it has {', '.join(others)}), not a teacher's: give the "
+                        f"teacher's checkpoint (a pipeline's teacher/checkpoints/best.ckpt), or {make}")
     module = TeacherLM(**hp)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
+
+
+def check_resumable(ckpt_path: str, module: TeacherLM, run_dir: Path) -> None:
+    """A resumed run must have the model and vocabulary it was started with, or its weights do not fit."""
+    hp = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    wanted, now = hp.get("model") or {}, dict(module.hparams["model"])
+    diff = [f"model.{k}={wanted[k]} (now {now.get(k)})" for k in wanted if wanted[k] != now.get(k)]
+    if hp.get("vocab") is not None and list(hp["vocab"]) != list(module.hparams["vocab"]):
+        diff.append(f"its data (a vocabulary of {len(hp['vocab'])} characters; now {len(module.hparams['vocab'])})")
+    if diff:
+        again = " ".join(original_overrides(run_dir)) or "the overrides it was started with"
+        raise UserError(f"{ckpt_path} was trained with {', '.join(diff)}: resume it with the settings it was "
+                        f"started with: python -m src.train resume={run_dir} {again}")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -179,11 +201,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         max_steps=cfg.trainer.max_steps,
         sample_chars=cfg.trainer.sample_chars,
     )
+    if ckpt_path:
+        check_resumable(ckpt_path, module, run_dir)
     log.info("model %s: %.2f M parameters", cfg.model.name, module.gpt.num_params() / 1e6)
     trainer = build_trainer(cfg, run_dir, monitor="val/loss")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     checkpoint = saved_checkpoint(trainer, run_dir)
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    if checkpoint and not cfg.trainer.fast_dev_run:  # periodic validations read trainer.limit_val_batches only
+        trainer.limit_val_batches = 1.0
+        val = trainer.validate(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
+        if val and "val/loss" in val[0]:
+            log.info("best checkpoint on the whole validation split: val/loss %.4f", val[0]["val/loss"])
+            best = val[0]["val/loss"]
     test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
     result = {
         "stage": "teacher",
