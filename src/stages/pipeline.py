@@ -117,7 +117,10 @@ def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
         hparams[key] = value if isinstance(value, (int, float, str, bool)) else str(list(value))
-    metrics = {}
+    from src.sweep import flops_columns
+
+    flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs.py)
+    metrics = {f"hparams/{k}": float(flops[k]) for k in ("attn_flops_speedup", "model_flops_speedup") if k in flops}
     for name, (part, key) in HPARAM_METRICS.items():
         value = summary.get(part, {}).get(key)
         if isinstance(value, (int, float)):
