@@ -24,8 +24,10 @@ def run_dir_for(resume: str | None, stage: str, model_name: str) -> str:
     if resume:
         p = Path(resume)
         if p.is_file():  # .../RUN/checkpoints/last.ckpt
-            p = p.parent.parent
-        return str(p)
+            return str(p.parent.parent)
+        if p.is_dir():
+            return str(p)
+        # no such run: a fresh folder, so that the error (src.runs.resume_checkpoint) creates nothing at that path
     return str(OUTPUT_ROOT / stage / model_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 
