@@ -23,6 +23,16 @@ from src.runs import register_resolvers, write_json
 
 log = logging.getLogger("src.train")
 
+
+class _NoAdverts(logging.Filter):
+    """Lightning advertises a cloud logger at every Trainer's start; the runs' logs stay about the runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
 register_configs()
 register_resolvers()
 # a resumed run reshuffles its training windows from the restored step (src/data.py), which is what we want
