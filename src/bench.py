@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from src.approximators import APPROXIMATORS, build_approximator
 from src.errors import UserError
 from src.model import causal_attention_probs
-from src.selectors import SELECTORS, Selection, build_selector
+from src.selectors import SELECTORS, Selection, build_selector, causal_topk
 from src.selectors.block import BlockChoice, BlockSelector, block_keys, n_blocks
 
 DEFAULT_VARIANTS = ("sdpa", "naive", "mlp+mlp", "indexer+softmax", "block+softmax", "block+flex")
@@ -75,16 +75,6 @@ QUICK = dict(seq_lens=(256, 1024), repeats=3)  # --quick (512d / 8 heads only): 
 
 # --------------------------------------------------------------------------------------------------------------
 # the variants
-
-
-def causal_topk_rows(scores: torch.Tensor, rows: torch.Tensor, top_k: int) -> Selection:
-    """src.selectors.causal_topk for the queries at positions ``rows`` (R,) only: scores (B, h, R, T)."""
-    T = scores.size(-1)
-    future = torch.arange(T, device=scores.device) > rows[:, None]  # (R, T)
-    idx = scores.masked_fill(future, float("-inf")).topk(top_k, dim=-1).indices  # (B, h, R, K)
-    valid = torch.arange(top_k, device=scores.device) <= rows[:, None]  # (R, K): query i has i + 1 keys
-    idx = torch.where(valid, idx, rows[:, None])
-    return Selection(idx=idx, valid=valid.expand_as(idx))
 
 
 def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -136,7 +126,7 @@ class GatherAttention(nn.Module):
             scores = ctx[0][:, :, start:end] @ ctx[1].transpose(-2, -1) / math.sqrt(s.d_index)
         else:
             scores = ctx[0][:, :, start:end] @ ctx[1].transpose(-2, -1) / math.sqrt(ctx[0].size(-1))
-        return causal_topk_rows(scores, rows, self.top_k)
+        return causal_topk(scores, self.top_k, rows)
 
     def forward(self, x, q, k, v):
         T = q.size(-2)

@@ -18,14 +18,14 @@ import time
 STARTED = time.perf_counter()  # the demo's time counts its imports (torch, Lightning) too
 
 import argparse  # noqa: E402
-import logging
+import logging  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src import costs  # noqa: E402
-from src.analyze import markdown_table, millions, prototype_markdown, times  # noqa: E402
+from src.analyze import markdown_table, prototype_markdown, times  # noqa: E402
 from src.errors import UserError  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

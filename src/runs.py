@@ -180,6 +180,16 @@ def model_spec(cfg: DictConfig) -> dict:
     return {k: cfg.model[k] for k in ("n_layer", "n_head", "d_model", "seq_len", "bias")}
 
 
+def model_mismatch(model: dict | None, cfg: DictConfig) -> str:
+    """How a checkpoint's model settings differ from this run's shape ("" when they fit), e.g. "d_model=128
+    (this run: 64)"."""
+    have, want = {k: (model or {}).get(k) for k in model_spec(cfg)}, model_spec(cfg)
+    return ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in want.items() if have[k] != v)
+
+
+SELECTOR_ARCH = ("name", "hidden", "d_index", "loss", "block_size")  # selector settings its weights depend on
+
+
 def data_spec(cfg: DictConfig) -> dict:
     d = cfg.data
     spec = {"name": d.name}
@@ -195,7 +205,7 @@ def stage_spec(cfg: DictConfig, stage: str) -> dict:
     spec = {"model": model_spec(cfg), "data": data_spec(cfg)}
     if stage in ("distill_selector", "distill_approximator"):
         spec["hybrid"] = OmegaConf.to_container(cfg.hybrid, resolve=True)
-        spec["selector"] = {k: cfg.selector[k] for k in ("name", "hidden", "d_index", "loss", "block_size")}
+        spec["selector"] = {k: cfg.selector[k] for k in SELECTOR_ARCH}
     if stage == "distill_approximator":
         spec["approximator"] = {k: cfg.approximator[k] for k in ("name", "hidden")}
     return spec

@@ -24,17 +24,18 @@ def causal_mask(T: int, device=None) -> torch.Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
 
 
-def causal_topk(scores: torch.Tensor, top_k: int) -> Selection:
-    """Top-K keys of each query among keys 0..i. scores (B, h, T, T) -> Selection."""
+def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = None) -> Selection:
+    """Top-K keys of each query i among keys 0..i. scores (B, h, R, T) of the queries at positions ``rows`` (R,);
+    None: all T queries (R = T). -> Selection (B, h, R, K)."""
     T = scores.size(-1)
     if not 0 < top_k <= T:
         raise ValueError(f"top_k={top_k} must be in 1..{T} (the sequence length)")
+    pos = torch.arange(T, device=scores.device) if rows is None else rows  # (R,)
     lowest = torch.finfo(scores.dtype).min  # earlier keys stay above the -inf of future keys, even at -inf or NaN
     finite = torch.nan_to_num(scores, nan=lowest, neginf=lowest, posinf=torch.finfo(scores.dtype).max)
-    masked = finite.masked_fill(causal_mask(T, scores.device), float("-inf"))
-    idx = masked.topk(top_k, dim=-1).indices  # (B, h, T, K)
-    pos = torch.arange(T, device=scores.device)
-    valid = torch.arange(top_k, device=scores.device)[None, :] <= pos[:, None]  # (T, K): query i has i+1 keys
+    future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
+    idx = finite.masked_fill(future, float("-inf")).topk(top_k, dim=-1).indices  # (B, h, R, K)
+    valid = torch.arange(top_k, device=scores.device) <= pos[:, None]  # (R, K): query i has i + 1 keys
     idx = torch.where(valid, idx, pos[:, None])  # surplus slots point at the query itself
     return Selection(idx=idx, valid=valid.expand_as(idx))
 

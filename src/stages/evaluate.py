@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 from src.approximators import APPROXIMATORS
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats, selection_stats
-from src.runs import build_trainer, find_run, make_command, model_spec, stage_spec, write_json
+from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
 from src.stages.hybrid_module import (
     HybridModule,
@@ -117,9 +117,8 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
         )
     ckpt = load_stage_checkpoint(path, "distill_approximator", approximator_command(cfg))
     hp = ckpt["hyper_parameters"]
-    have = {k: (hp.get("model") or {}).get(k) for k in model_spec(cfg)}
-    if have != model_spec(cfg):
-        diff = ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in model_spec(cfg).items() if have[k] != v)
+    diff = model_mismatch(hp.get("model"), cfg)
+    if diff:
         raise UserError(f"{path} was trained for another model: {diff}; run with that model's settings, or make a "
                         f"hybrid for this one with `{approximator_command(cfg)}`")
     wanted = {"model": hp["model"], "vocab": hp["vocab"], "hybrid": OmegaConf.to_container(cfg.hybrid, resolve=True),

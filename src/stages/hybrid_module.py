@@ -23,7 +23,7 @@ from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.metrics import SQRT_METRICS, PerHeadRatio
 from src.model import GPT, AttentionSignals
 from src.plots import attention_figure
-from src.runs import find_run, make_command, model_spec, stage_spec
+from src.runs import SELECTOR_ARCH, find_run, make_command, model_mismatch, stage_spec
 from src.selectors import Selection, gather_keys, selection_mask
 from src.stages.teacher import TeacherLM, build_datamodule, gpt_config, load_teacher, warmup_cosine
 
@@ -160,9 +160,8 @@ def resolve_teacher(cfg: DictConfig) -> tuple[TeacherLM, str]:
             f"`{teacher_command(cfg)}`, or name one with teacher.ckpt=PATH"
         )
     teacher = load_teacher(path)
-    have = {k: teacher.hparams.model.get(k) for k in model_spec(cfg)}
-    if have != model_spec(cfg):
-        diff = ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in model_spec(cfg).items() if have[k] != v)
+    diff = model_mismatch(teacher.hparams.model, cfg)
+    if diff:
         raise UserError(
             f"teacher {path} does not fit model={cfg.model.name}: it has {diff}; pick the matching model=... or "
             f"train a teacher for this one with `{teacher_command(cfg)}`"
@@ -215,8 +214,8 @@ def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, m
     for key in keys:
         a, b = ckpt_hp.get(key), hparams.get(key)
         if key in ("selector", "approximator"):  # training budgets and paths may differ
-            a = {k: v for k, v in (a or {}).items() if k in ("name", "hidden", "d_index", "loss", "block_size")}
-            b = {k: v for k, v in (b or {}).items() if k in ("name", "hidden", "d_index", "loss", "block_size")}
+            a = {k: v for k, v in (a or {}).items() if k in SELECTOR_ARCH}
+            b = {k: v for k, v in (b or {}).items() if k in SELECTOR_ARCH}
         if a != b:
             raise UserError(
                 f"checkpoint {path} was made with {key}={a}, this run asks for {key}={b}: run with the same "
