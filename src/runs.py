@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,12 +64,7 @@ def resume_checkpoint(resume: str | None) -> str | None:
 def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> str:
     """The command that makes what this run needs: ``+experiment=NAME``, the run's choice in each group, and the
     overrides of this command line that touch those groups (e.g. ``model.n_layer=2``), so the result fits."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        task = list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):  # called outside a Hydra job (tests, the demo)
-        task = []
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []  # none outside a Hydra job
     parts = [f"+experiment={experiment}"]
     for group in groups:
         if group in cfg and "name" in cfg[group]:
