@@ -78,6 +78,10 @@ class HybridConf:
     layers: Any = field(default_factory=lambda: [0])  # sparse layers: a list of indices or "all"
     heads: Any = field(default_factory=lambda: [0])  # sparse heads in each of those layers: a list or "all"
     top_k: int = 8  # keys each query keeps (the prototype's script uses 3, its analyses 8 and 16)
+    budget: Any = None  # keys per query for every selector: an int (512, as NSA's 16 x 64 + window) or a fraction
+    #                     of T (0.125); None: top_k keys. Block selectors round it up to whole blocks
+    kernel: str = "auto"  # auto | gather | flex | tiles (src/sparse/attention.py); auto: a block-sparse kernel
+    #                       when the selector picks blocks and the approximator is softmax, else gather
 
 
 @dataclass
@@ -85,7 +89,7 @@ class SelectorConf:
     name: str = "indexer"  # mlp | indexer | oracle | block  (Hydra group selector/)
     hidden: int = 64  # mlp: hidden width (the prototype's 64)
     d_index: int = 16  # indexer: width of the index queries and keys
-    block_size: int = 16  # block: keys per block (MoBA uses 512+ at long T; 16 leaves several blocks at T = 64)
+    block_size: int = 64  # block: keys (and queries) per block; the block-sparse kernels want tiles of 64-128 keys
     loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the selector's own
     max_steps: int = 300  # distillation steps
     lr: float = 3e-3  # the prototype's 3e-3

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from src.config import ApproximatorConf, SelectorConf
+
 SOFTMAX_OPS = 5  # FLOPs per score element in a softmax: max, subtract, exp, sum, divide
 TOPK_OPS = 1  # FLOPs per candidate score in a top-k (linear-time selection; a full sort would cost more)
 
@@ -198,11 +200,8 @@ def block_selector(T: int, hs: int, block: int, topk_ops: int = TOPK_OPS) -> Cos
     """Block selection (MoBA/NSA style), one head: mean-pool keys per block (T·hs, counted as MACs), score each
     query against the causal blocks (≈ T·(T/B)/2·hs MACs: Θ(T²/B·hs)), top-k over those blocks.
 
-    This is MoBA's gate, which pools the head's own keys (width hs). The framework's selector
-    (src/selectors/block.py) pools learned index keys of width d_index instead, after projecting the layer input
-    (2·T·d·d_index MACs, as ``indexer_selector`` counts them): its count is this one with hs = d_index, plus
-    those projections. Its PyTorch ``select`` (the hybrid's) spreads the block scores over a T×T matrix and takes a
-    top-k over keys; ``select_blocks`` (src/bench.py's block variants) takes the top-k over blocks, as counted here.
+    This is MoBA's gate, per query, pooling the head's own keys (width hs). The framework's selector
+    (``indexed_block_selector``) chooses once per block of queries, from learned index vectors of width d_index.
     """
     block_pairs = causal_block_pairs(T, block)
     return Cost(macs=T * hs + block_pairs * hs, ops=topk_ops * block_pairs)
@@ -211,12 +210,30 @@ def block_selector(T: int, hs: int, block: int, topk_ops: int = TOPK_OPS) -> Cos
 def indexed_block_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
     """The framework's block selector (src/selectors/block.py), one head: what ``SELECTORS["block"]`` counts.
 
-    Index queries and (prefix-)mean index keys are projections of the layer input, as the indexer's:
-    2·T·d·d_index MACs; pooling the inputs per block: T·d (counted per head, an upper bound); block scores
-    ≈ T·(T/B)/2·d_index MACs; top-k over the causal blocks. Θ(T·d·d_index + T²/B·d_index).
+    One choice per block of queries (R = ⌈T/B⌉ of them): pooling the inputs per block T·d (counted per head, an
+    upper bound); index queries of the R first queries and index keys of the R block means, 2·R·d·d_index MACs;
+    scores of the causal (query block, key block) pairs R(R+1)/2·d_index MACs; top-k over them. Θ(T·d + (T/B)²·d_index).
     """
-    block_pairs = causal_block_pairs(T, block)
-    return Cost(macs=2 * T * d_model * d_index + T * d_model + block_pairs * d_index, ops=topk_ops * block_pairs)
+    R = -(-T // block)
+    pairs = causal_pairs(R)
+    return Cost(macs=T * d_model + 2 * R * d_model * d_index + pairs * d_index, ops=topk_ops * pairs)
+
+
+def block_sparse_pairs(T: int, block: int, n: int) -> int:
+    """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
+    n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks."""
+    pairs = 0
+    for r in range(-(-T // block)):
+        rows = min(block, T - r * block)
+        pairs += rows * (rows + 1) // 2 + min(n - 1, r) * block * rows
+    return pairs
+
+
+def block_softmax_attention(T: int, hs: int, block: int, n: int, softmax_ops: int = SOFTMAX_OPS) -> Cost:
+    """Exact softmax over n chosen blocks per block of queries, one head (flex and tiles kernels, or gathered):
+    QK^T + PV over ``block_sparse_pairs`` pairs, softmax counted per score."""
+    pairs = block_sparse_pairs(T, block, n)
+    return Cost(macs=2 * pairs * hs, ops=softmax_ops * pairs)
 
 
 def mlp_approximator(T: int, hs: int, k: int, hidden: int) -> Cost:
@@ -241,12 +258,12 @@ def softmax_approximator(T: int, hs: int, k: int, softmax_ops: int = SOFTMAX_OPS
 
 @dataclass(frozen=True)
 class ComponentSizes:
-    """Sizes of the selectors and approximators (the framework's defaults)."""
+    """Sizes of the selectors and approximators: the framework's defaults (src/config.py)."""
 
-    selector_hidden: int = 64  # mlp selector hidden width (the prototype's analysis used 128)
-    approximator_hidden: int = 64  # mlp approximator hidden width
-    d_index: int = 16  # indexer query/key width
-    block: int = 16  # block selector block size B (conf/selector/block.yaml)
+    selector_hidden: int = SelectorConf.hidden  # mlp selector hidden width (the prototype's analysis used 128)
+    approximator_hidden: int = ApproximatorConf.hidden  # mlp approximator hidden width
+    d_index: int = SelectorConf.d_index  # indexer and block selector query/key width
+    block: int = SelectorConf.block_size  # block selector block size B
     softmax_ops: int = SOFTMAX_OPS
     topk_ops: int = TOPK_OPS
 
@@ -273,8 +290,13 @@ def keys_attended(selector: str, T: int, k: int | None = None, sizes: ComponentS
     """Keys each query's approximator reads: ``keys_kept``, except that the block selector keeps whole blocks,
     so its k is rounded up to a multiple of the block size B (at most T).
     """
-    k = keys_kept(T, k)
-    return min(T, -(-k // sizes.block) * sizes.block) if selector == "block" else k
+    return min(T, blocks_kept(T, k, sizes) * sizes.block) if selector == "block" else keys_kept(T, k)
+
+
+def blocks_kept(T: int, k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> int:
+    """Blocks each block of queries keeps: ``keys_kept`` rounded up to whole blocks, at most all ⌈T/B⌉ of them
+    (src/sparse/budget.py's rule)."""
+    return min(-(-T // sizes.block), -(-keys_kept(T, k) // sizes.block))
 
 
 def dense_layer(d_model: int, n_head: int, T: int, sizes: ComponentSizes = ComponentSizes()) -> Cost:
@@ -288,9 +310,12 @@ def sparse_layer(pair: str, d_model: int, n_head: int, T: int, k: int | None = N
     selector, _, approximator = pair.partition("+")
     if selector not in SELECTORS or approximator not in APPROXIMATORS:
         raise ValueError(f"unknown pair {pair!r}: selectors {sorted(SELECTORS)}, approximators {sorted(APPROXIMATORS)}")
-    hs, k = d_model // n_head, keys_attended(selector, T, k, sizes)
-    per_head = SELECTORS[selector](T, d_model, hs, sizes) + APPROXIMATORS[approximator](T, hs, k, sizes)
-    return n_head * per_head
+    hs = d_model // n_head
+    if selector == "block" and approximator == "softmax":  # whole blocks: the exact pairs the kernels read
+        attend = block_softmax_attention(T, hs, sizes.block, blocks_kept(T, k, sizes), sizes.softmax_ops)
+    else:
+        attend = APPROXIMATORS[approximator](T, hs, keys_attended(selector, T, k, sizes), sizes)
+    return n_head * (SELECTORS[selector](T, d_model, hs, sizes) + attend)
 
 
 def rest_of_layer(d_model: int, T: int) -> Cost:

@@ -72,24 +72,25 @@ def ms_text(row: dict) -> str:
     return f"{row['median_ms']:.1f}" if row["median_ms"] is not None else f"skipped: {row['note']}"
 
 
-def timings(seq_lens: tuple[int, ...], d_model: int, n_head: int, variants: tuple[str, ...], repeats: int) -> str:
+def timings(seq_lens: tuple[int, ...], d_model: int, n_head: int, variants: tuple[str, ...], repeats: int,
+            budget: int | float) -> str:
     from src import bench
 
     rows = []
     for T in seq_lens:
-        top_k = max(1, T // 8)
-        base = bench.measure("sdpa", T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats,
-                             memory=False)
-        rows.append([str(T), "sdpa", ms_text(base), "1.00×"])
+        base = bench.measure("sdpa", T=T, d_model=d_model, n_head=n_head, repeats=repeats, memory=False)
+        rows.append([str(T), "sdpa", ms_text(base), "1.00×", "–"])
         for v in variants:
-            r = bench.measure(v, T=T, d_model=d_model, n_head=n_head, top_k=top_k, repeats=repeats, memory=False)
+            r = bench.measure(v, T=T, d_model=d_model, n_head=n_head, budget=budget, repeats=repeats, memory=False)
             timed = r["median_ms"] and base["median_ms"]
-            rows.append([str(T), v, ms_text(r), times(base["median_ms"] / r["median_ms"]) if timed else "–"])
+            rows.append([str(T), v, ms_text(r), times(base["median_ms"] / r["median_ms"]) if timed else "–",
+                         times(r["flop_limit"])])
     return "\n".join([
-        f"One attention layer, forward, batch 1, d_model {d_model} / {n_head} heads, fp32, k = T/8, selection "
-        f"included; median of {repeats} runs after a warm-up (src/bench.py; the full grid: python -m src.bench).",
+        f"One attention layer, forward, batch 1, d_model {d_model} / {n_head} heads, fp32, a budget of "
+        f"{bench.parse_budget(budget)} per query, selection included; median of {repeats} runs after a warm-up "
+        "(src/bench.py; the full grid: python -m src.bench). FLOP limit: dense causal FLOPs / sparse FLOPs.",
         "",
-        markdown_table(["T", "variant", "median ms", "speed-up vs SDPA"], rows, "rlrr"),
+        markdown_table(["T", "variant", "median ms", "speed-up vs SDPA", "FLOP limit"], rows, "rlrrr"),
     ])
 
 
@@ -149,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     out = args.out or Path("outputs/demo") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if args.tiny:
-        seq_lens, d_model, n_head, variants, repeats = (128, 256), 64, 2, ("indexer+softmax",), 1
+        seq_lens, d_model, n_head, variants, repeats = (128, 256), 64, 2, ("indexer+softmax", "block+tiles"), 1
+        budget = 0.25
         steps, extra = (4, 2, 2), ["model.seq_len=32", "data.num_tokens=5000", "trainer.limit_val_batches=2"]
     else:
-        seq_lens, d_model, n_head, repeats = (1024, 2048), 512, 8, 3
-        variants = ("mlp+mlp", "indexer+softmax", "block+softmax")
+        seq_lens, d_model, n_head, repeats = (1024, 4096), 512, 8, 3
+        variants, budget = ("indexer+softmax", "block+softmax", "block+tiles"), 512
         steps, extra = (300, 300, 400), []
     start, spent = STARTED, {}
     try:
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
         section("2/3  Measured: SDPA against sparse attention, one layer (python -m src.bench)")
         t = time.perf_counter()
-        print(timings(seq_lens, d_model, n_head, variants, repeats))
+        print(timings(seq_lens, d_model, n_head, variants, repeats, budget))
         spent["timings"] = time.perf_counter() - t
 
         section("3/3  The prototype's five steps on its random tokens (python -m src.train +experiment=prototype "

@@ -185,7 +185,7 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
     import torch
     from omegaconf import OmegaConf
 
-    from src.selectors import Selection, selection_mask
+    from src.sparse import Selection, selection_mask
     from src.stages.evaluate import load_hybrid
     from src.stages.hybrid_module import datamodule_for
 
@@ -218,7 +218,7 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
     i = list(module.spec.heads).index(head)
     chosen = selection_mask(Selection(sel.idx[:1, i : i + 1], sel.valid[:1, i : i + 1]), x.size(1))[0, 0]
     title = (f"layer {layer} head {head}, test sequence {sample}: {cfg.selector.name} selector, "
-             f"top-{module.spec.top_k}")
+             f"budget {module.spec.budget}")
     return s.probs[0, head], chosen, title
 
 
@@ -381,7 +381,7 @@ def bench_figure(rows: list[dict]) -> Figure | None:
     x = column(rows, "T", "seq_len")
     if x is None:
         return None
-    by = ("variant",)
+    by = ("variant", "budget") if column(rows, "budget") else ("variant",)
     return _grid_figure([
         ("forward time", _panel(rows, x, ("median_ms", "ms"), by, "median ms")),
         ("speed-up over SDPA", _panel(rows, x, ("speedup",), by, "×", one=True)),

@@ -1,35 +1,43 @@
 """HybridCausalSelfAttention: a drop-in for the teacher's attention that is sparse in chosen heads.
 
-For each sparse head a selector picks, per query, top_k earlier keys and an approximator turns the selected
-keys and values into the head's output; the other heads stay exact (SDPA). The hybrid reuses the teacher's own
-Q/K/V and output projections, so only the selector and approximator are new.
+For each sparse head a selector picks, per query, the keys it may read under a key budget, and an approximator
+turns the selected keys and values into the head's output (src/sparse/attention.py runs the two, on the gather
+path or a block-sparse kernel); the other heads stay exact (SDPA). The hybrid reuses the teacher's own Q/K/V and
+output projections, so only the selector and approximator are new.
 
-Which layers and heads are sparse is a ``HybridSpec`` (config ``hybrid.layers``, ``hybrid.heads``: a list or
-``all``); the default, as in the prototype, is layer 0, head 0.
+Settings (``hybrid.*``, src/config.py): which layers and heads are sparse (a list or ``all``; default layer 0,
+head 0, as in the prototype), the budget (``budget``: keys per query, fixed or a fraction of T; unset: ``top_k``
+keys) and the kernel (``auto | gather | flex | tiles``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from src.approximators import build_approximator
+from src.config import ApproximatorConf, SelectorConf
 from src.model import GPT, CausalSelfAttention, GPTConfig
-from src.selectors import Selection, build_selector, gather_keys
+from src.selectors import build_selector
+from src.sparse import Budget, SparseAttention, kernel_problem
 
 
 @dataclass(frozen=True)
 class HybridSpec:
     layers: tuple[int, ...]
     heads: tuple[int, ...]
-    top_k: int
+    top_k: int  # the token selectors' K when no budget is set
+    budget: Budget  # keys per query: hybrid.budget, or top_k keys
+    kernel: str  # auto | gather | flex | tiles
 
     @classmethod
-    def from_config(cls, layers, heads, top_k: int, model: GPTConfig) -> HybridSpec:
-        """Validate ``hybrid.*`` against the model; ``all`` expands to every layer / head."""
+    def from_config(cls, model: GPTConfig, layers=(0,), heads=(0,), top_k: int = 8, budget=None,
+                    kernel: str = "auto") -> HybridSpec:
+        """Validate ``hybrid.*`` against the model (ValueError, one line naming the setting); ``all`` expands to
+        every layer / head."""
 
         def expand(value, n: int, what: str) -> tuple[int, ...]:
             if value == "all":
@@ -39,15 +47,29 @@ class HybridSpec:
                 raise ValueError(f"hybrid.{what}={value} must be 'all' or a list of indices in 0..{n - 1}")
             return tuple(sorted(set(items)))
 
-        if not isinstance(top_k, int) or top_k <= 0:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"hybrid.top_k={top_k} must be a positive number of keys")
         if top_k > model.seq_len:
             raise ValueError(f"hybrid.top_k={top_k} is larger than the sequence length model.seq_len={model.seq_len}")
-        return cls(expand(layers, model.n_layer, "layers"), expand(heads, model.n_head, "heads"), top_k)
+        keys = Budget.parse(top_k if budget is None else budget)
+        keys.check(model.seq_len, "hybrid.budget")
+        problem = kernel_problem(kernel, None, None)  # the name alone; its fit with the parts: SparseParts
+        if problem and "unknown" in problem:
+            raise ValueError(problem)
+        return cls(expand(layers, model.n_layer, "layers"), expand(heads, model.n_head, "heads"), top_k, keys, kernel)
 
     def pairs(self) -> list[tuple[int, int]]:
         """(layer, head) of every sparse head, in a fixed order: the order of per-head metrics."""
         return [(layer, head) for layer in self.layers for head in self.heads]
+
+
+def selector_sizes(selector: dict) -> dict:
+    """A selector config over the defaults of src/config.py (the one place they are written)."""
+    return {**asdict(SelectorConf()), **selector}
+
+
+def approximator_sizes(approximator: dict) -> dict:
+    return {**asdict(ApproximatorConf()), **approximator}
 
 
 class SparseParts(nn.Module):
@@ -55,51 +77,49 @@ class SparseParts(nn.Module):
 
     def __init__(self, spec: HybridSpec, model: GPTConfig, selector: dict, approximator: dict):
         super().__init__()
-        h = len(spec.heads)
-        self.selectors = nn.ModuleDict(
-            {
-                str(layer): build_selector(
-                    selector["name"], h, model.d_model, model.head_dim, model.seq_len,
-                    hidden=selector.get("hidden", 64), d_index=selector.get("d_index", 16),
-                    block_size=selector.get("block_size", 16),
-                )
-                for layer in spec.layers
-            }
-        )
-        self.approximators = nn.ModuleDict(
-            {
-                str(layer): build_approximator(
-                    approximator["name"], h, model.head_dim, spec.top_k, hidden=approximator.get("hidden", 64)
-                )
-                for layer in spec.layers
-            }
-        )
+        h, sel, app = len(spec.heads), selector_sizes(selector), approximator_sizes(approximator)
+        self.selectors = nn.ModuleDict({
+            str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len,
+                                       hidden=sel["hidden"], d_index=sel["d_index"], block_size=sel["block_size"])
+            for layer in spec.layers
+        })
+        first = next(iter(self.selectors.values()))
+        # keys each query's approximator reads at the model's length: K, or the budget in whole blocks
+        slots = (spec.budget.blocks(model.seq_len, first.block_size) * first.block_size if first.picks_blocks
+                 else spec.budget.keys(model.seq_len))
+        self.approximators = nn.ModuleDict({
+            str(layer): build_approximator(app["name"], h, model.head_dim, slots, hidden=app["hidden"])
+            for layer in spec.layers
+        })
+        problem = kernel_problem(spec.kernel, first, next(iter(self.approximators.values())), sel["name"],
+                                 app["name"])
+        if problem:
+            raise ValueError(problem)
+        self.spec = spec
+
+    def attention(self, layer: int, chunk: int | None = None) -> SparseAttention:
+        """The sparse heads of ``layer`` as one module (holding this layer's selector and approximator)."""
+        return SparseAttention(self.selectors[str(layer)], self.approximators[str(layer)], self.spec.budget,
+                               self.spec.kernel, chunk)
 
 
 class HybridCausalSelfAttention(nn.Module):
-    """Exact SDPA for the dense heads; selector + approximator for ``heads``. Same signature as the teacher's."""
+    """Exact SDPA for the dense heads; ``sparse`` for ``heads``. Same signature as the teacher's attention."""
 
-    def __init__(self, attn: CausalSelfAttention, heads: tuple[int, ...], selector: nn.Module,
-                 approximator: nn.Module, top_k: int):
+    def __init__(self, attn: CausalSelfAttention, heads: tuple[int, ...], sparse: SparseAttention):
         super().__init__()
-        self.attn, self.selector, self.approximator = attn, selector, approximator
-        self.heads, self.top_k = list(heads), top_k
+        self.attn, self.sparse = attn, sparse
+        self.heads = list(heads)
         self.dense = [h for h in range(attn.n_head) if h not in heads]
-        self.last_selection: Selection | None = None  # kept when ``record`` is set, for pictures and metrics
-        self.record = False
 
-    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, signals: list | None = None, phases=None) -> torch.Tensor:
         q, k, v = self.attn.qkv(x)  # (B, nh, T, hs)
+        if not self.dense:  # every head sparse: no copy in or out of a head subset
+            return self.attn.merge_heads(self.sparse(x, q, k, v, phases)[0])
         y = torch.empty_like(q)
-        if self.dense:
-            d = self.dense
-            y[:, d] = F.scaled_dot_product_attention(q[:, d], k[:, d], v[:, d], is_causal=True)
-        s = self.heads
-        qs, ks, vs = q[:, s], k[:, s], v[:, s]  # (B, h, T, hs)
-        sel = self.selector.select(x, qs, ks, self.top_k)
-        y[:, s] = self.approximator(qs, gather_keys(ks, sel.idx), gather_keys(vs, sel.idx), sel.valid)
-        if self.record:
-            self.last_selection = sel
+        d, s = self.dense, self.heads
+        y[:, d] = F.scaled_dot_product_attention(q[:, d], k[:, d], v[:, d], is_causal=True)
+        y[:, s] = self.sparse(x, q[:, s], k[:, s], v[:, s], phases)[0]
         return self.attn.merge_heads(y)
 
 
@@ -109,10 +129,5 @@ def hybrid_attention(teacher: GPT, spec: HybridSpec, parts: SparseParts) -> dict
     They hold no weights of their own (the teacher's projections and ``parts``' modules), so they need not be
     registered anywhere; ``set_attention`` on a copy of the teacher makes a standalone hybrid model instead.
     """
-    return {
-        layer: HybridCausalSelfAttention(
-            teacher.blocks[layer].attn, spec.heads, parts.selectors[str(layer)],
-            parts.approximators[str(layer)], spec.top_k,
-        )
-        for layer in spec.layers
-    }
+    return {layer: HybridCausalSelfAttention(teacher.blocks[layer].attn, spec.heads, parts.attention(layer))
+            for layer in spec.layers}

@@ -2,7 +2,8 @@
 
 Selection quality against the teacher's attention probabilities p (teacher-forced: same inputs as the teacher):
 
-* ``top1_acc``  -- the selector's best key is the teacher's argmax key (the prototype's metric);
+* ``top1_acc``  -- the selector's best key is the teacher's argmax key (the prototype's metric); for a block
+  selector, whose keys are not ranked, the teacher's argmax key is among the selected ones;
 * ``recall``    -- recall@K: overlap of the selected keys with the teacher's top-K, over min(K, i+1);
 * ``mass_recall`` -- the teacher's probability mass on the selected keys (1.0 = nothing that mattered was dropped).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from src.selectors import Selection, causal_topk, selection_mask
+from src.sparse import Selection, causal_topk, selection_mask
 
 
 class PerHeadRatio(Metric):
@@ -42,15 +43,18 @@ def per_head(t: torch.Tensor) -> torch.Tensor:
     return t.float().sum(dim=(0, 2))
 
 
-def selection_stats(sel: Selection, probs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Selection (B, h, T, K) against teacher probs (B, h, T, T) -> {metric: (num (h,), den (h,))}."""
+def selection_stats(sel: Selection, probs: torch.Tensor, ranked: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Selection (B, h, T, K) against teacher probs (B, h, T, T) -> {metric: (num (h,), den (h,))}. ``ranked``:
+    the selection's first slot is its best key (token selectors); else (blocks) top-1 asks whether the teacher's
+    argmax key was selected at all."""
     B, h, T, K = sel.idx.shape
     count = torch.full((h,), float(B * T), device=probs.device)
     chosen = selection_mask(sel, T)  # (B, h, T, T)
     teacher_top = selection_mask(causal_topk(probs, K), T)
     n_valid = sel.valid.sum(-1)  # (B, h, T): min(K, i + 1)
     return {
-        "top1_acc": (per_head(sel.idx[..., 0] == probs.argmax(-1)), count),
+        "top1_acc": (per_head(sel.idx[..., 0] == probs.argmax(-1) if ranked
+                              else chosen.gather(-1, probs.argmax(-1, keepdim=True))[..., 0]), count),
         "recall": (per_head((chosen & teacher_top).sum(-1) / n_valid), count),
         "mass_recall": (per_head((probs * chosen).sum(-1)), count),
     }

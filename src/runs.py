@@ -184,6 +184,13 @@ def model_mismatch(model: dict | None, cfg: DictConfig) -> str:
 
 
 SELECTOR_ARCH = ("name", "hidden", "d_index", "loss", "block_size")  # selector settings its weights depend on
+HYBRID_ARCH = ("layers", "heads", "top_k", "budget")  # hybrid settings the trained parts depend on (not the kernel)
+
+
+def hybrid_arch(hybrid: dict | None) -> dict:
+    """The settings of ``hybrid`` that a trained selector or approximator depends on; the kernel is not one of them
+    (every kernel runs the same choice), and an unset budget is the same as an absent one."""
+    return {k: (hybrid or {}).get(k) for k in HYBRID_ARCH}
 
 
 def data_spec(cfg: DictConfig) -> dict:
@@ -200,7 +207,7 @@ def stage_spec(cfg: DictConfig, stage: str) -> dict:
     """The settings a stage's output depends on; a later run reuses an earlier one only when they are equal."""
     spec = {"model": model_spec(cfg), "data": data_spec(cfg)}
     if stage in ("distill_selector", "distill_approximator"):
-        spec["hybrid"] = OmegaConf.to_container(cfg.hybrid, resolve=True)
+        spec["hybrid"] = hybrid_arch(OmegaConf.to_container(cfg.hybrid, resolve=True))
         spec["selector"] = {k: cfg.selector[k] for k in SELECTOR_ARCH}
     if stage == "distill_approximator":
         spec["approximator"] = {k: cfg.approximator[k] for k in ("name", "hidden")}

@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from src import costs
 from src.errors import UserError
+from src.hybrid import approximator_sizes, selector_sizes
 from src.runs import job_number, register_resolvers
+from src.sparse import Budget
 
 COLUMNS = (
     "job", "status", "model", "d_model", "n_head", "n_layer", "seq_len", "top_k", "selector", "approximator",
@@ -80,11 +82,11 @@ def flops_columns(cfg: dict) -> dict:
     sel, app = cfg.get("selector", {}).get("name"), cfg.get("approximator", {}).get("name")
     pair = f"{sel}+{app}"
     try:
-        d, nh, T, n_layer, k = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"], int(hyb["top_k"])
-        sizes = costs.ComponentSizes(
-            selector_hidden=cfg["selector"].get("hidden", 64), approximator_hidden=cfg["approximator"].get("hidden", 64),
-            d_index=cfg["selector"].get("d_index", 16), block=cfg["selector"].get("block_size", 16),
-        )
+        d, nh, T, n_layer = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"]
+        k = Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"]).keys(T)
+        sel_cfg, app_cfg = selector_sizes(cfg["selector"]), approximator_sizes(cfg["approximator"])
+        sizes = costs.ComponentSizes(selector_hidden=sel_cfg["hidden"], approximator_hidden=app_cfg["hidden"],
+                                     d_index=sel_cfg["d_index"], block=sel_cfg["block_size"])
         dense, sparse = costs.dense_layer(d, nh, T, sizes).flops, costs.sparse_layer(pair, d, nh, T, k, sizes).flops
     except (KeyError, TypeError, ValueError):
         return {}

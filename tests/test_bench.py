@@ -1,23 +1,24 @@
-"""The measured benchmark: every variant computes causal attention (K = T: exactly SDPA), chunking changes nothing,
-the harness writes its files, crossover, skipped cells, bad arguments. No timing is asserted."""
+"""The measured benchmark: every variant is library code and computes causal attention (full budget: exactly SDPA),
+chunking changes nothing, the harness writes its files, FLOP limits, crossover, skipped cells, bad arguments. No
+timing is asserted."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from src import bench
 from src.errors import UserError
-from src.selectors import gather_keys
-from src.selectors.block import block_keys
+from src.sparse import Budget, SparseAttention, sdpa_attention
 from tests.conftest import run_cli
 
 D, H, B = 64, 2, 1  # the tiny shape of every test (the flex tests share their compiled kernels)
-SPARSE = [v for v in bench.VARIANTS if "+" in v]
+SPARSE = [v for v in bench.VARIANTS if v not in bench.DENSE]
 
 
 def inputs(T: int, seed: int = 0):
@@ -27,84 +28,55 @@ def inputs(T: int, seed: int = 0):
     return x, q, k, v
 
 
-def layer(variant: str, T: int, top_k: int, chunk: int = bench.CHUNK, block_size: int = 16, seed: int = 1):
+def layer(variant: str, T: int, budget, block_size: int = 16, seed: int = 1):
     torch.manual_seed(seed)
-    fn = bench.build(variant, D, H, T, top_k, block_size, chunk)
+    fn = bench.build(variant, D, H, T, Budget.parse(budget), block_size)
     if isinstance(fn, torch.nn.Module):
         for p in fn.parameters():  # random, large weights: any bias towards late keys would show
             torch.nn.init.normal_(p, std=2.0)
     return fn
 
 
-@pytest.mark.parametrize("selector", ["mlp", "indexer", "oracle", "block"])
-@pytest.mark.parametrize("T,chunk,block_size", [(64, 512, 16), (40, 16, 16), (37, 5, 8)])
-def test_full_k_softmax_equals_sdpa(selector, T, chunk, block_size):
+@pytest.mark.parametrize("variant", [v for v in SPARSE if bench.pair_of(v)[1] == "softmax"] + ["naive"])
+@pytest.mark.parametrize("T,block_size", [(64, 16), (37, 8)])
+def test_full_budget_equals_sdpa(variant, T, block_size):
     x, q, k, v = inputs(T)
-    fn = layer(f"{selector}+softmax", T, T, chunk, block_size)
+    fn = layer(variant, T, 1.0, block_size)
     with torch.no_grad():
-        torch.testing.assert_close(fn(x, q, k, v), bench.sdpa(x, q, k, v), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(bench.naive(x, q, k, v), bench.sdpa(x, q, k, v), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fn(x, q, k, v), sdpa_attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("T", [64, 128])
-def test_flex_all_blocks_equals_sdpa_and_partial_matches_its_mask(T):
-    """block+flex, compiled: with every block kept it is SDPA; with k < T it is SDPA under the chosen blocks'
-    mask, and the eager flex_attention agrees (the BlockMask's sparsity is also in mask_mod)."""
-    x, q, k, v = inputs(T)
+def test_block_variants_are_the_same_choice():
+    """block+softmax (gather), block+flex and block+tiles: one selector, one choice, one output."""
+    x, q, k, v = inputs(64)
     with torch.no_grad():
-        torch.testing.assert_close(layer("block+flex", T, T)(x, q, k, v), bench.sdpa(x, q, k, v),
-                                   atol=1e-5, rtol=1e-5)
-        fn = layer("block+flex", T, T // 4)
-        y = fn(x, q, k, v)
-        choice = fn.selector.select_blocks(x, fn.n_blocks, per_block=True)
-        keep = torch.zeros(B, H, T // 16, T // 16, dtype=torch.bool)
-        keep.scatter_(-1, choice.idx, True)  # every slot valid here: T // 4 keys = 1+ blocks for each row
-        assert keep.sum(-1).max() <= fn.n_blocks < T // 16
-        mask = keep.repeat_interleave(16, -1).repeat_interleave(16, -2) & torch.ones(T, T, dtype=torch.bool).tril()
-        torch.testing.assert_close(y, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=1e-5)
-        fn.compiled = False
-        torch.testing.assert_close(fn(x, q, k, v), y, atol=1e-5, rtol=1e-5)
+        ys = {v_: layer(v_, 64, 32)(x, q, k, v) for v_ in ("block+softmax", "block+flex", "block+tiles")}
+    assert not torch.allclose(ys["block+softmax"], sdpa_attention(q, k, v), atol=1e-3)
+    for name in ("block+flex", "block+tiles"):
+        torch.testing.assert_close(ys[name], ys["block+softmax"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("selector", ["mlp", "indexer", "oracle"])
-def test_chunked_selection_is_the_modules_selection(selector):
-    T, top_k = 50, 7
-    x, q, k, v = inputs(T)
-    fn = layer(f"{selector}+softmax", T, top_k)
-    with torch.no_grad():
-        whole = fn.selector.select(x, q, k, top_k)  # the module's own, unchunked
-        for chunk in (1, 8, 50):
-            ctx = fn.prepare(x, q, k)
-            parts = [fn.select_rows(ctx, s, min(s + chunk, T)) for s in range(0, T, chunk)]
-            assert torch.equal(torch.cat([p.idx for p in parts], 2), whole.idx)
-            assert torch.equal(torch.cat([p.valid for p in parts], 2), whole.valid)
-
-
-def test_chunked_block_selection_is_the_selectors():
-    T, top_k = 50, 20
-    x, q, k, v = inputs(T)
-    fn = layer("block+softmax", T, top_k, block_size=8)
-    with torch.no_grad():
-        whole = block_keys(fn.selector.select_blocks(x, fn.n_blocks), 8)
-        for chunk in (1, 7, 50):
-            ctx = fn.prepare(x, q, k)
-            parts = [fn.select_rows(ctx, s, min(s + chunk, T)) for s in range(0, T, chunk)]
-            assert torch.equal(torch.cat([p.idx for p in parts], 2), whole.idx)
-            assert torch.equal(torch.cat([p.valid for p in parts], 2), whole.valid)
-    assert fn.n_blocks == 3 and bench.keys_read("block+softmax", T, top_k, 8) == 24
-
-
-def test_gather_rows_is_gather_keys():
-    t = torch.randn(2, 3, 11, 5)
-    idx = torch.randint(0, 11, (2, 3, 4, 6))
-    assert torch.equal(bench.gather_rows(t, idx), gather_keys(t, idx))
+def test_variants_are_library_code():
+    """Every sparse variant is SparseAttention with the library's selector and approximator; src/bench.py itself
+    defines no attention: it calls no softmax, matmul, top-k, gather or attention kernel."""
+    for variant in SPARSE:
+        fn = layer(variant, 64, 16)
+        assert isinstance(fn.sparse, SparseAttention)
+        assert type(fn.sparse.selector).__module__.startswith("src.selectors.")
+        assert type(fn.sparse.approximator).__module__.startswith("src.approximators.")
+        assert fn.sparse.kernel == bench.pair_of(variant)[2]
+    tree = ast.parse(Path(bench.__file__).read_text())
+    called = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+              for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    forbidden = {"softmax", "matmul", "bmm", "einsum", "topk", "gather", "index_select", "scaled_dot_product_attention",
+                 "flex_attention", "create_block_mask", "from_kv_blocks", "masked_fill"}
+    assert not called & forbidden, f"src/bench.py computes attention itself: {called & forbidden}"
 
 
 @pytest.mark.parametrize("variant", bench.VARIANTS)
 def test_no_output_depends_on_later_inputs(variant):
     T = 64
-    fn = layer(variant, T, 24, chunk=24)  # block variants: 2 of 4 blocks
+    fn = layer(variant, T, 24)  # block variants: 2 of 4 blocks
     x, q, k, v = inputs(T)
     with torch.no_grad():
         y = fn(x, q, k, v)
@@ -116,29 +88,61 @@ def test_no_output_depends_on_later_inputs(variant):
             torch.testing.assert_close(fn(x2, q2, k2, v2)[:, :, : t + 1], y[:, :, : t + 1], atol=1e-5, rtol=1e-5)
 
 
+def test_flop_limits():
+    """The FLOP limit is dense causal over sparse FLOPs (src/costs.py): 1 for the dense variants, about T / (2 ·
+    budget) for the block kernels at long T, the same for the three block variants."""
+    assert bench.flop_limit("sdpa", 4096, 512, 8, Budget(512), 64) == 1.0
+    limits = {v: bench.flop_limit(v, 16384, 512, 8, Budget(512), 64) for v in ("block+softmax", "block+flex",
+                                                                               "block+tiles")}
+    assert len(set(limits.values())) == 1 and 14 < limits["block+flex"] < 18.5
+    assert 3.5 < bench.flop_limit("block+tiles", 4096, 512, 8, Budget(512), 64) < 4.6
+    assert bench.flop_limit("mlp+mlp", 4096, 512, 8, Budget(512), 64) < 1  # the prototype's design costs more
+
+
 def test_peak_memory_counts_what_the_call_allocates():
     peak = bench.peak_bytes(lambda: torch.ones(1_000_000).mul(2).sum(), (), torch.device("cpu"))
     assert 8e6 <= peak < 9e6  # the ones and their product live at once (4 MB each); the sum is 4 bytes
 
 
-def test_harness_end_to_end(tmp_path, capsys):
+def test_harness_end_to_end(tmp_path, capsys, monkeypatch):
+    from src.sparse import flex
+
+    monkeypatch.setattr(flex, "COMPILED_SHAPES", set())  # as in a fresh process
     out = tmp_path / "bench"
-    assert bench.main(["--seq-lens", "64,128", "--sizes", f"{D}/{H}", "--repeats", "1", "--out", str(out)]) == 0
+    argv = ["--seq-lens", "64,128", "--sizes", f"{D}/{H}", "--budgets", "32,0.25", "--block-size", "16",
+            "--repeats", "1", "--out", str(out)]
+    assert bench.main(argv) == 0
     assert {p.name for p in out.iterdir()} == {"bench.csv", "bench.json", "bench.md", "bench.png"}
     rows = list(csv.DictReader((out / "bench.csv").open()))
-    assert [(int(r["T"]), r["variant"]) for r in rows] == [(T, v) for T in (64, 128) for v in bench.DEFAULT_VARIANTS]
+    sparse = [v for v in bench.DEFAULT_VARIANTS if v not in bench.DENSE]
+    expected = [(T, v, b) for T in (64, 128) for v, b in [("sdpa", "–"), ("naive", "–")]
+                + [(v, b) for b in ("32 keys", "T/4") for v in sparse]]
+    assert [(int(r["T"]), r["variant"], r["budget"]) for r in rows] == expected
     assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 and float(r["peak_mb"]) > 0 for r in rows)
-    assert [int(r["top_k"]) for r in rows if r["variant"] == "mlp+mlp"] == [8, 16]  # T/8
+    assert [int(r["keys_read"]) for r in rows if r["variant"] == "indexer+softmax"] == [32, 16, 32, 32]
+    assert [int(r["keys_read"]) for r in rows if r["variant"] == "block+tiles"] == [32, 16, 32, 32]  # whole blocks
+    for r in rows:
+        if r["variant"] not in bench.DENSE:
+            assert float(r["flop_limit"]) > 0 and float(r["of_limit"]) == pytest.approx(
+                float(r["speedup"]) / float(r["flop_limit"]), rel=1e-2)
+            assert float(r["kernel_ms"]) > 0 and float(r["selection_ms"]) > 0
+    assert all(float(r["mask_ms"]) > 0 for r in rows if r["variant"] == "block+flex")
     saved = json.loads((out / "bench.json").read_text())
     assert {"device_name", "torch", "threads"} <= saved["machine"].keys() and saved["settings"]["repeats"] == 1
-    assert len(saved["rows"]) == 12 and set(saved["crossover"]["64d/2h"]) == set(bench.DEFAULT_VARIANTS[1:])
+    assert len(saved["rows"]) == len(expected) and "block+tiles @ 32 keys" in saved["crossover"][f"{D}d/{H}h"]
     flex = [r for r in saved["rows"] if r["variant"] == "block+flex"]
-    assert all(r["compile_s"] is not None for r in flex)  # compiled once per shape, never timed
+    assert [r["compile_s"] is not None for r in flex] == [True, False, True, False]  # once per shape, never timed
     md = (out / "bench.md").read_text()
-    assert "| 128 | block+flex |" in md and "Measured crossover T" in md and "measured, CPU" in md
+    assert "| 128 | block+flex | T/4 |" in md and "Measured crossover T" in md and "measured, CPU" in md
+    assert "- block+tiles, budget 32 keys:" in md and "FLOP limit" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "[12/12] 64d/2h T=128" in printed and "speed-up vs SDPA" in printed
+    assert f"[{len(expected)}/{len(expected)}] {D}d/{H}h T=128" in printed and "speed-up vs SDPA" in printed
+
+
+def test_budget_larger_than_t_is_skipped():
+    row = bench.measure("block+tiles", T=64, d_model=D, n_head=H, budget=512, block_size=16, repeats=1)
+    assert row["status"] == "skipped" and row["note"] == "budget 512 keys > T"
 
 
 def rows_of(points: dict[int, float | None], variant: str = "v", d_model: int = 512) -> list[dict]:
@@ -160,8 +164,8 @@ def test_crossover():
 def test_skipped_cells_are_recorded():
     row = bench.measure("naive", T=256, d_model=D, n_head=H, max_gb=1e-4)
     assert row["status"] == "skipped" and "--max-gb" in row["note"] and row["median_ms"] is None
-    s = bench.Settings(seq_lens=(32, 64, 128), sizes=((D, H),), variants=("indexer+softmax",), repeats=2,
-                       warmup=0, max_seconds=1e-9)
+    s = bench.Settings(seq_lens=(32, 64, 128), sizes=((D, H),), variants=("indexer+softmax",), budgets=(0.25,),
+                       repeats=2, warmup=0, max_seconds=1e-9)
     rows = bench.run(s, log=lambda line: None)
     sdpa = [r for r in rows if r["variant"] == "sdpa"]
     assert [r["status"] for r in sdpa] == ["ok", "skipped", "skipped"]  # one run is predicted to take over 1 ns
@@ -174,14 +178,15 @@ def test_skipped_cells_are_recorded():
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--seq-lens", "64", "--top-k", "65"], "top_k=65 must be in 1..T=64"),
+    (["--budgets", "0"], "budget=0 must be a positive number of keys per query"),
+    (["--budgets", "1.5"], "a fraction of the sequence length must be in (0, 1]"),
+    (["--budgets", "lots"], "expected keys per query (512) or fractions of T (0.125), got 'lots'"),
     (["--variants", "sdpa,nope"], "variant 'nope' is unknown"),
     (["--sizes", "64/3"], "not divisible"),
     (["--sizes", "64x2"], "D_MODEL/N_HEAD"),
     (["--seq-lens", "0"], "positive"),
     (["--device", "tpu"], "device 'tpu' is unknown"),
     (["--dtype", "fp8"], "dtype 'fp8' is unknown"),
-    (["--top-k", "4", "--top-k-frac", "0.5"], "not allowed with"),
     (["--sizes", "64/2", "--d-model", "64"], "either --sizes or --d-model"),
 ])
 def test_bad_arguments(argv, msg, capsys, tmp_path):
@@ -192,8 +197,8 @@ def test_bad_arguments(argv, msg, capsys, tmp_path):
 
 
 def test_bad_measure_arguments():
-    with pytest.raises(UserError, match="top_k=0"):
-        bench.measure("sdpa", T=64, d_model=D, n_head=H, top_k=0)
+    with pytest.raises(UserError, match="budget=0 must be"):
+        bench.measure("indexer+softmax", T=64, d_model=D, n_head=H, budget=0)
     with pytest.raises(UserError, match="unknown"):
         bench.measure("mlp+nope", T=64, d_model=D, n_head=H)
 

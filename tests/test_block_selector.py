@@ -1,4 +1,5 @@
-"""The block selector: causal at every T / K / block size, its shapes, the hybrid with it, its distillation stage."""
+"""The block selector: causal choices, shapes, its block-level distillation, the hybrid on every kernel (teacher when
+every block is kept, causal through the whole model, the same output on each kernel), its stage end to end."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import torch
 import src.runs
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig
-from src.selectors import BlockSelector, build_selector, selection_mask
-from src.selectors.block import block_keys, n_blocks
-from src.stages.distill_selector import selector_loss
+from src.selectors import BlockSelector, build_selector
+from src.sparse import block_attention_mass, n_blocks
+from src.stages.distill_selector import block_selector_loss
 from src.train import train
 
 CFG = GPTConfig(vocab_size=19, seq_len=24, n_layer=2, n_head=4, d_model=32)
@@ -19,95 +20,59 @@ CFG = GPTConfig(vocab_size=19, seq_len=24, n_layer=2, n_head=4, d_model=32)
 def random_selector(h: int, d_model: int, block_size: int, seed: int = 1) -> BlockSelector:
     torch.manual_seed(seed)
     sel = BlockSelector(h, d_model, d_index=8, block_size=block_size)
-    for p in sel.parameters():  # random, large weights: any bias towards late keys would show
+    for p in sel.parameters():  # random, large weights: any bias towards late blocks would show
         torch.nn.init.normal_(p, std=3.0)
     return sel
 
 
 @pytest.mark.parametrize("T,block_size", [(16, 4), (23, 4), (40, 16), (24, 5), (7, 16), (9, 1)])
-@pytest.mark.parametrize("top_k", [1, 5, "T"])
-def test_never_selects_a_future_key(T, block_size, top_k):
-    top_k = T if top_k == "T" else min(top_k, T)
+@pytest.mark.parametrize("n", [1, 2, "all"])
+def test_choice_is_causal(T, block_size, n):
     sel_mod, B, h = random_selector(3, 32, block_size), 2, 3
+    nb = n_blocks(T, block_size)
+    n = nb if n == "all" else min(n, nb)
     x = torch.randn(B, T, 32) * 5
-    pos = torch.arange(T)[:, None]
-    sel = sel_mod.select(x, None, None, top_k)
-    assert sel.idx.shape == (B, h, T, top_k)
-    assert torch.all(sel.idx <= pos), "a key after its query was selected"
-    assert torch.equal(sel.valid.sum(-1)[0, 0], torch.clamp(torch.arange(T) + 1, max=top_k))
-    assert torch.equal(selection_mask(sel, T).sum(-1), sel.valid.sum(-1))  # valid slots are distinct keys
-    # the query's own block comes first: its earlier keys are all kept when there is room for them
-    own = torch.arange(T) - torch.arange(T) % block_size  # first key of each query's block
-    for t in range(T):
-        if t - own[t] + 1 <= top_k:
-            chosen = set(sel.idx[0, 0, t][sel.valid[0, 0, t]].tolist())
-            assert set(range(own[t], t + 1)) <= chosen
-    # the block-level choice: per query and per block of queries
-    for n in sorted({1, 2, n_blocks(T, block_size)}):
-        for per_block in (False, True):
-            choice = sel_mod.select_blocks(x, min(n, n_blocks(T, block_size)), per_block=per_block)
-            rows = choice.rows[:, None]
-            assert torch.all(choice.idx <= rows // block_size), "a block after the query's own was chosen"
-            assert torch.all(choice.idx[..., 0] == choice.rows // block_size), "the own block is not first"
-            keys = block_keys(choice, block_size)
-            assert torch.all(keys.idx <= rows), "a key after its query was chosen"
-            if n == n_blocks(T, block_size):  # all blocks kept: every query reads exactly its t + 1 keys
-                assert torch.equal(keys.valid.sum(-1)[0, 0], choice.rows + 1)
-
-
-def test_shapes():
-    sel, B, T, bs = random_selector(3, 32, 5), 2, 23, 5
-    x = torch.randn(B, T, 32)
-    assert sel.scores(x, None, None).shape == (B, 3, T, T)
-    assert sel.select(x, None, None, 6).idx.shape == (B, 3, T, 6)
-    nb = n_blocks(T, bs)
-    assert nb == 5
-    choice = sel.select_blocks(x, 3)
-    assert choice.idx.shape == choice.valid.shape == (B, 3, T, 3) and torch.equal(choice.rows, torch.arange(T))
-    per_block = sel.select_blocks(x, 3, per_block=True)
-    assert per_block.idx.shape == (B, 3, nb, 3) and torch.equal(per_block.rows, torch.arange(0, T, bs))
-    assert torch.equal(per_block.idx, choice.idx[:, :, ::bs])  # a block's choice is its first query's
-    assert block_keys(choice, bs).idx.shape == (B, 3, T, 3 * bs)
-    # query t in block c has c + 1 blocks to choose from
-    assert torch.equal(choice.valid[0, 0].sum(-1), torch.clamp(torch.arange(T) // bs + 1, max=3))
-
-
-def test_chunked_block_choice_is_the_same():
-    sel, x = random_selector(2, 32, 4), torch.randn(2, 37, 32)
-    for per_block in (False, True):
-        whole = sel.select_blocks(x, 4, per_block=per_block)
-        for chunk in (1, 3, 16):
-            part = sel.select_blocks(x, 4, per_block=per_block, chunk=chunk)
-            assert torch.equal(part.idx, whole.idx) and torch.equal(part.valid, whole.valid)
-
-
-def test_scores_are_causal():
-    """A query's scores of keys 0..t do not change when the input after t does (the own block's prefix mean)."""
-    sel, T = random_selector(2, 32, 8), 21
-    x = torch.randn(1, T, 32)
-    for t in (0, 5, 12, 15):
+    choice = sel_mod.choose(x, None, None, n)
+    rows = torch.arange(nb)[:, None]
+    assert choice.idx.shape == (B, h, nb, n) and choice.block_size == block_size and choice.T == T
+    assert torch.all(choice.idx <= rows), "a block after the query block was chosen"
+    assert torch.all(choice.idx[..., 0] == torch.arange(nb)), "the own block is not first"
+    # the choice of query block r reads nothing after its first query r * block_size
+    for r in range(nb):
+        t = r * block_size
         y = x.clone()
-        y[:, t + 1:] = torch.randn_like(y[:, t + 1:])
-        before, after = sel.scores(x, None, None), sel.scores(y, None, None)
-        torch.testing.assert_close(before[..., t, : t + 1], after[..., t, : t + 1])
+        y[:, t + 1:] = torch.randn_like(y[:, t + 1:]) * 5
+        later = sel_mod.choose(y, None, None, n)
+        assert torch.equal(later.idx[:, :, r], choice.idx[:, :, r]), f"query block {r} looked ahead"
+
+
+def test_chunked_choice_is_the_same():
+    sel, x = random_selector(2, 32, 4), torch.randn(2, 37, 32)
+    whole = sel.choose(x, None, None, 4)
+    for chunk in (1, 3, 16):
+        part = sel.choose(x, None, None, 4, chunk=chunk)
+        assert torch.equal(part.idx, whole.idx) and torch.equal(part.valid, whole.valid)
 
 
 def test_block_means():
     sel = BlockSelector(1, 4, d_index=1, block_size=3)
     ki = torch.arange(7, dtype=torch.float).view(1, 1, 7, 1)
     assert sel.block_means(ki).flatten().tolist() == [1.0, 4.0, 6.0]  # the last block holds key 6 only
-    assert sel.prefix_means(ki).flatten().tolist() == [0.0, 0.5, 1.0, 3.0, 3.5, 4.0, 6.0]
 
 
-def test_kl_loss_is_finite_and_trains():
-    sel, T = random_selector(2, 32, 4), 12
-    x = torch.randn(2, T, 32)
-    probs = torch.rand(2, 2, T, T).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0)
-    probs = probs / probs.sum(-1, keepdim=True)
-    loss = selector_loss("kl", sel.scores(x, None, None), probs, 4)
+def test_block_loss_is_zero_at_the_target_and_trains():
+    sel, T, bs = random_selector(2, 32, 4), 20, 4
+    x, q, k = torch.randn(2, T, 32), torch.randn(2, 2, T, 8), torch.randn(2, 2, T, 8)
+    mass = block_attention_mass(q, k, bs)
+    rows = torch.arange(n_blocks(T, bs))
+    scores = sel.block_scores(x, q, k, rows)
+    loss = block_selector_loss(scores, mass)
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-                                        for p in sel.parameters())
+    assert torch.isfinite(loss) and loss > 0.01
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in sel.parameters())
+    perfect = mass.clamp_min(1e-12).log()  # scores = log of the target: KL 0 over the earlier blocks
+    assert block_selector_loss(perfect, mass) == pytest.approx(0.0, abs=1e-5)
+    assert block_selector_loss(scores[..., :1, :1], mass[..., :1, :1]) == 0.0  # one block: nothing to learn
 
 
 def teacher() -> GPT:
@@ -115,49 +80,92 @@ def teacher() -> GPT:
     return GPT(CFG).eval()
 
 
-@pytest.mark.parametrize("block_size", [1, 5, 8, 16, 32])
+def hybrid(gpt: GPT, layers, heads, budget, block_size: int, kernel: str, approximator: str = "softmax"):
+    spec = HybridSpec.from_config(CFG, layers, heads, 4, budget=budget, kernel=kernel)
+    parts = SparseParts(spec, CFG, {"name": "block", "block_size": block_size, "d_index": 8},
+                        {"name": approximator})
+    torch.manual_seed(2)  # the same weights for every kernel
+    for p in parts.parameters():
+        torch.nn.init.normal_(p, std=2.0)
+    return hybrid_attention(gpt, spec, parts)
+
+
+@pytest.mark.parametrize("kernel", ["gather", "flex", "tiles"])
+@pytest.mark.parametrize("block_size", [5, 8, 16])
 @pytest.mark.parametrize("layers,heads", [([0], [0]), ("all", "all"), ([1], [1, 3])])
-def test_full_k_softmax_reproduces_teacher(layers, heads, block_size):
-    """With K = seq_len and exact softmax over the selection, the hybrid is the teacher (1e-5)."""
+def test_every_block_kept_reproduces_teacher(layers, heads, block_size, kernel):
+    """With the whole context as budget and exact softmax, the hybrid is the teacher (1e-5) on every kernel."""
     gpt = teacher()
-    spec = HybridSpec.from_config(layers, heads, CFG.seq_len, CFG)
-    parts = SparseParts(spec, CFG, {"name": "block", "block_size": block_size}, {"name": "softmax"})
-    assert parts.selectors[str(spec.layers[0])].block_size == block_size
     x = torch.randint(0, 19, (2, 24))
-    torch.testing.assert_close(gpt(x, attention=hybrid_attention(gpt, spec, parts)), gpt(x), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(gpt(x, attention=hybrid(gpt, layers, heads, 1.0, block_size, kernel)), gpt(x),
+                                   atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("approximator", ["softmax", "mlp"])
-def test_hybrid_is_causal_end_to_end(approximator):
+def test_kernels_agree_through_the_model():
+    """The same block choice through gather, flex and tiles: the same logits (1e-5)."""
     gpt = teacher()
-    spec = HybridSpec.from_config("all", "all", 6, CFG)
-    parts = SparseParts(spec, CFG, {"name": "block", "block_size": 4}, {"name": approximator})
-    attention = hybrid_attention(gpt, spec, parts)
     x = torch.randint(0, 19, (2, 24))
-    for t in (0, 3, 12, 17):
-        y = x.clone()
-        y[:, t + 1:] = (y[:, t + 1:] + 1) % 19
-        torch.testing.assert_close(gpt(x, attention=attention)[:, : t + 1], gpt(y, attention=attention)[:, : t + 1])
+    with torch.no_grad():
+        out = {kernel: gpt(x, attention=hybrid(gpt, "all", "all", 8, 4, kernel)) for kernel in ("gather", "flex",
+                                                                                               "tiles")}
+    assert not torch.allclose(out["gather"], gpt(x), atol=1e-3)  # something was dropped
+    for kernel in ("flex", "tiles"):
+        torch.testing.assert_close(out[kernel], out["gather"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,approximator", [("gather", "softmax"), ("gather", "mlp"), ("flex", "softmax"),
+                                                 ("tiles", "softmax")])
+def test_hybrid_is_causal_end_to_end(kernel, approximator):
+    """No position's logits depend on a later token, whatever block the later tokens would make attractive."""
+    gpt = teacher()
+    attention = hybrid(gpt, "all", "all", 8, 4, kernel, approximator)
+    x = torch.randint(0, 19, (2, 24))
+    with torch.no_grad():
+        ref = gpt(x, attention=attention)
+        for t in (0, 3, 4, 12, 17):
+            y = x.clone()
+            y[:, t + 1:] = (y[:, t + 1:] + 1) % 19
+            torch.testing.assert_close(gpt(y, attention=attention)[:, : t + 1], ref[:, : t + 1])
 
 
 def test_build_selector_and_bad_block_size():
-    sel = build_selector("block", 2, 32, 8, 24, d_index=4, block_size=6)
-    assert isinstance(sel, BlockSelector) and sel.block_size == 6 and sel.d_index == 4
+    sel = build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=6)
+    assert isinstance(sel, BlockSelector) and sel.block_size == 6 and sel.d_index == 4 and sel.picks_blocks
     with pytest.raises(ValueError, match="block_size"):
-        build_selector("block", 2, 32, 8, 24, block_size=0)
+        build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=0)
 
 
 def test_config_group(tiny_cfg):
     cfg = tiny_cfg("+experiment=distill_selector", "selector=block")
-    assert cfg.selector.name == "block" and cfg.selector.block_size == 16 and cfg.selector.loss == "kl"
+    assert cfg.selector.name == "block" and cfg.selector.block_size == 64 and cfg.selector.loss == "kl"
 
 
-def test_distill_selector_fast_dev_run(tiny_cfg, tmp_path, monkeypatch):
+def test_block_stages_end_to_end(tiny_cfg, tmp_path, monkeypatch):
+    """selector -> approximator -> evaluation with the block selector, evaluated on the flex kernel."""
     from tests.conftest import TINY, compose_config
 
     monkeypatch.setattr(src.runs, "OUTPUT_ROOT", tmp_path / "outputs")
     teacher_ckpt = train(compose_config(TINY), tmp_path / "teacher")["checkpoint"]
-    cfg = tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "trainer.fast_dev_run=true",
-                   "selector=block", "selector.block_size=8", "hybrid.layers=all", "hybrid.top_k=8")
-    result = train(cfg, tmp_path / "run")
-    assert result["stage"] == "distill_selector"
+    parts = [f"teacher.ckpt={teacher_ckpt}", "selector=block", "selector.block_size=8", "hybrid.layers=all",
+             "hybrid.budget=16"]
+    sel = train(tiny_cfg("+experiment=distill_selector", *parts, "selector.max_steps=2"), tmp_path / "outputs" / "s")
+    assert 0 < sel["val/mass_recall"] <= 1 + 1e-6
+    app = train(tiny_cfg("+experiment=distill_approximator", *parts, f"selector.ckpt={sel['checkpoint']}"),
+                tmp_path / "outputs" / "a")
+    result = train(tiny_cfg("+experiment=evaluate", *parts, "hybrid.kernel=flex",
+                            f"approximator.ckpt={app['checkpoint']}"), tmp_path / "e")
+    assert result["test/hybrid_loss"] > 0 and 0 < result["test/mass_recall"] <= 1 + 1e-6
+    md = (tmp_path / "e" / "results.md").read_text()
+    assert "budget 16 keys per query, kernel flex (2 blocks of 8 keys" in md
+
+
+def test_token_losses_are_refused_for_blocks(tiny_cfg, tmp_path, monkeypatch):
+    from src.errors import UserError
+    from tests.conftest import TINY, compose_config
+
+    monkeypatch.setattr(src.runs, "OUTPUT_ROOT", tmp_path / "outputs")
+    teacher_ckpt = train(compose_config(TINY + ["trainer.max_steps=1"]), tmp_path / "teacher")["checkpoint"]
+    with pytest.raises(UserError, match="selector.loss=ce ranks single keys; selector=block picks blocks"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=block",
+                       "selector.loss=ce", "selector.block_size=8"), tmp_path / "s")

@@ -63,9 +63,20 @@ def test_oracle_selector():
 
 
 def test_indexed_block_selector_by_hand():
-    # T=4, d=3, d_index=2, B=2: projections 2·4·3·2 = 48, pooling 4·3 = 12, (query, block) pairs 1+1+2+2 = 6 -> 6·2
-    assert costs.indexed_block_selector(T=4, d_model=3, d_index=2, block=2) == Cost(macs=72, ops=6)
-    assert costs.SELECTORS["block"](4, 3, 64, ComponentSizes(d_index=2, block=2)) == Cost(macs=72, ops=6)
+    # T=4, d=3, d_index=2, B=2: 2 query blocks; pooling 4·3 = 12, projections of 2 first queries and 2 block means
+    # 2·2·3·2 = 24, (query block, key block) pairs 1 + 2 = 3 -> 3·2
+    assert costs.indexed_block_selector(T=4, d_model=3, d_index=2, block=2) == Cost(macs=42, ops=3)
+    assert costs.SELECTORS["block"](4, 3, 64, ComponentSizes(d_index=2, block=2)) == Cost(macs=42, ops=3)
+
+
+def test_block_sparse_pairs_by_enumeration():
+    """Each query block reads its own block causally and up to n - 1 earlier blocks: count key by key."""
+    for T, B, n in ((8, 2, 1), (8, 2, 2), (10, 4, 2), (64, 16, 3), (50, 16, 10), (7, 3, 2)):
+        expected = sum(t % B + 1 + min(n - 1, t // B) * B for t in range(T))  # own block's keys up to t + earlier
+        assert costs.block_sparse_pairs(T, B, n) == expected
+    assert costs.block_sparse_pairs(16, 4, 4) == costs.causal_pairs(16)  # every block kept: dense causal
+    # T=8, B=2, n=2: block 0 has 1 + 2 pairs, blocks 1-3 (1 + 2) + 2·2 each: 3 + 3·7 = 24 pairs
+    assert costs.block_softmax_attention(8, 2, 2, 2) == Cost(macs=2 * 2 * 24, ops=5 * 24)
 
 
 def test_every_pair_of_the_framework_is_counted():
@@ -109,6 +120,7 @@ def test_keys():
     assert costs.keys_kept(64, k=8) == 8 and costs.keys_kept(16, k=32) == 16  # fixed k, at most T
     assert costs.keys_attended("block", 256, sizes=ComponentSizes(block=64)) == 64  # T/8 = 32 -> one whole block
     assert costs.keys_attended("block", 32, sizes=ComponentSizes(block=64)) == 32  # never more than T
+    assert costs.blocks_kept(4096, 512, ComponentSizes(block=64)) == 8 and costs.blocks_kept(100, 8) == 1
     assert costs.keys_attended("indexer", 256) == 32
 
 

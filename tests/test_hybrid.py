@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig
-from src.selectors import SELECTORS, build_selector, causal_topk, gather_keys, selection_mask
+from src.selectors import SELECTORS, build_selector
+from src.sparse import selection_mask
 
 CFG = GPTConfig(vocab_size=19, seq_len=24, n_layer=2, n_head=4, d_model=32)
 
@@ -21,11 +24,13 @@ def teacher() -> GPT:
 @pytest.mark.parametrize("top_k", [1, 5, 24])
 def test_no_selector_picks_a_future_key(name, top_k):
     torch.manual_seed(1)
-    sel_mod = build_selector(name, 3, CFG.d_model, CFG.head_dim, CFG.seq_len)
+    sel_mod = build_selector(name, 3, CFG.d_model, CFG.head_dim, CFG.seq_len, hidden=16, d_index=8, block_size=4)
     for p in sel_mod.parameters():  # random, large weights: any bias towards late keys would show
         torch.nn.init.normal_(p, std=3.0)
     B, T = 2, 24
     x, q, k = torch.randn(B, T, CFG.d_model), torch.randn(B, 3, T, 8) * 5, torch.randn(B, 3, T, 8) * 5
+    if sel_mod.picks_blocks:  # block selectors: tests/test_block_selector.py
+        return
     sel = sel_mod.select(x, q, k, top_k)
     pos = torch.arange(T)[:, None]
     assert sel.idx.shape == (B, 3, T, top_k)
@@ -36,38 +41,12 @@ def test_no_selector_picks_a_future_key(name, top_k):
     assert torch.equal(mask.sum(-1), sel.valid.sum(-1))
 
 
-def test_causal_topk_ignores_huge_future_scores():
-    scores = torch.zeros(1, 1, 6, 6)
-    scores[..., 5] = 1e9  # the last key scores highest for everyone
-    sel = causal_topk(scores, 2)
-    assert torch.all(sel.idx <= torch.arange(6)[:, None])
-    assert sel.idx[0, 0, 5, 0] == 5
-
-
-@pytest.mark.parametrize("fill", [float("-inf"), float("nan"), -3.4e38])
-def test_causal_topk_never_picks_a_future_key_on_ties_with_the_mask(fill):
-    """Earlier keys scored -inf (or NaN, or the lowest float) still rank above every masked future key."""
-    sel = causal_topk(torch.full((1, 1, 6, 6), fill), 3)
-    pos = torch.arange(6)[:, None]
-    assert torch.all(sel.idx <= pos)
-    assert torch.all(sel.idx[sel.valid] <= pos.expand(6, 3)[sel.valid[0, 0]])
-    assert torch.equal(selection_mask(sel, 6).sum(-1)[0, 0], torch.clamp(torch.arange(6) + 1, max=3))
-
-
-def test_gather_keys():
-    t = torch.arange(2 * 1 * 5 * 3, dtype=torch.float).view(2, 1, 5, 3)
-    idx = torch.tensor([[[[0, 0], [1, 0], [2, 1], [3, 0], [4, 2]]]]).expand(2, 1, 5, 2)
-    g = gather_keys(t, idx)
-    assert g.shape == (2, 1, 5, 2, 3)
-    assert torch.equal(g[1, 0, 4, 1], t[1, 0, 2])
-
-
 @pytest.mark.parametrize("layers,heads", [([0], [0]), ("all", "all"), ([1], [1, 3])])
 def test_full_k_softmax_reproduces_teacher(layers, heads):
     """With K = seq_len and exact softmax over the selection, the hybrid is the teacher (1e-5)."""
     gpt = teacher()
     for name in ("oracle", "indexer", "mlp"):
-        spec = HybridSpec.from_config(layers, heads, CFG.seq_len, CFG)
+        spec = HybridSpec.from_config(CFG, layers, heads, CFG.seq_len)
         parts = SparseParts(spec, CFG, {"name": name}, {"name": "softmax"})
         x = torch.randint(0, 19, (2, 24))
         torch.testing.assert_close(gpt(x, attention=hybrid_attention(gpt, spec, parts)), gpt(x), atol=1e-5, rtol=1e-5)
@@ -76,7 +55,7 @@ def test_full_k_softmax_reproduces_teacher(layers, heads):
 @pytest.mark.parametrize("selector,approximator", [("oracle", "softmax"), ("indexer", "mlp"), ("mlp", "mlp")])
 def test_hybrid_is_causal_end_to_end(selector, approximator):
     gpt = teacher()
-    spec = HybridSpec.from_config("all", "all", 4, CFG)
+    spec = HybridSpec.from_config(CFG, "all", "all", 4)
     parts = SparseParts(spec, CFG, {"name": selector}, {"name": approximator})
     attention = hybrid_attention(gpt, spec, parts)
     x = torch.randint(0, 19, (2, 24))
@@ -88,7 +67,7 @@ def test_hybrid_is_causal_end_to_end(selector, approximator):
 
 def test_sparse_heads_differ_dense_heads_exact():
     gpt = teacher()
-    spec = HybridSpec.from_config([0], [1], 2, CFG)
+    spec = HybridSpec.from_config(CFG, [0], [1], 2)
     parts = SparseParts(spec, CFG, {"name": "oracle"}, {"name": "softmax"})
     attn = hybrid_attention(gpt, spec, parts)[0]
     x = torch.randn(1, 24, CFG.d_model)
@@ -103,16 +82,41 @@ def test_sparse_heads_differ_dense_heads_exact():
 
 
 @pytest.mark.parametrize(
-    "layers,heads,top_k,msg",
+    "layers,heads,top_k,extra,msg",
     [
-        ([0], [0], 0, "positive"),
-        ([0], [0], -3, "positive"),
-        ([0], [0], 25, "larger than the sequence length"),
-        ([2], [0], 4, "hybrid.layers"),
-        ([0], [4], 4, "hybrid.heads"),
-        ([], [0], 4, "hybrid.layers"),
+        ([0], [0], 0, {}, "positive"),
+        ([0], [0], -3, {}, "positive"),
+        ([0], [0], 25, {}, "larger than the sequence length"),
+        ([2], [0], 4, {}, "hybrid.layers"),
+        ([0], [4], 4, {}, "hybrid.heads"),
+        ([], [0], 4, {}, "hybrid.layers"),
+        ([0], [0], 4, {"budget": 0}, "hybrid.budget=0 must be a positive number of keys per query"),
+        ([0], [0], 4, {"budget": -0.5}, "hybrid.budget=-0.5 must be a positive number"),
+        ([0], [0], 4, {"budget": 25}, "hybrid.budget=25 keys is larger than the sequence length 24"),
+        ([0], [0], 4, {"budget": 2.5}, "a fraction of the sequence length must be in (0, 1]"),
+        ([0], [0], 4, {"kernel": "fast"}, "hybrid.kernel='fast' is unknown"),
     ],
 )
-def test_bad_spec(layers, heads, top_k, msg):
+def test_bad_spec(layers, heads, top_k, extra, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)) as e:
+        HybridSpec.from_config(CFG, layers, heads, top_k, **extra)
+    assert "\n" not in str(e.value)
+
+
+def test_budget_overrides_top_k():
+    spec = HybridSpec.from_config(CFG, "all", "all", 4, budget=0.5)
+    assert spec.budget.keys(CFG.seq_len) == 12
+    assert HybridSpec.from_config(CFG, "all", "all", 4).budget.keys(CFG.seq_len) == 4
+    parts = SparseParts(HybridSpec.from_config(CFG, [0], [0], 4, budget=0.5), CFG, {"name": "indexer"},
+                        {"name": "mlp"})
+    assert parts.approximators["0"].w1.shape[1] == 12 * CFG.head_dim  # the MLP reads K = budget keys
+
+
+@pytest.mark.parametrize("selector,approximator,kernel,msg", [
+    ("indexer", "softmax", "flex", "selector=indexer picks single keys"),
+    ("block", "mlp", "tiles", "approximator=mlp is another function"),
+])
+def test_kernel_the_parts_cannot_use(selector, approximator, kernel, msg):
+    spec = HybridSpec.from_config(CFG, [0], [0], 4, kernel=kernel)
     with pytest.raises(ValueError, match=msg):
-        HybridSpec.from_config(layers, heads, top_k, CFG)
+        SparseParts(spec, CFG, {"name": selector, "block_size": 8}, {"name": approximator})

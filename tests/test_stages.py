@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import src.runs
 from src.errors import UserError
 from src.metrics import selection_stats
-from src.selectors import causal_topk
+from src.sparse import causal_topk
 from src.stages.distill_selector import selector_loss
 from src.train import train
 
@@ -68,7 +68,7 @@ def test_prototype_pipeline_results(tiny_cfg, tmp_path):
     assert "KeySelector top-1 accuracy" in text and "prototype: 9.2%" in text
     saved = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     assert saved["test/logits_rel_err"] == pytest.approx(result["evaluate"]["test/logits_rel_err"])
-    assert saved["config"]["hybrid"] == {"layers": [0], "heads": [0], "top_k": 3}
+    assert saved["config"]["hybrid"] == {"layers": [0], "heads": [0], "top_k": 3, "budget": None, "kernel": "auto"}
     assert "test/top1_acc/L0H0" in saved
     images = EventAccumulator(str(tmp_path / "selector" / "tensorboard")).Reload().Tags()["images"]
     assert any(t.startswith("attention/") for t in images)

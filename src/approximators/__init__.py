@@ -10,7 +10,8 @@ from src.approximators.softmax import SoftmaxApproximator
 APPROXIMATORS = {"mlp": MLPApproximator, "softmax": SoftmaxApproximator}
 
 
-def build_approximator(name: str, n_heads: int, head_dim: int, top_k: int, hidden: int = 64) -> nn.Module:
+def build_approximator(name: str, n_heads: int, head_dim: int, top_k: int, hidden: int) -> nn.Module:
+    """One approximator serving ``n_heads`` heads over ``top_k`` selected keys; sizes from conf/approximator/."""
     if name == "mlp":
         return MLPApproximator(n_heads, head_dim, top_k, hidden)
     if name == "softmax":

@@ -15,8 +15,9 @@ import torch.nn as nn
 
 class MLPApproximator(nn.Module):
     trainable = True
+    reads_keys = False  # only the selected values: the gather path need not copy the keys
 
-    def __init__(self, n_heads: int, head_dim: int, top_k: int, hidden: int = 64):
+    def __init__(self, n_heads: int, head_dim: int, top_k: int, hidden: int):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(n_heads, top_k * head_dim, hidden))
         self.b1 = nn.Parameter(torch.zeros(n_heads, 1, hidden))

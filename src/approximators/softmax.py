@@ -12,6 +12,7 @@ import torch.nn as nn
 
 class SoftmaxApproximator(nn.Module):
     trainable = False
+    exact_softmax = True  # a block-sparse kernel (src/sparse/flex.py, tiles.py) may compute it instead
 
     def forward(self, q, k_sel, v_sel, valid):
         """q (B, h, T, hs); k_sel, v_sel (B, h, T, K, hs); valid (B, h, T, K) -> (B, h, T, hs)."""

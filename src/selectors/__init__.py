@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from src.selectors.base import KeySelector, Selection, causal_topk, gather_keys, selection_mask
+from src.selectors.base import BlockKeySelector, KeySelector
 from src.selectors.block import BlockSelector
 from src.selectors.indexer import IndexerSelector
 from src.selectors.mlp import MLPSelector
@@ -11,8 +11,9 @@ from src.selectors.oracle import OracleSelector
 SELECTORS = {"mlp": MLPSelector, "indexer": IndexerSelector, "oracle": OracleSelector, "block": BlockSelector}
 
 
-def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int, hidden: int = 64,
-                   d_index: int = 16, block_size: int = 16) -> KeySelector:
+def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int, hidden: int,
+                   d_index: int, block_size: int) -> KeySelector | BlockKeySelector:
+    """One selector serving ``n_heads`` heads; the sizes come from conf/selector/*.yaml (src/config.py)."""
     if name == "mlp":
         return MLPSelector(n_heads, head_dim, seq_len, hidden)
     if name == "indexer":
@@ -24,5 +25,4 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
     raise ValueError(f"selector.name={name!r} is unknown: use one of {', '.join(SELECTORS)}")
 
 
-__all__ = ["BlockSelector", "KeySelector", "Selection", "SELECTORS", "build_selector", "causal_topk", "gather_keys",
-           "selection_mask"]
+__all__ = ["BlockKeySelector", "BlockSelector", "KeySelector", "SELECTORS", "build_selector"]

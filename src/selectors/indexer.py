@@ -17,6 +17,12 @@ import torch.nn as nn
 from src.selectors.base import KeySelector
 
 
+def index_vectors(w: nn.Linear, x: torch.Tensor, n_heads: int, d_index: int) -> torch.Tensor:
+    """(B, R, C) -> (B, h, R, d_index): one learned index vector per served head (also the block selector's)."""
+    B, R, _ = x.shape
+    return w(x).view(B, R, n_heads, d_index).transpose(1, 2)
+
+
 class IndexerSelector(KeySelector):
     default_loss = "kl"
 
@@ -26,8 +32,11 @@ class IndexerSelector(KeySelector):
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
 
-    def scores(self, x, q, k):
-        B, T, _ = x.shape
-        qi = self.wq(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)  # (B, h, T, d_index)
-        ki = self.wk(x).view(B, T, self.n_heads, self.d_index).transpose(1, 2)
-        return qi @ ki.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, T, T)
+    def prepare(self, x, q, k):
+        """Index queries and keys of every position, (B, h, T, d_index) each."""
+        return (index_vectors(self.wq, x, self.n_heads, self.d_index),
+                index_vectors(self.wk, x, self.n_heads, self.d_index))
+
+    def score_rows(self, ctx, rows):
+        qi, ki = ctx
+        return qi[:, :, rows] @ ki.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, R, T)

@@ -29,7 +29,10 @@ class MLPSelector(KeySelector):
         for w in (self.w1, self.w2):  # nn.Linear's default scale
             nn.init.uniform_(w, -1 / math.sqrt(w.size(1)), 1 / math.sqrt(w.size(1)))
 
-    def scores(self, x, q, k):
-        T = q.size(-2)
-        h = torch.relu(torch.einsum("bhtd,hde->bhte", q, self.w1) + self.b1)  # (B, h, T, hidden)
-        return (torch.einsum("bhte,hes->bhts", h, self.w2) + self.b2)[..., :T]  # (B, h, T, T) of seq_len
+    def prepare(self, x, q, k):
+        """The hidden layer of every query, (B, h, T, hidden)."""
+        return torch.relu(torch.einsum("bhtd,hde->bhte", q, self.w1) + self.b1)
+
+    def score_rows(self, ctx, rows):
+        T = ctx.size(-2)
+        return (torch.einsum("bhte,hes->bhts", ctx[:, :, rows], self.w2) + self.b2)[..., :T]  # (B, h, R, T)

@@ -13,5 +13,9 @@ from src.selectors.base import KeySelector
 class OracleSelector(KeySelector):
     trainable = False
 
-    def scores(self, x, q, k):
-        return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, T, T): softmax is monotone
+    def prepare(self, x, q, k):
+        return q, k
+
+    def score_rows(self, ctx, rows):
+        q, k = ctx
+        return q[:, :, rows] @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, R, T): softmax is monotone

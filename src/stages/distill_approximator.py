@@ -100,7 +100,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
                      if k.startswith("parts.selectors.")}
         module.parts.selectors.load_state_dict(selectors)
-    log.info("approximator %s over top-%d keys of the %s selector (%s)", cfg.approximator.name, module.spec.top_k,
+    log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name, module.spec.budget,
              cfg.selector.name, selector_ckpt or "nothing to load")
     steps = cfg.approximator.max_steps
     trainer = build_trainer(cfg, run_dir, monitor="val/approx_rel_err", mode="min", max_steps=steps,

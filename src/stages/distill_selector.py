@@ -4,6 +4,9 @@ Teacher-forced: each batch runs the teacher, which hands over the sparse layers'
 probabilities; the selector learns to score keys so that its causal top-K covers what the teacher attends to.
 Losses (``selector.loss``): ``ce`` the teacher's top-1 key (the prototype), ``topk`` its top-K set (multi-label),
 ``kl`` KL(teacher attention ‖ softmax of the selector's scores) (the lightning indexer's and SeerAttention's).
+A block selector learns at the level it selects: KL from the teacher's attention mass per key block, summed over
+each block of queries (src/sparse/mass.py, computed chunk by chunk), to the softmax of its block scores over the
+earlier blocks (the own block is always kept, so it is not scored).
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from src.errors import UserError
-from src.metrics import selection_stats
 from src.runs import build_trainer, saved_checkpoint, scalar_metrics, stage_spec, write_json
-from src.selectors import causal_topk, selection_mask
-from src.selectors.base import causal_mask
+from src.sparse import block_attention_mass, causal_mask, causal_topk, n_blocks, selection_mask
 from src.stages.hybrid_module import HybridModule, datamodule_for, hybrid_hparams, resolve_teacher
 
 log = logging.getLogger(__name__)
@@ -44,23 +45,46 @@ def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: i
     return (probs * (logp - logq.masked_fill(future, 0.0))).sum(-1).mean()
 
 
+def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """scores, mass (B, h, R, nb) of every query block -> KL(the teacher's mass over the earlier blocks ‖ softmax of
+    the scores over them), averaged over the query blocks that have an earlier block (all but the first)."""
+    R, nb = scores.shape[-2:]
+    if R < 2:  # a single block of queries: nothing to choose, nothing to learn
+        return scores.sum() * 0.0
+    earlier = torch.arange(nb, device=scores.device) < torch.arange(1, R, device=scores.device)[:, None]  # c < r
+    p = mass[..., 1:, :].masked_fill(~earlier, 0.0)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    logq = scores[..., 1:, :].masked_fill(~earlier, float("-inf")).log_softmax(-1).masked_fill(~earlier, 0.0)
+    return (p * (p.clamp_min(1e-12).log() - logq)).sum(-1).mean()
+
+
 class SelectorDistillation(HybridModule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         sel = self.hparams.selector
-        self.loss_kind = sel.get("loss") or next(iter(self.parts.selectors.values())).default_loss
+        first = next(iter(self.parts.selectors.values()))
+        self.loss_kind = sel.get("loss") or first.default_loss
         if self.loss_kind not in LOSSES:
             raise UserError(f"selector.loss={self.loss_kind!r} is unknown: use one of {', '.join(LOSSES)}")
+        if first.picks_blocks and self.loss_kind != "kl":
+            raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} picks blocks and "
+                            "learns the teacher's attention mass per block: use selector.loss=kl")
         self.val_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall"])
+
+    def loss(self, layer: int, s) -> torch.Tensor:
+        """One sparse layer's distillation loss, teacher-forced."""
+        q, k, _, probs, _ = self.served(s)
+        selector = self.parts.selectors[str(layer)]
+        if selector.picks_blocks:
+            rows = torch.arange(n_blocks(q.size(-2), selector.block_size), device=q.device)
+            return block_selector_loss(selector.block_scores(s.x, q, k, rows),
+                                       block_attention_mass(q, k, selector.block_size))
+        return selector_loss(self.loss_kind, selector.scores(s.x, q, k), probs, self.spec.budget.keys(q.size(-2)))
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
         _, signals = self.teacher_signals(x)
-        losses = []
-        for layer, s in signals.items():
-            q, k, _, probs, _ = self.served(s)
-            scores = self.parts.selectors[str(layer)].scores(s.x, q, k)
-            losses.append(selector_loss(self.loss_kind, scores, probs, self.spec.top_k))
+        losses = [self.loss(layer, s) for layer, s in signals.items()]
         loss = torch.stack(losses).mean()
         self.log("train/selector_loss", loss, prog_bar=True)
         return loss
@@ -71,15 +95,15 @@ class SelectorDistillation(HybridModule):
         stats = []
         for layer, s in signals.items():
             sel = self.select(layer, s)
-            stats.append(selection_stats(sel, self.served(s)[3]))
+            stats.append(self.selection_stats(layer, s, sel))
             self.keep_figure_input(s, sel)
         self.update_per_head(self.val_metrics, stats)
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_per_head("val", self.val_metrics)
         if not self.trainer.sanity_checking:
-            log.info("step %d: selector mass recall %.4f, recall@%d %.4f, top-1 %.4f", self.global_step,
-                     values["val/mass_recall"], self.spec.top_k, values["val/recall"], values["val/top1_acc"])
+            log.info("step %d: selector mass recall %.4f, recall@K %.4f, top-1 %.4f", self.global_step,
+                     values["val/mass_recall"], values["val/recall"], values["val/top1_acc"])
         self.log_figure()
 
     def configure_optimizers(self):
@@ -104,8 +128,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     dm = datamodule_for(cfg, teacher.vocab, f"teacher {teacher_ckpt}")
     module = SelectorDistillation(**hybrid_hparams(cfg, teacher, teacher_ckpt, cfg.selector.lr, cfg.selector.max_steps))
     module.teacher.load_state_dict(teacher.gpt.state_dict())
-    log.info("selector %s (loss %s) for layers %s heads %s, top-%d; teacher %s", cfg.selector.name,
-             module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.top_k, teacher_ckpt)
+    log.info("selector %s (loss %s) for layers %s heads %s, budget %s; teacher %s", cfg.selector.name,
+             module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.budget, teacher_ckpt)
     steps = cfg.selector.max_steps
     trainer = build_trainer(cfg, run_dir, monitor="val/mass_recall", mode="max", max_steps=steps,
                             val_every=max(1, steps // 2))

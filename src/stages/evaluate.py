@@ -59,7 +59,7 @@ class HybridEvaluation(HybridModule):
         stats = []
         for layer, s in signals.items():
             sel = self.select(layer, s)
-            stats.append({**selection_stats(sel, self.served(s)[3]),
+            stats.append({**self.selection_stats(layer, s, sel),
                           **approximation_stats(self.approximate(layer, s, sel), self.served(s)[4])})
             if keep_figure:
                 self.keep_figure_input(s, sel)
@@ -124,9 +124,21 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
     wanted = {"model": hp["model"], "vocab": hp["vocab"], "hybrid": OmegaConf.to_container(cfg.hybrid, resolve=True),
               "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
     check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
+    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel}}  # this run's kernel: the same parts
     module = HybridEvaluation(**hp)
     module.load_state_dict(ckpt["state_dict"])
     return module, f"hybrid {path}"
+
+
+def block_note(cfg: DictConfig, module: HybridEvaluation) -> str:
+    """For a block selector: the budget in blocks, and how much of the context one block is."""
+    selector = next(iter(module.parts.selectors.values()))
+    if not selector.picks_blocks:
+        return ""
+    T, bs = cfg.model.seq_len, selector.block_size
+    n = module.spec.budget.blocks(T, bs)
+    return (f" ({n} block{'s' * (n > 1)} of {bs} keys, the own block included; one block is {bs / T:.0%} of the "
+            f"T={T} context)")
 
 
 def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source: str) -> str:
@@ -140,7 +152,8 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
         f"- data: {cfg.data.name}, test and validation splits; model: {cfg.model.name} ({cfg.model.n_layer} layers, "
         f"{cfg.model.n_head} heads, d_model {cfg.model.d_model}, T={cfg.model.seq_len})",
         f"- sparse layers {list(module.spec.layers)}, heads {list(module.spec.heads)} "
-        f"({len(module.pair_names)} of {cfg.model.n_layer * cfg.model.n_head} heads), top_k={module.spec.top_k}",
+        f"({len(module.pair_names)} of {cfg.model.n_layer * cfg.model.n_head} heads), budget {module.spec.budget} "
+        f"per query, kernel {cfg.hybrid.kernel}{block_note(cfg, module)}",
         f"- loaded from: {source}",
         "",
         "## The prototype's \"Expected Output\", with this run's numbers",
@@ -171,13 +184,13 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
         "| metric (test split) | value |",
         "|---|---|",
         f"| attention-mass recall (mean over sparse heads) | {r['test/mass_recall']:.4f} |",
-        f"| recall@{module.spec.top_k} (mean) | {r['test/recall']:.4f} |",
+        f"| recall@K (mean) | {r['test/recall']:.4f} |",
         f"| selector top-1 accuracy (mean) | {r['test/top1_acc']:.4f} |",
         f"| approximator relative error (mean) | {r['test/approx_rel_err']:.4f} |",
         "",
         "## Per sparse head (teacher-forced)",
         "",
-        f"| head | top-1 acc | recall@{module.spec.top_k} | mass recall | approx MSE | approx rel. error |",
+        "| head | top-1 acc | recall@K | mass recall | approx MSE | approx rel. error |",
         "|---|---|---|---|---|---|",
     ]
     for p in module.pair_names:

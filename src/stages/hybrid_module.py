@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
-from src.metrics import SQRT_METRICS, PerHeadRatio
+from src.metrics import SQRT_METRICS, PerHeadRatio, selection_stats
 from src.model import GPT, AttentionSignals
 from src.plots import attention_figure
-from src.runs import SELECTOR_ARCH, find_run, make_command, model_mismatch, stage_spec
-from src.selectors import Selection, gather_keys, selection_mask
+from src.runs import SELECTOR_ARCH, find_run, hybrid_arch, make_command, model_mismatch, stage_spec
+from src.sparse import Selection, gather_rows, selection_mask
 from src.stages.teacher import TeacherLM, build_datamodule, gpt_config, load_teacher, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class HybridModule(L.LightningModule):
         self.vocab = Vocab(list(vocab))
         self.teacher = GPT(gpt_config(model, len(vocab))).requires_grad_(False).eval()
         try:
-            self.spec = HybridSpec.from_config(hybrid["layers"], hybrid["heads"], hybrid["top_k"], self.teacher.cfg)
+            self.spec = HybridSpec.from_config(self.teacher.cfg, **hybrid)
             self.parts = SparseParts(self.spec, self.teacher.cfg, selector, approximator)
         except ValueError as e:
             raise UserError(str(e)) from None
@@ -67,13 +67,25 @@ class HybridModule(L.LightningModule):
         return s.q[:, h], s.k[:, h], s.v[:, h], s.probs[:, h], s.head_out[:, h]
 
     def select(self, layer: int, s: AttentionSignals) -> Selection:
+        """Every query's keys (token level, teacher-forced): what the metrics and the approximator read."""
         q, k, *_ = self.served(s)
-        return self.parts.selectors[str(layer)].select(s.x, q, k, self.spec.top_k)
+        return self._attention[layer].sparse.selection(s.x, q, k)
+
+    def selection_stats(self, layer: int, s: AttentionSignals, sel: Selection) -> dict:
+        """Selection metrics of one layer's sparse heads against the teacher's attention (src/metrics.py)."""
+        ranked = not self.parts.selectors[str(layer)].picks_blocks
+        return selection_stats(sel, self.served(s)[3], ranked=ranked)
 
     def approximate(self, layer: int, s: AttentionSignals, sel: Selection) -> torch.Tensor:
+        """The approximator over the selected keys (the gather path: differentiable, any approximator)."""
         q, k, v, *_ = self.served(s)
         approximator = self.parts.approximators[str(layer)]
-        return approximator(q, gather_keys(k, sel.idx), gather_keys(v, sel.idx), sel.valid)
+        k_sel = gather_rows(k, sel.idx) if getattr(approximator, "reads_keys", True) else None
+        return approximator(q, k_sel, gather_rows(v, sel.idx), sel.valid)
+
+    def hybrid_layer(self, layer: int) -> torch.nn.Module:
+        """The hybrid attention of ``layer``: the teacher's projections around this run's sparse heads."""
+        return self._attention[layer]
 
     def hybrid_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x, attention=self._attention)
@@ -138,7 +150,7 @@ class HybridModule(L.LightningModule):
             return
         probs, chosen = self._figure_input
         layer, head = self.spec.pairs()[0]
-        title = f"layer {layer} head {head}: {self.hparams.selector['name']} selector, top-{self.spec.top_k}"
+        title = f"layer {layer} head {head}: {self.hparams.selector['name']} selector, budget {self.spec.budget}"
         self.logger.experiment.add_figure(f"attention/L{layer}H{head}", attention_figure(probs, chosen, title),
                                           self.global_step)
         self._figure_input = None
@@ -216,6 +228,8 @@ def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, m
         if key in ("selector", "approximator"):  # training budgets and paths may differ
             a = {k: v for k, v in (a or {}).items() if k in SELECTOR_ARCH}
             b = {k: v for k, v in (b or {}).items() if k in SELECTOR_ARCH}
+        if key == "hybrid":  # any kernel runs the same trained parts
+            a, b = hybrid_arch(a), hybrid_arch(b)
         if a != b:
             raise UserError(
                 f"checkpoint {path} was made with {key}={a}, this run asks for {key}={b}: run with the same "

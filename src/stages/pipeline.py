@@ -2,8 +2,8 @@
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
 checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher.
 
-With ``pipeline.measure_speed=true`` (the scaling grid sets it) a last step times one attention layer of this
-model's size, SDPA against the hybrid's sparse variant (src/bench.py), on the run's device. The run folder gets
+With ``pipeline.measure_speed=true`` (the scaling grid sets it) a last step times the trained hybrid's first
+sparse attention layer against the teacher's (``measure_speed``), on the run's device. The run folder gets
 ``metrics.json`` (every stage's numbers) and, in ``tensorboard/``, one hparams entry: the settings with the final
 metrics, so that the jobs of a sweep compare side by side in TensorBoard's HPARAMS tab.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import statistics
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -36,7 +37,7 @@ def check_settings(cfg: DictConfig) -> None:
     model = teacher.gpt_config(OmegaConf.to_container(cfg.model), vocab_size=2)
     hybrid = OmegaConf.to_container(cfg.hybrid, resolve=True)
     try:
-        spec = HybridSpec.from_config(hybrid["layers"], hybrid["heads"], hybrid["top_k"], model)
+        spec = HybridSpec.from_config(model, **hybrid)
         SparseParts(spec, model, OmegaConf.to_container(cfg.selector), OmegaConf.to_container(cfg.approximator))
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -73,32 +74,36 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def measure_speed(cfg: DictConfig) -> dict:
-    """Median forward time of one attention layer of this model: SDPA against this hybrid's sparse variant.
+    """Median forward time of the trained hybrid's first sparse attention layer against the teacher's own layer.
 
-    Both are timed by ``src.bench.measure`` in the same process, on random inputs of this model's shape (batch 1).
+    Both are the modules of the evaluated checkpoint (Q/K/V and output projections included, the same in both),
+    timed by ``src.bench.time_runs`` in the same process on one random input of this model's shape (batch 1), on
+    the run's device, under torch.no_grad; the hybrid runs the kernel ``hybrid.kernel`` resolves to.
     """
+    import torch
+
     from src import bench
 
+    module, _ = evaluate.load_hybrid(cfg)
+    device = bench.resolve_device({"gpu": "cuda"}.get(cfg.device.accelerator, cfg.device.accelerator))
+    module = module.to(device).eval()
+    layer = module.spec.layers[0]
+    dense, sparse = module.teacher.blocks[layer].attn, module.hybrid_layer(layer)
     m = cfg.model
-    variant = f"{cfg.selector.name}+{cfg.approximator.name}"
-    settings = dict(T=m.seq_len, d_model=m.d_model, n_head=m.n_head, top_k=min(int(cfg.hybrid.top_k), m.seq_len),
-                    block_size=int(cfg.selector.get("block_size", 16)), device=cfg.device.accelerator,
-                    repeats=cfg.pipeline.bench_repeats, memory=False)
-    sdpa = bench.measure("sdpa", **settings)
-    out = {"variant": variant, "sdpa_ms": sdpa["median_ms"], "device": sdpa.get("device")}
-    if variant not in bench.VARIANTS:
-        log.warning("src.bench has no variant %s; timed SDPA only", variant)
-        return out
-    sparse = bench.measure(variant, **settings)
-    if sparse["status"] != "ok" or not sdpa["median_ms"]:
-        log.warning("%s was not timed: %s", variant, sparse.get("note") or sdpa.get("note"))
-        return out
-    return {**out, "sparse_ms": sparse["median_ms"], "measured_speedup": sdpa["median_ms"] / sparse["median_ms"]}
+    x = torch.randn(1, m.seq_len, m.d_model, device=device)
+    with torch.no_grad():
+        q = dense.qkv(x)[0]
+        kernel = sparse.sparse.kernel_for(q)
+        times = {name: bench.time_runs(fn, (x,), device, repeats=cfg.pipeline.bench_repeats)
+                 for name, fn in (("sdpa", dense), ("sparse", sparse))}
+    sdpa_ms, sparse_ms = (1e3 * statistics.median(times[n]) for n in ("sdpa", "sparse"))
+    return {"variant": f"{cfg.selector.name}+{cfg.approximator.name}", "kernel": kernel, "layer": layer,
+            "device": str(device), "sdpa_ms": sdpa_ms, "sparse_ms": sparse_ms, "measured_speedup": sdpa_ms / sparse_ms}
 
 
 HPARAMS = ("model.name", "model.n_layer", "model.n_head", "model.d_model", "model.seq_len", "data.name",
            "trainer.max_steps", "selector.name", "selector.max_steps", "approximator.name", "approximator.max_steps",
-           "hybrid.top_k", "hybrid.layers", "hybrid.heads")
+           "hybrid.top_k", "hybrid.budget", "hybrid.kernel", "hybrid.layers", "hybrid.heads")
 HPARAM_METRICS = {
     "teacher_loss": ("evaluate", "test/teacher_loss"), "hybrid_loss": ("evaluate", "test/hybrid_loss"),
     "loss_change_pct": ("evaluate", "test/loss_change_pct"), "kl": ("evaluate", "test/kl_teacher_hybrid"),
@@ -116,7 +121,7 @@ def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
     hparams = {}
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
-        hparams[key] = value if isinstance(value, (int, float, str, bool)) else str(list(value))
+        hparams[key] = value if isinstance(value, (int, float, str, bool)) else str(value if value is None else list(value))
     from src.sweep import flops_columns
 
     flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs.py)

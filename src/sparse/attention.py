@@ -1,0 +1,119 @@
+"""``SparseAttention``: the sparse heads of one layer, selection to output, on one of three kernels.
+
+The one entry point that the hybrid model (src/hybrid.py), the distillation stages and the benchmark all run:
+
+* ``gather`` -- any selector, any approximator: per chunk of queries, select -> gather keys -> approximate
+  (src/sparse/gather.py); a block choice is expanded to its keys. General and slow.
+* ``flex`` -- a block selector with exact softmax: the choice as a FlexAttention BlockMask, compiled kernel
+  (src/sparse/flex.py). Reads blocks in place; CPU forward only, CUDA forward and backward.
+* ``tiles`` -- a block selector with exact softmax: the chosen blocks copied into tiles, SDPA's fused kernel
+  (src/sparse/tiles.py). The fastest on a CPU; differentiable everywhere.
+* ``auto`` -- a block-sparse kernel when the selector picks blocks and the approximator is exact softmax
+  (``flex`` on CUDA, ``tiles`` elsewhere), ``gather`` otherwise.
+
+For the same choice all three give the same output (tests: 1e-5), and with every block kept they equal SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from src.sparse.block_mask import block_mask
+from src.sparse.budget import Budget
+from src.sparse.choice import BlockChoice
+from src.sparse.flex import flex_block_attention, flex_unavailable
+from src.sparse.gather import chunk_rows, gather_attention
+from src.sparse.phases import no_phases
+from src.sparse.selection import Selection
+from src.sparse.tiles import tiled_block_attention
+
+KERNELS = ("auto", "gather", "flex", "tiles")
+BLOCK_KERNELS = ("flex", "tiles")
+
+
+def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, selector_name: str = "",
+                   approximator_name: str = "") -> str | None:
+    """Why ``kernel`` cannot serve this selector and approximator (None: it can), as one line naming the fix."""
+    if kernel not in KERNELS:
+        return f"hybrid.kernel={kernel!r} is unknown: use one of {', '.join(KERNELS)}"
+    if kernel in BLOCK_KERNELS:
+        if not getattr(selector, "picks_blocks", False):
+            return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={selector_name or 'this one'} "
+                    "picks single keys: use selector=block, or hybrid.kernel=gather (or auto)")
+        if not getattr(approximator, "exact_softmax", False):
+            return (f"hybrid.kernel={kernel} computes exact softmax attention, but approximator="
+                    f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "
+                    "hybrid.kernel=gather (or auto)")
+    return None
+
+
+class SparseAttention(nn.Module):
+    """Selector + approximator under a key budget: forward(x, q, k, v) -> the served heads' outputs."""
+
+    def __init__(self, selector: nn.Module, approximator: nn.Module, budget: Budget, kernel: str = "auto",
+                 chunk: int | None = None):
+        super().__init__()
+        problem = kernel_problem(kernel, selector, approximator)
+        if problem:
+            raise ValueError(problem)
+        self.selector, self.approximator, self.budget, self.kernel, self.chunk = (
+            selector, approximator, budget, kernel, chunk)
+        self.picks_blocks = getattr(selector, "picks_blocks", False)
+
+    def kernel_for(self, q: torch.Tensor) -> str:
+        """The kernel this call runs: ``auto`` resolved for q's device and whether a gradient is needed."""
+        if self.kernel != "auto":
+            return self.kernel
+        if not (self.picks_blocks and getattr(self.approximator, "exact_softmax", False)):
+            return "gather"
+        needs_grad = torch.is_grad_enabled() and q.requires_grad
+        return "flex" if q.device.type == "cuda" and not flex_unavailable(q.device, needs_grad) else "tiles"
+
+    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> BlockChoice:
+        """A block selector's choice for every block of queries, under the budget."""
+        return self.selector.choose(x, q, k, self.budget.blocks(q.size(-2), self.selector.block_size))
+
+    def selection(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Selection:
+        """Every query's keys, token level (B, h, T, K): for the metrics and the teacher-forced stages."""
+        if self.picks_blocks:
+            return self.choose(x, q, k).keys()
+        return self.selector.select(x, q, k, self.budget.keys(q.size(-2)))
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                phases=None) -> tuple[torch.Tensor, Selection | BlockChoice]:
+        """x (B, T, C) the layer input; q, k, v (B, h, T, hs) of the served heads -> (y (B, h, T, hs), the choice:
+        a BlockChoice, or for a token selector the Selection of the last chunk). ``phases``: a src.sparse.Phases
+        that receives the time of selection, mask building and kernel."""
+        phase = phases or no_phases
+        B, h, T, hs = q.shape
+        kernel = self.kernel_for(q)
+        if self.picks_blocks:
+            with phase("selection"):
+                choice = self.choose(x, q, k)
+            if kernel == "flex":
+                with phase("mask"):
+                    mask = block_mask(choice, for_backward=torch.is_grad_enabled() and q.requires_grad)
+                with phase("kernel"):
+                    return flex_block_attention(q, k, v, choice, mask), choice
+            if kernel == "tiles":
+                with phase("kernel"):
+                    return tiled_block_attention(q, k, v, choice), choice
+            slots, cols, select = choice.n * choice.block_size, 0, choice.keys
+        else:
+            with phase("selection"):
+                ctx = self.selector.prepare(x, q, k)
+            K = self.budget.keys(T)
+            slots, cols = K, T
+            select = lambda rows: self.selector.select_rows(ctx, rows, K)  # noqa: E731
+        chunk = chunk_rows(B, h, T, hs, slots, cols, q.element_size(), self.chunk)
+        last: list = []
+
+        def timed_select(rows: torch.Tensor) -> Selection:
+            with phase("selection"):
+                last[:] = [select(rows)]
+            return last[0]
+
+        with phase("kernel"):
+            y = gather_attention(timed_select, self.approximator, q, k, v, chunk)
+        return y, (choice if self.picks_blocks else last[0])

@@ -1,0 +1,60 @@
+"""Key budgets: how many keys each query may read, fixed or as a fraction of the sequence length.
+
+The peers keep a *fixed* budget (DeepSeek V3.2's indexer: 2048 tokens; NSA: 16 blocks of 64 + a 512 window; MoBA:
+top-k blocks), so the saving grows with T: a causal query sees T/2 keys on average, so a budget of b keys does at
+most T / (2b) times less attention work. A fraction of T (k = T/8, the prototype's and src/costs.py's default)
+caps the saving at 1 / (2 · fraction) at every length.
+
+``Budget.parse(512)`` keeps 512 keys per query; ``Budget.parse(0.125)`` keeps T/8. Block selectors round the
+budget up to whole blocks, the query's own block included (``blocks``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from src.sparse.choice import n_blocks
+
+
+@dataclass(frozen=True)
+class Budget:
+    value: int | float  # int >= 1: keys per query; float in (0, 1]: that fraction of the sequence length
+
+    @classmethod
+    def parse(cls, value, what: str = "hybrid.budget") -> Budget:
+        """A budget from a setting: an int number of keys, or a float fraction of T; ValueError naming ``what``."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what}={value!r} must be a positive number of keys per query (e.g. 512) or a "
+                             "fraction of the sequence length in (0, 1] (e.g. 0.125)")
+        if isinstance(value, float):
+            if value.is_integer() and value > 1:
+                return cls(int(value))  # 512.0 from a YAML or a command line: 512 keys
+            if value > 1:
+                raise ValueError(f"{what}={value!r}: a fraction of the sequence length must be in (0, 1]; give a "
+                                 "whole number for a fixed number of keys")
+        return cls(value)
+
+    @property
+    def fixed(self) -> bool:
+        return isinstance(self.value, int)
+
+    def keys(self, T: int) -> int:
+        """Keys per query at length T (at least 1, at most T)."""
+        return min(T, self.value) if self.fixed else max(1, min(T, round(self.value * T)))
+
+    def blocks(self, T: int, block_size: int) -> int:
+        """Blocks per block of queries: the budget rounded up to whole blocks, own block included, at most all."""
+        return min(n_blocks(T, block_size), max(1, -(-self.keys(T) // block_size)))
+
+    def check(self, T: int, what: str = "hybrid.budget") -> None:
+        """A fixed budget larger than the sequence length is a mistake, not a dense layer: ValueError."""
+        if self.fixed and self.value > T:
+            raise ValueError(f"{what}={self.value} keys is larger than the sequence length {T}: give at most {T}, "
+                             "or a fraction of T such as 0.125")
+
+    def __str__(self) -> str:
+        if self.fixed:
+            return f"{self.value} keys"
+        inverse = 1 / self.value
+        return f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-9 else f"{self.value:g}·T"

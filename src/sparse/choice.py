@@ -1,0 +1,83 @@
+"""Block-level selection (MoBA, NSA, SeerAttention): whole blocks of keys, chosen once per block of queries.
+
+Keys and queries are grouped in blocks of ``block_size`` consecutive positions (the last block may be shorter).
+Every block of queries keeps its own block (the diagonal: each query sees its block's earlier keys) and the
+best-scoring *earlier* blocks, up to ``n`` blocks in all. One choice serves every query of the block, which is
+what lets a block-sparse kernel read whole tiles of keys instead of gathering keys one by one.
+
+Causality: a block before the query block lies wholly in the past of each of its queries, and a rule that picks
+blocks must read nothing after the block's first query (src/selectors/block.py scores with that query's index
+vector). ``causal_block_topk`` can never pick a later block, whatever the scores (NaN and ±inf included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from src.sparse.selection import Selection, finite_scores
+
+
+def n_blocks(T: int, block_size: int) -> int:
+    """Blocks of ``block_size`` covering T positions (the last one may be shorter)."""
+    return -(-T // block_size)
+
+
+@dataclass
+class BlockChoice:
+    idx: torch.Tensor  # (B, h, R, n) key blocks of each of the R = n_blocks(T) query blocks: own block first
+    valid: torch.Tensor  # (B, h, R, n) bool: False for the slots of query blocks with fewer than n blocks so far
+    block_size: int
+    T: int  # sequence length
+
+    @property
+    def n(self) -> int:
+        return self.idx.size(-1)
+
+    def keep(self) -> torch.Tensor:
+        """(B, h, R, nb) bool: key block c is read by query block r."""
+        nb = n_blocks(self.T, self.block_size)
+        table = torch.zeros(*self.idx.shape[:-1], nb, dtype=torch.int32, device=self.idx.device)
+        return table.scatter_add_(-1, self.idx, self.valid.int()) > 0  # add: an invalid slot cannot unset a block
+
+    def keys(self, rows: torch.Tensor | None = None) -> Selection:
+        """The choice as key positions, per query: Selection (B, h, R', n * block_size) for the queries at positions
+        ``rows`` (R',; None: all T). Keys after the query (the rest of its own block, or past T) are invalid."""
+        bs, dev = self.block_size, self.idx.device
+        rows = torch.arange(self.T, device=dev) if rows is None else rows
+        blocks = rows // bs  # each query reads its query block's choice
+        idx, valid = self.idx[:, :, blocks], self.valid[:, :, blocks]  # (B, h, R', n)
+        tok = idx[..., None] * bs + torch.arange(bs, device=dev)  # (B, h, R', n, bs)
+        q = rows.view(-1, 1, 1)
+        ok = valid[..., None] & (tok <= q)
+        tok = torch.where(ok, tok, q)
+        B, h, R, n = idx.shape
+        return Selection(idx=tok.reshape(B, h, R, n * bs), valid=ok.reshape(B, h, R, n * bs))
+
+
+def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, block_size: int, T: int) -> BlockChoice:
+    """The own block + the n_keep - 1 best earlier blocks of each query block.
+
+    scores (B, h, R, nb) of the query blocks ``rows`` (R,) against every key block; blocks after a row's own block
+    are never chosen, its own is always first. Rows with fewer than n_keep blocks so far (row r has r + 1) mark the
+    surplus slots invalid, pointing at the own block. -> BlockChoice with R rows (``rows`` must be all query blocks
+    for a choice the kernels can run; the stages score chunks of rows and concatenate them).
+    """
+    nb = scores.size(-1)
+    if not 0 < n_keep <= nb:
+        raise ValueError(f"n_blocks={n_keep} must be in 1..{nb} (the number of key blocks)")
+    own = rows[:, None]  # (R, 1)
+    blk = torch.arange(nb, device=scores.device)
+    ranked = finite_scores(scores).masked_fill(blk > own, float("-inf")).masked_fill(blk == own, float("inf"))
+    idx = ranked.topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), then by score
+    valid = torch.arange(n_keep, device=scores.device) <= own  # row r has r + 1 candidates
+    idx = torch.where(valid, idx, own)
+    return BlockChoice(idx=idx, valid=valid.expand_as(idx), block_size=block_size, T=T)
+
+
+def concat_choices(parts: list[BlockChoice]) -> BlockChoice:
+    """Chunks of rows (in order) -> one BlockChoice."""
+    first = parts[0]
+    return BlockChoice(idx=torch.cat([p.idx for p in parts], 2), valid=torch.cat([p.valid for p in parts], 2),
+                       block_size=first.block_size, T=first.T)

@@ -1,0 +1,59 @@
+"""The block-sparse kernel on FlexAttention: a block choice -> BlockMask (src/sparse/block_mask.py) -> the compiled
+``flex_attention``, which reads the chosen key blocks in place (no copy) and skips the others.
+
+Compiled once per shape (``dynamic=False``: a static shape gives the fastest kernel; a new T or batch compiles
+again, a few seconds on a CPU). Past dynamo's recompile limit, torch would silently run the *eager*
+flex_attention, which materialises T × T scores: the limit is raised and hitting it is made an error instead.
+On a CPU, FlexAttention runs forward only (no gradient); on CUDA it runs forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from src.sparse.block_mask import block_mask
+from src.sparse.choice import BlockChoice
+
+RECOMPILE_LIMIT = 256  # shapes compiled per process (a benchmark grid needs more than dynamo's default 8)
+
+_FLEX = None  # flex_attention, compiled on first use
+COMPILED_SHAPES: set[tuple] = set()  # (shape of q, block size, dtype, device) compiled so far in this process
+
+
+def compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, RECOMPILE_LIMIT)
+        cfg.fail_on_recompile_limit_hit = True  # never fall back to the eager (T × T) flex_attention silently
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def flex_unavailable(device: torch.device, needs_grad: bool) -> str | None:
+    """Why the compiled flex kernel cannot run here (None: it can)."""
+    if device.type not in ("cpu", "cuda"):
+        return f"FlexAttention runs on CPU and CUDA, not {device.type}"
+    if device.type == "cpu" and needs_grad:
+        return "FlexAttention on a CPU runs forward only (no gradient); train through it on CUDA"
+    return None
+
+
+def is_new_shape(q: torch.Tensor, block_size: int) -> bool:
+    """Whether ``flex_block_attention`` on this shape will compile first (for reporting compile time apart)."""
+    return (tuple(q.shape), block_size, q.dtype, str(q.device)) not in COMPILED_SHAPES
+
+
+def flex_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: BlockChoice,
+                         mask=None) -> torch.Tensor:
+    """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention over the chosen blocks (causal in the own
+    block). ``mask``: the choice's BlockMask when already built (src/sparse/block_mask.py)."""
+    reason = flex_unavailable(q.device, torch.is_grad_enabled() and q.requires_grad)
+    if reason:
+        raise RuntimeError(reason)
+    mask = block_mask(choice, for_backward=q.requires_grad) if mask is None else mask
+    COMPILED_SHAPES.add((tuple(q.shape), choice.block_size, q.dtype, str(q.device)))
+    return compiled_flex()(q, k, v, block_mask=mask)

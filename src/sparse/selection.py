@@ -1,0 +1,49 @@
+"""Token-level selection: each query's chosen earlier keys, and the causal top-K that makes them.
+
+A token selector scores (query, key) pairs, shape (B, h, R, T) for R queries. Keys after the query are masked out
+*before* top-K, so no selector can ever pick a future key: query i chooses among keys 0..i, and when it has fewer
+than K of them (i + 1 < K) the surplus slots are marked invalid and point at the query itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Selection:
+    idx: torch.Tensor  # (B, h, R, K) selected key positions, best first; always <= the query position
+    valid: torch.Tensor  # (B, h, R, K) bool: False for the slots of queries with fewer than K earlier keys
+
+
+def causal_mask(T: int, device=None) -> torch.Tensor:
+    """(T, T) bool, True where the key is after the query (must never be attended or selected)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
+
+
+def finite_scores(scores: torch.Tensor) -> torch.Tensor:
+    """NaN and ±inf clamped to the dtype's range, so that a real key always ranks above a masked (-inf) one."""
+    lowest, highest = torch.finfo(scores.dtype).min, torch.finfo(scores.dtype).max
+    return torch.nan_to_num(scores, nan=lowest, neginf=lowest, posinf=highest)
+
+
+def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = None) -> Selection:
+    """Top-K keys of each query i among keys 0..i. scores (B, h, R, T) of the queries at positions ``rows`` (R,);
+    None: all T queries (R = T). -> Selection (B, h, R, K)."""
+    T = scores.size(-1)
+    if not 0 < top_k <= T:
+        raise ValueError(f"top_k={top_k} must be in 1..{T} (the sequence length)")
+    pos = torch.arange(T, device=scores.device) if rows is None else rows  # (R,)
+    future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
+    idx = finite_scores(scores).masked_fill(future, float("-inf")).topk(top_k, dim=-1).indices  # (B, h, R, K)
+    valid = torch.arange(top_k, device=scores.device) <= pos[:, None]  # (R, K): query i has i + 1 keys
+    idx = torch.where(valid, idx, pos[:, None])  # surplus slots point at the query itself
+    return Selection(idx=idx, valid=valid.expand_as(idx))
+
+
+def selection_mask(sel: Selection, T: int) -> torch.Tensor:
+    """(B, h, R, T) bool: True at the selected (valid) keys of each query."""
+    counts = torch.zeros(*sel.idx.shape[:-1], T, dtype=torch.int32, device=sel.idx.device)
+    return counts.scatter_add_(-1, sel.idx, sel.valid.int()) > 0  # add, so invalid slots cannot unset a key
