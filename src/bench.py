@@ -16,7 +16,8 @@ every variant and left out. Under torch.no_grad, median of ``--repeats`` runs af
 Every sparse cell runs under a key budget (``--budgets``): a fixed number of keys per query (``512``) or a fraction
 of T (``0.125``); the default grid has both. Each row reports the FLOP limit -- dense causal FLOPs over the sparse
 variant's FLOPs, selection included (src/costs.py) -- and the fraction of it the measured speed-up reaches, and
-splits the sparse time into selection, mask building and kernel (one extra, untimed run with src.sparse.Phases).
+splits the sparse time into selection, mask building and kernel (the median of up to 3 extra, untimed runs with
+src.sparse.Phases).
 
 A cell is skipped, and recorded with the reason, when its estimated memory exceeds ``--max-gb``, when one run of it
 is predicted (time ∝ T², from the variant's previous T) to take longer than ``--max-seconds`` (which also stops a
@@ -310,10 +311,13 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
             if variant == "block+flex" and is_new_shape(q, block_size):
                 row["compile_s"] = round(timed(fn, args, dev), 2)  # the first call compiles
             times = time_runs(fn, args, dev, repeats, warmup, max_seconds)
-            if variant not in DENSE:
-                phases = Phases(dev)
-                fn(*args, phases)
-                row.update({f"{p}_ms": round(phases.seconds.get(p, 0.0) * 1e3, 3) for p in PHASES})
+            if variant not in DENSE:  # the phases of (up to) 3 more runs, median of each
+                runs = []
+                for _ in range(min(3, len(times))):
+                    runs.append(Phases(dev))
+                    fn(*args, runs[-1])
+                row.update({f"{p}_ms": round(statistics.median(r.seconds.get(p, 0.0) for r in runs) * 1e3, 3)
+                            for p in PHASES})
             if memory:
                 peak = peak_bytes(fn, args, dev)
                 row["peak_mb"] = None if peak is None else round(peak / 1e6, 3)
@@ -545,7 +549,7 @@ NOTES = (
     "every variant and left out); torch.no_grad; selection included; random weights. Budget: keys per query "
     "(block variants: rounded up to whole blocks, the own block included). FLOP limit: dense causal FLOPs / the "
     "variant's FLOPs, selection included (src/costs.py); 'of limit': the measured speed-up over that limit. "
-    "select / mask / kernel: one extra untimed run split into phases. Peak MB (10⁶ bytes): most memory allocated at "
+    "select / mask / kernel: the median of up to 3 extra untimed runs, split into phases. Peak MB (10⁶ bytes): most memory allocated at "
     "once during one forward above what was live before it (inputs and weights excluded), from a separate untimed "
     "run (CUDA: max_memory_allocated; CPU: torch.profiler allocator events). block+flex: compiled FlexAttention "
     "(compile time excluded); block+tiles: the chosen blocks as tiles under SDPA's fused kernel."

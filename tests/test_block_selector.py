@@ -138,7 +138,7 @@ def test_build_selector_and_bad_block_size():
 
 def test_config_group(tiny_cfg):
     cfg = tiny_cfg("+experiment=distill_selector", "selector=block")
-    assert cfg.selector.name == "block" and cfg.selector.block_size == 64 and cfg.selector.loss == "kl"
+    assert cfg.selector.name == "block" and cfg.selector.block_size == 128 and cfg.selector.loss == "kl"
 
 
 def test_block_stages_end_to_end(tiny_cfg, tmp_path, monkeypatch):

@@ -43,6 +43,8 @@ class BlockSelector(BlockKeySelector):
         """(..., T, d) -> the mean of every block (..., nb, d); the last block over its own rows only."""
         T, bs = t.size(-2), self.block_size
         nb = n_blocks(T, bs)
+        if T % bs == 0:
+            return t.unflatten(-2, (nb, bs)).mean(-2)
         count = (T - torch.arange(nb, device=t.device) * bs).clamp(max=bs)
         blocks = F.pad(t, (0, 0, 0, nb * bs - T)).unflatten(-2, (nb, bs))  # zero-padded at the end
         return blocks.sum(-2) / count[:, None]

@@ -16,20 +16,18 @@ import torch.nn.functional as F
 
 from src.sparse.choice import BlockChoice, n_blocks
 
-TILE_BYTES = 4 * 2**20  # gathered keys + values per call: fits the L2 cache of the 2-core reference machine
+TILE_BYTES = 8 * 2**20  # gathered keys + values per SDPA call: 4 query blocks of 128 (512-key budget, 8 heads of
+#                        64), the fastest chunk on the 2-core reference machine (2 MB of L2 per core)
 
 
-def tile_mask(choice: BlockChoice, rows: slice, dtype: torch.dtype) -> torch.Tensor:
-    """The additive mask of the query blocks ``rows``: (bs, n · bs), or (B · h · R, 1, bs, n · bs) when some of
-    their slots are invalid. Slot 0 (the own block) is causal; an invalid slot is hidden."""
-    bs, n, dev = choice.block_size, choice.n, choice.idx.device
-    base = torch.zeros(bs, n * bs, dtype=dtype, device=dev)
-    base[:, :bs].masked_fill_(torch.ones(bs, bs, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+def tile_mask(choice: BlockChoice, rows: slice, base: torch.Tensor) -> torch.Tensor:
+    """The additive mask of the query blocks ``rows``: ``base`` (bs, n · bs) -- slot 0, the own block, causal --
+    or, when some of their slots are invalid, (B · h, R, bs, n · bs) with those slots hidden."""
     valid = choice.valid[:, :, rows]  # (B, h, R, n)
     if bool(valid.all()):
         return base
-    hidden = torch.zeros(valid.shape, dtype=dtype, device=dev).masked_fill_(~valid, float("-inf"))
-    return (base + hidden.repeat_interleave(bs, dim=-1)[..., None, :]).flatten(0, 2).unsqueeze(1)
+    hidden = torch.zeros(valid.shape, dtype=base.dtype, device=base.device).masked_fill_(~valid, float("-inf"))
+    return (base + hidden.repeat_interleave(choice.block_size, dim=-1)[..., None, :]).flatten(0, 1)
 
 
 def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: BlockChoice,
@@ -37,25 +35,27 @@ def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
     """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention over the chosen blocks (causal in the own
     block). ``chunk`` query blocks per SDPA call (default: as many as fill TILE_BYTES)."""
     B, h, T, hs = q.shape
-    bs, n = choice.block_size, choice.n
+    bs, n, dev = choice.block_size, choice.n, q.device
     nb = n_blocks(T, bs)
     pad = nb * bs - T  # padded keys lie after every query of the last block: the causal mask hides them
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (t.contiguous() for t in (q, k, v))
     per_block = B * h * n * bs * hs * q.element_size() * 2
     chunk = chunk or max(1, TILE_BYTES // per_block)
-    k_rows, v_rows = k.reshape(B * h * nb, bs * hs), v.reshape(B * h * nb, bs * hs)  # one row per key block
-    flat = choice.idx + (torch.arange(B * h, device=q.device) * nb).view(B, h, 1, 1)  # (B, h, R, n) row numbers
-    q_blocks = q.view(B, h, nb, bs, hs)
+    k_rows, v_rows = k.view(B * h * nb, bs * hs), v.view(B * h * nb, bs * hs)  # one row per key block
+    flat = choice.idx + (torch.arange(B * h, device=dev) * nb).view(B, h, 1, 1)  # (B, h, R, n) row numbers
+    q_blocks = q.view(B * h, nb, bs, hs)  # a query block of every (sequence, head): the tiles' "heads"
+    base = torch.zeros(bs, n * bs, dtype=q.dtype, device=dev)
+    base[:, :bs].masked_fill_(torch.ones(bs, bs, dtype=torch.bool, device=dev).triu(1), float("-inf"))
     y = torch.empty_like(q)
-    y_blocks = y.view(B, h, nb, bs, hs)
+    y_blocks = y.view(B * h, nb, bs, hs)
     for s in range(0, nb, chunk):
         rows = slice(s, min(s + chunk, nb))
         c = rows.stop - rows.start
         ids = flat[:, :, rows].reshape(-1)
-        k_tile = k_rows.index_select(0, ids).view(B * h * c, 1, n * bs, hs)
-        v_tile = v_rows.index_select(0, ids).view(B * h * c, 1, n * bs, hs)
-        q_tile = q_blocks[:, :, rows].reshape(B * h * c, 1, bs, hs)
-        out = F.scaled_dot_product_attention(q_tile, k_tile, v_tile, attn_mask=tile_mask(choice, rows, q.dtype))
-        y_blocks[:, :, rows] = out.view(B, h, c, bs, hs)
+        k_tile = k_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
+        v_tile = v_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
+        y_blocks[:, rows] = F.scaled_dot_product_attention(q_blocks[:, rows], k_tile, v_tile,
+                                                           attn_mask=tile_mask(choice, rows, base))
     return y[:, :, :T] if pad else y
