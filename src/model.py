@@ -13,7 +13,7 @@ Shapes: B batch, T sequence length, C = d_model, nh heads, hs = C // nh head siz
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -48,14 +48,31 @@ class GPTConfig:
 
 @dataclass
 class AttentionSignals:
-    """What one layer's attention computed, per head, for a batch: the distillation targets."""
+    """What one layer's attention computed, per head, for a batch: the distillation targets.
+
+    The (B, nh, T, T) probabilities are materialised only when ``probs`` is first read (the token selectors' losses
+    and the selection metrics read them; a block selector learns from q and k alone, src/sparse/mass.py), and
+    ``heads`` narrows everything to some heads first, so a long T pays for the T × T map only where it is used.
+    """
 
     x: torch.Tensor  # (B, T, C) the attention's input (after ln_1): what content-based selectors read
     q: torch.Tensor  # (B, nh, T, hs)
     k: torch.Tensor  # (B, nh, T, hs)
     v: torch.Tensor  # (B, nh, T, hs)
-    probs: torch.Tensor  # (B, nh, T, T) causal softmax(q k^T / sqrt(hs)); zero above the diagonal
-    head_out: torch.Tensor  # (B, nh, T, hs) probs @ v, before the output projection
+    head_out: torch.Tensor  # (B, nh, T, hs) softmax attention output, before the output projection
+    _probs: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, nh, T, T) causal softmax(q k^T / sqrt(hs)); zero above the diagonal. Computed once, when first read."""
+        if self._probs is None:
+            self._probs = causal_attention_probs(self.q, self.k)
+        return self._probs
+
+    def heads(self, h: list[int]) -> AttentionSignals:
+        """The signals of heads ``h`` only (x is shared by every head)."""
+        probs = None if self._probs is None else self._probs[:, h]
+        return AttentionSignals(self.x, self.q[:, h], self.k[:, h], self.v[:, h], self.head_out[:, h], probs)
 
 
 def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -94,10 +111,9 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
-        else:  # materialise the probabilities: the teacher signals
-            probs = causal_attention_probs(q, k)
-            y = probs @ v
-            signals.append(AttentionSignals(x=x, q=q, k=k, v=v, probs=probs, head_out=y))
+        else:  # the teacher signals (no dropout: they are targets)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            signals.append(AttentionSignals(x=x, q=q, k=k, v=v, head_out=y))
         return self.merge_heads(y)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from src.model import GPT, GPTConfig
 
@@ -44,11 +43,14 @@ def test_signals_match_sdpa_path():
     s = signals[1]
     B, nh, T, hs = 2, 2, 24, 16
     assert s.q.shape == s.k.shape == s.v.shape == s.head_out.shape == (B, nh, T, hs)
+    assert s._probs is None  # the T × T map only when it is read
+    one = s.heads([1])
+    assert one.q.shape == (B, 1, T, hs) and one.probs.shape == (B, 1, T, T) and s._probs is None
     assert s.probs.shape == (B, nh, T, T)
     torch.testing.assert_close(s.probs.sum(-1), torch.ones(B, nh, T))
     assert torch.all(s.probs.triu(1) == 0)  # no weight on future keys
-    ref = F.scaled_dot_product_attention(s.q, s.k, s.v, is_causal=True)
-    torch.testing.assert_close(s.head_out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.probs @ s.v, s.head_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.heads([1]).probs, s.probs[:, [1]])
 
 
 def test_set_attention_swaps_one_layer():

@@ -197,6 +197,19 @@ def test_tiles_train_through():
     torch.testing.assert_close(q.grad, ref_q.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_flex_where_it_cannot_run():
+    from src.sparse import flex_unavailable
+
+    assert "forward only" in flex_unavailable(torch.device("cpu"), needs_grad=True)
+    assert "not mps: use hybrid.kernel=tiles" in flex_unavailable(torch.device("mps"), needs_grad=False)
+    assert "selector.block_size=48: FlexAttention's CUDA kernel needs blocks of a multiple of 64" in (
+        flex_unavailable(torch.device("cuda"), needs_grad=False, block_size=48))
+    assert flex_unavailable(torch.device("cuda"), needs_grad=True, block_size=128) is None
+    assert flex_unavailable(torch.device("cpu"), needs_grad=False, block_size=5) is None  # any block on a CPU
+    assert "multiple of 64" in block_attention("flex", bs=16).problem_on(torch.device("cuda"))
+    assert block_attention("tiles", bs=16).problem_on(torch.device("cuda")) is None
+
+
 def test_flex_refuses_a_gradient_on_the_cpu():
     _, q, k, v = qkv(1, 32)
     q.requires_grad_(True)
@@ -275,3 +288,13 @@ def test_block_attention_mass(T, bs, chunk):
     rows = torch.clamp(T - torch.arange(nb) * bs, max=bs).float()
     torch.testing.assert_close(mass.sum(-1), rows.expand(2, H, nb))  # each query's probabilities sum to 1
     assert torch.all(mass.triu(1) == 0)  # no mass on later blocks
+
+
+def test_block_mask_for_backward_has_the_transposed_tables():
+    """The tables FlexAttention's backward pass reads (per key block: the query blocks that read it) agree with the
+    choice (the CUDA backward itself cannot run on this CPU-only suite)."""
+    choice = random_choice(2, 80, 16, 3, seed=4)
+    mask = block_mask(choice, for_backward=True)
+    readers = choice.keep().sum(-2)  # (B, h, nb): query blocks reading each key block
+    assert torch.equal((mask.q_num_blocks + mask.full_q_num_blocks).long(), readers)
+    assert torch.equal(mask.q_num_blocks.long(), torch.ones_like(readers))  # the diagonal: each block's own

@@ -61,6 +61,12 @@ class SparseAttention(nn.Module):
             selector, approximator, budget, kernel, chunk)
         self.picks_blocks = getattr(selector, "picks_blocks", False)
 
+    def problem_on(self, device: torch.device, needs_grad: bool = False) -> str | None:
+        """Why this module's kernel cannot run on ``device`` (None: it can), one line naming the fix."""
+        if self.kernel == "flex":
+            return flex_unavailable(torch.device(device), needs_grad, self.selector.block_size)
+        return None
+
     def kernel_for(self, q: torch.Tensor) -> str:
         """The kernel this call runs: ``auto`` resolved for q's device and whether a gradient is needed."""
         if self.kernel != "auto":
@@ -68,7 +74,8 @@ class SparseAttention(nn.Module):
         if not (self.picks_blocks and getattr(self.approximator, "exact_softmax", False)):
             return "gather"
         needs_grad = torch.is_grad_enabled() and q.requires_grad
-        return "flex" if q.device.type == "cuda" and not flex_unavailable(q.device, needs_grad) else "tiles"
+        usable = not flex_unavailable(q.device, needs_grad, self.selector.block_size)
+        return "flex" if q.device.type == "cuda" and usable else "tiles"
 
     def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> BlockChoice:
         """A block selector's choice for every block of queries, under the budget."""

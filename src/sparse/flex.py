@@ -33,12 +33,19 @@ def compiled_flex():
     return _FLEX
 
 
-def flex_unavailable(device: torch.device, needs_grad: bool) -> str | None:
-    """Why the compiled flex kernel cannot run here (None: it can)."""
+CUDA_BLOCK_MULTIPLE = 64  # FlexAttention's Triton kernel tiles blocks by 64 or 128 (a block of 16 or 48 is refused)
+
+
+def flex_unavailable(device: torch.device, needs_grad: bool, block_size: int | None = None) -> str | None:
+    """Why the compiled flex kernel cannot run here (None: it can), one line naming the fix."""
     if device.type not in ("cpu", "cuda"):
-        return f"FlexAttention runs on CPU and CUDA, not {device.type}"
+        return f"FlexAttention runs on CPU and CUDA, not {device.type}: use hybrid.kernel=tiles (or auto)"
     if device.type == "cpu" and needs_grad:
-        return "FlexAttention on a CPU runs forward only (no gradient); train through it on CUDA"
+        return ("FlexAttention on a CPU runs forward only (no gradient): use hybrid.kernel=tiles to train through "
+                "the block-sparse path, or run on CUDA")
+    if device.type == "cuda" and block_size is not None and block_size % CUDA_BLOCK_MULTIPLE:
+        return (f"selector.block_size={block_size}: FlexAttention's CUDA kernel needs blocks of a multiple of "
+                f"{CUDA_BLOCK_MULTIPLE} keys; use 64 or 128, or hybrid.kernel=tiles")
     return None
 
 
@@ -51,7 +58,7 @@ def flex_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choi
                          mask=None) -> torch.Tensor:
     """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention over the chosen blocks (causal in the own
     block). ``mask``: the choice's BlockMask when already built (src/sparse/block_mask.py)."""
-    reason = flex_unavailable(q.device, torch.is_grad_enabled() and q.requires_grad)
+    reason = flex_unavailable(q.device, torch.is_grad_enabled() and q.requires_grad, choice.block_size)
     if reason:
         raise RuntimeError(reason)
     mask = block_mask(choice, for_backward=q.requires_grad) if mask is None else mask

@@ -46,7 +46,7 @@ class ApproximatorDistillation(HybridModule):
         for layer, s in signals.items():
             with torch.no_grad():
                 sel = self.select(layer, s)
-            losses.append(F.mse_loss(self.approximate(layer, s, sel), self.served(s)[4]))
+            losses.append(F.mse_loss(self.approximate(layer, s, sel), self.served(s).head_out))
         loss = torch.stack(losses).mean()
         self.log("train/approx_mse", loss, prog_bar=True)
         return loss
@@ -57,7 +57,7 @@ class ApproximatorDistillation(HybridModule):
         stats = []
         for layer, s in signals.items():
             sel = self.select(layer, s)
-            stats.append(approximation_stats(self.approximate(layer, s, sel), self.served(s)[4]))
+            stats.append(approximation_stats(self.approximate(layer, s, sel), self.served(s).head_out))
         self.update_per_head(self.val_metrics, stats)
         logits = self.hybrid_logits(x)
         self.val_hybrid_loss.update(F.cross_entropy(logits.flatten(0, 1), y.flatten()), weight=y.numel())

@@ -73,13 +73,13 @@ class SelectorDistillation(HybridModule):
 
     def loss(self, layer: int, s) -> torch.Tensor:
         """One sparse layer's distillation loss, teacher-forced."""
-        q, k, _, probs, _ = self.served(s)
-        selector = self.parts.selectors[str(layer)]
-        if selector.picks_blocks:
-            rows = torch.arange(n_blocks(q.size(-2), selector.block_size), device=q.device)
+        served, selector = self.served(s), self.parts.selectors[str(layer)]
+        q, k, T = served.q, served.k, served.q.size(-2)
+        if selector.picks_blocks:  # from q and k, chunk by chunk: no T × T map
+            rows = torch.arange(n_blocks(T, selector.block_size), device=q.device)
             return block_selector_loss(selector.block_scores(s.x, q, k, rows),
                                        block_attention_mass(q, k, selector.block_size))
-        return selector_loss(self.loss_kind, selector.scores(s.x, q, k), probs, self.spec.budget.keys(q.size(-2)))
+        return selector_loss(self.loss_kind, selector.scores(s.x, q, k), served.probs, self.spec.budget.keys(T))
 
     def training_step(self, batch, batch_idx):
         x, _ = batch

@@ -60,7 +60,7 @@ class HybridEvaluation(HybridModule):
         for layer, s in signals.items():
             sel = self.select(layer, s)
             stats.append({**self.selection_stats(layer, s, sel),
-                          **approximation_stats(self.approximate(layer, s, sel), self.served(s)[4])})
+                          **approximation_stats(self.approximate(layer, s, sel), self.served(s).head_out)})
             if keep_figure:
                 self.keep_figure_input(s, sel)
         self.update_per_head(self.head_metrics, stats)

@@ -51,6 +51,13 @@ class HybridModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- the model
 
+    def setup(self, stage: str) -> None:
+        """A kernel that cannot run on this run's device fails now, in one line, before any batch."""
+        for attention in self._attention.values():
+            problem = attention.sparse.problem_on(self.device)
+            if problem:
+                raise UserError(problem)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # frozen: no dropout, whatever Lightning asks
@@ -61,27 +68,29 @@ class HybridModule(L.LightningModule):
         signals: dict = {layer: None for layer in self.spec.layers}
         return self.teacher(x, signals=signals), signals
 
-    def served(self, s: AttentionSignals) -> tuple[torch.Tensor, ...]:
-        """q, k, v, probs, head_out of the sparse heads only: (B, h, T, ...)."""
-        h = list(self.spec.heads)
-        return s.q[:, h], s.k[:, h], s.v[:, h], s.probs[:, h], s.head_out[:, h]
+    def served(self, s: AttentionSignals) -> AttentionSignals:
+        """The signals of the sparse heads only: q, k, v, head_out (B, h, T, ...), probs on demand."""
+        return s.heads(list(self.spec.heads))
 
     def select(self, layer: int, s: AttentionSignals) -> Selection:
         """Every query's keys (token level, teacher-forced): what the metrics and the approximator read."""
-        q, k, *_ = self.served(s)
-        return self._attention[layer].sparse.selection(s.x, q, k)
+        served = self.served(s)
+        return self._attention[layer].sparse.selection(s.x, served.q, served.k)
 
     def selection_stats(self, layer: int, s: AttentionSignals, sel: Selection) -> dict:
         """Selection metrics of one layer's sparse heads against the teacher's attention (src/metrics.py)."""
         ranked = not self.parts.selectors[str(layer)].picks_blocks
-        return selection_stats(sel, self.served(s)[3], ranked=ranked)
+        return selection_stats(sel, self.served(s).probs, ranked=ranked)
 
     def approximate(self, layer: int, s: AttentionSignals, sel: Selection) -> torch.Tensor:
-        """The approximator over the selected keys (the gather path: differentiable, any approximator)."""
-        q, k, v, *_ = self.served(s)
-        approximator = self.parts.approximators[str(layer)]
-        k_sel = gather_rows(k, sel.idx) if getattr(approximator, "reads_keys", True) else None
-        return approximator(q, k_sel, gather_rows(v, sel.idx), sel.valid)
+        """The approximator over the selected keys ``sel``: on the layer's block-sparse kernel when it has one (the
+        same choice, no gathered keys), else the gather path (differentiable, any approximator)."""
+        served, approximator = self.served(s), self.parts.approximators[str(layer)]
+        sparse = self._attention[layer].sparse
+        if sparse.kernel_for(served.q) != "gather":
+            return sparse(s.x, served.q, served.k, served.v)[0]
+        k_sel = gather_rows(served.k, sel.idx) if getattr(approximator, "reads_keys", True) else None
+        return approximator(served.q, k_sel, gather_rows(served.v, sel.idx), sel.valid)
 
     def hybrid_layer(self, layer: int) -> torch.nn.Module:
         """The hybrid attention of ``layer``: the teacher's projections around this run's sparse heads."""
