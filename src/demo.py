@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         steps, extra = (4, 2, 2), ["model.seq_len=32", "data.num_tokens=5000", "trainer.limit_val_batches=2"]
     else:
         seq_lens, d_model, n_head, repeats = (1024, 4096), 512, 8, 3
-        variants, budget = ("indexer+softmax", "block+softmax", "block+tiles"), 512
+        variants, budget = ("indexer+softmax", "block+tiles"), 512
         steps, extra = (300, 300, 400), []
     start, spent = STARTED, {}
     try:
