@@ -212,7 +212,8 @@ def indexed_block_selector(T: int, d_model: int, d_index: int, block: int, topk_
 
     One choice per block of queries (R = ⌈T/B⌉ of them): pooling the inputs per block T·d (counted per head, an
     upper bound); index queries of the R first queries and index keys of the R block means, 2·R·d·d_index MACs;
-    scores of the causal (query block, key block) pairs R(R+1)/2·d_index MACs; top-k over them. Θ(T·d + (T/B)²·d_index).
+    scores of the causal (query block, key block) pairs R(R+1)/2·d_index MACs; top-k over them.
+    Θ(T·d + (T/B)²·d_index).
     """
     R = -(-T // block)
     pairs = causal_pairs(R)

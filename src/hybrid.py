@@ -22,7 +22,7 @@ from src.approximators import build_approximator
 from src.config import ApproximatorConf, SelectorConf
 from src.model import GPT, CausalSelfAttention, GPTConfig
 from src.selectors import build_selector
-from src.sparse import Budget, SparseAttention, kernel_problem
+from src.sparse import KERNELS, Budget, SparseAttention, kernel_problem
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,8 @@ class HybridSpec:
             raise ValueError(f"hybrid.top_k={top_k} is larger than the sequence length model.seq_len={model.seq_len}")
         keys = Budget.parse(top_k if budget is None else budget)
         keys.check(model.seq_len, "hybrid.budget")
-        problem = kernel_problem(kernel, None, None)  # the name alone; its fit with the parts: SparseParts
-        if problem and "unknown" in problem:
-            raise ValueError(problem)
+        if kernel not in KERNELS:  # its fit with the selector and approximator: SparseParts
+            raise ValueError(kernel_problem(kernel, None, None))
         return cls(expand(layers, model.n_layer, "layers"), expand(heads, model.n_head, "heads"), top_k, keys, kernel)
 
     def pairs(self) -> list[tuple[int, int]]:

@@ -43,7 +43,8 @@ def per_head(t: torch.Tensor) -> torch.Tensor:
     return t.float().sum(dim=(0, 2))
 
 
-def selection_stats(sel: Selection, probs: torch.Tensor, ranked: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def selection_stats(sel: Selection, probs: torch.Tensor,
+                    ranked: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Selection (B, h, T, K) against teacher probs (B, h, T, T) -> {metric: (num (h,), den (h,))}. ``ranked``:
     the selection's first slot is its best key (token selectors); else (blocks) top-1 asks whether the teacher's
     argmax key was selected at all."""

@@ -76,7 +76,8 @@ def test_gather_rows():
     g = gather_rows(t, idx)
     assert g.shape == (2, 1, 5, 2, 3)
     assert torch.equal(g[1, 0, 4, 1], t[1, 0, 2]) and torch.equal(g[0, 0, 2, 0], t[0, 0, 2])
-    assert torch.equal(g, torch.gather(t[:, :, None].expand(-1, -1, 5, -1, -1), 3, idx[..., None].expand(-1, -1, -1, -1, 3)))
+    by_gather = torch.gather(t[:, :, None].expand(-1, -1, 5, -1, -1), 3, idx[..., None].expand(-1, -1, -1, -1, 3))
+    assert torch.equal(g, by_gather)
 
 
 # ---------------------------------------------------------------------------------------------- block selection

@@ -20,7 +20,8 @@ from src.sparse.selection import Selection, causal_mask, causal_topk, selection_
 from src.sparse.tiles import tiled_block_attention
 
 __all__ = [
-    "BLOCK_KERNELS", "KERNELS", "BlockChoice", "Budget", "Phases", "Selection", "SparseAttention", "block_attention_mass",
+    "BLOCK_KERNELS", "KERNELS", "BlockChoice", "Budget", "Phases", "Selection", "SparseAttention",
+    "block_attention_mass",
     "block_mask", "causal_block_topk", "causal_mask", "causal_topk", "compiled_flex", "concat_choices",
     "flex_block_attention", "flex_unavailable", "gather_attention", "gather_rows", "kernel_problem", "n_blocks",
     "naive_attention", "sdpa_attention", "selection_mask", "tiled_block_attention",

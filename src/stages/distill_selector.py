@@ -67,8 +67,8 @@ class SelectorDistillation(HybridModule):
         if self.loss_kind not in LOSSES:
             raise UserError(f"selector.loss={self.loss_kind!r} is unknown: use one of {', '.join(LOSSES)}")
         if first.picks_blocks and self.loss_kind != "kl":
-            raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} picks blocks and "
-                            "learns the teacher's attention mass per block: use selector.loss=kl")
+            raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} picks blocks "
+                            "and learns the teacher's attention mass per block: use selector.loss=kl")
         self.val_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall"])
 
     def loss(self, layer: int, s) -> torch.Tensor:

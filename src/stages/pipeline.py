@@ -121,7 +121,8 @@ def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
     hparams = {}
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
-        hparams[key] = value if isinstance(value, (int, float, str, bool)) else str(value if value is None else list(value))
+        plain = isinstance(value, (int, float, str, bool))
+        hparams[key] = value if plain else str(value if value is None else list(value))
     from src.sweep import flops_columns
 
     flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs.py)
