@@ -101,18 +101,7 @@ def build(variant: str, d_model: int, n_head: int, T: int, budget: Budget,
                               d_index=SelectorConf.d_index, block_size=block_size)
     slots = keys_read(variant, T, budget, block_size)
     approximator = build_approximator(approximator_name, n_head, hs, slots, hidden=ApproximatorConf.hidden)
-    return SparseLayer(SparseAttention(selector, approximator, budget, kernel))
-
-
-class SparseLayer(nn.Module):
-    """SparseAttention as a bench callable: its output without the choice."""
-
-    def __init__(self, sparse: SparseAttention):
-        super().__init__()
-        self.sparse = sparse
-
-    def forward(self, x, q, k, v, phases=None):
-        return self.sparse(x, q, k, v, phases)[0]
+    return SparseAttention(selector, approximator, budget, kernel)
 
 
 def keys_read(variant: str, T: int, budget: Budget, block_size: int) -> int:

@@ -96,10 +96,10 @@ class SparseParts(nn.Module):
             raise ValueError(problem)
         self.spec = spec
 
-    def attention(self, layer: int, chunk: int | None = None) -> SparseAttention:
+    def attention(self, layer: int) -> SparseAttention:
         """The sparse heads of ``layer`` as one module (holding this layer's selector and approximator)."""
         return SparseAttention(self.selectors[str(layer)], self.approximators[str(layer)], self.spec.budget,
-                               self.spec.kernel, chunk)
+                               self.spec.kernel)
 
 
 class HybridCausalSelfAttention(nn.Module):
@@ -111,14 +111,14 @@ class HybridCausalSelfAttention(nn.Module):
         self.heads = list(heads)
         self.dense = [h for h in range(attn.n_head) if h not in heads]
 
-    def forward(self, x: torch.Tensor, signals: list | None = None, phases=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
         q, k, v = self.attn.qkv(x)  # (B, nh, T, hs)
         if not self.dense:  # every head sparse: no copy in or out of a head subset
-            return self.attn.merge_heads(self.sparse(x, q, k, v, phases)[0])
+            return self.attn.merge_heads(self.sparse(x, q, k, v))
         y = torch.empty_like(q)
         d, s = self.dense, self.heads
         y[:, d] = F.scaled_dot_product_attention(q[:, d], k[:, d], v[:, d], is_causal=True)
-        y[:, s] = self.sparse(x, q[:, s], k[:, s], v[:, s], phases)[0]
+        y[:, s] = self.sparse(x, q[:, s], k[:, s], v[:, s])
         return self.attn.merge_heads(y)
 
 

@@ -61,10 +61,10 @@ def test_variants_are_library_code():
     defines no attention: it calls no softmax, matmul, top-k, gather or attention kernel."""
     for variant in SPARSE:
         fn = layer(variant, 64, 16)
-        assert isinstance(fn.sparse, SparseAttention)
-        assert type(fn.sparse.selector).__module__.startswith("src.selectors.")
-        assert type(fn.sparse.approximator).__module__.startswith("src.approximators.")
-        assert fn.sparse.kernel == bench.pair_of(variant)[2]
+        assert isinstance(fn, SparseAttention)
+        assert type(fn.selector).__module__.startswith("src.selectors.")
+        assert type(fn.approximator).__module__.startswith("src.approximators.")
+        assert fn.kernel == bench.pair_of(variant)[2]
     tree = ast.parse(Path(bench.__file__).read_text())
     called = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
               for node in ast.walk(tree) if isinstance(node, ast.Call)}

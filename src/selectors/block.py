@@ -33,7 +33,7 @@ from src.sparse.choice import n_blocks
 class BlockSelector(BlockKeySelector):
     default_loss = "kl"
 
-    def __init__(self, n_heads: int, d_model: int, d_index: int = 16, block_size: int = 128):
+    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int):
         super().__init__(block_size)
         self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)

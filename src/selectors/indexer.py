@@ -26,7 +26,7 @@ def index_vectors(w: nn.Linear, x: torch.Tensor, n_heads: int, d_index: int) -> 
 class IndexerSelector(KeySelector):
     default_loss = "kl"
 
-    def __init__(self, n_heads: int, d_model: int, d_index: int = 16):
+    def __init__(self, n_heads: int, d_model: int, d_index: int):
         super().__init__()
         self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)

@@ -19,7 +19,7 @@ from src.selectors.base import KeySelector
 class MLPSelector(KeySelector):
     default_loss = "ce"
 
-    def __init__(self, n_heads: int, head_dim: int, seq_len: int, hidden: int = 64):
+    def __init__(self, n_heads: int, head_dim: int, seq_len: int, hidden: int):
         super().__init__()
         self.seq_len = seq_len
         self.w1 = nn.Parameter(torch.empty(n_heads, head_dim, hidden))  # per-head Linear(head_dim -> hidden)

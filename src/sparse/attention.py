@@ -88,10 +88,9 @@ class SparseAttention(nn.Module):
         return self.selector.select(x, q, k, self.budget.keys(q.size(-2)))
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                phases=None) -> tuple[torch.Tensor, Selection | BlockChoice]:
-        """x (B, T, C) the layer input; q, k, v (B, h, T, hs) of the served heads -> (y (B, h, T, hs), the choice:
-        a BlockChoice, or for a token selector the Selection of the last chunk). ``phases``: a src.sparse.Phases
-        that receives the time of selection, mask building and kernel."""
+                phases=None) -> torch.Tensor:
+        """x (B, T, C) the layer input; q, k, v (B, h, T, hs) of the served heads -> y (B, h, T, hs). ``phases``: a
+        src.sparse.Phases that receives the time of selection, mask building and kernel."""
         phase = phases or no_phases
         B, h, T, hs = q.shape
         kernel = self.kernel_for(q)
@@ -102,10 +101,10 @@ class SparseAttention(nn.Module):
                 with phase("mask"):
                     mask = block_mask(choice, for_backward=torch.is_grad_enabled() and q.requires_grad)
                 with phase("kernel"):
-                    return flex_block_attention(q, k, v, choice, mask), choice
+                    return flex_block_attention(q, k, v, choice, mask)
             if kernel == "tiles":
                 with phase("kernel"):
-                    return tiled_block_attention(q, k, v, choice), choice
+                    return tiled_block_attention(q, k, v, choice)
             slots, cols, select = choice.n * choice.block_size, 0, choice.keys
         else:
             with phase("selection"):
@@ -114,13 +113,10 @@ class SparseAttention(nn.Module):
             slots, cols = K, T
             select = lambda rows: self.selector.select_rows(ctx, rows, K)  # noqa: E731
         chunk = chunk_rows(B, h, T, hs, slots, cols, q.element_size(), self.chunk)
-        last: list = []
 
         def timed_select(rows: torch.Tensor) -> Selection:
             with phase("selection"):
-                last[:] = [select(rows)]
-            return last[0]
+                return select(rows)
 
         with phase("kernel"):
-            y = gather_attention(timed_select, self.approximator, q, k, v, chunk)
-        return y, (choice if self.picks_blocks else last[0])
+            return gather_attention(timed_select, self.approximator, q, k, v, chunk)

@@ -21,12 +21,12 @@ TILE_BYTES = 4 * 2**20  # gathered keys + values per SDPA call: 2 query blocks o
 #                        within the noise and costs peak memory (2.8x SDPA's at T = 4096 instead of 1.9x)
 
 
-def tile_mask(choice: BlockChoice, rows: slice, base: torch.Tensor) -> torch.Tensor:
+def tile_mask(choice: BlockChoice, rows: slice, base: torch.Tensor, all_valid: bool) -> torch.Tensor:
     """The additive mask of the query blocks ``rows``: ``base`` (bs, n · bs) -- slot 0, the own block, causal --
-    or, when some of their slots are invalid, (B · h, R, bs, n · bs) with those slots hidden."""
-    valid = choice.valid[:, :, rows]  # (B, h, R, n)
-    if bool(valid.all()):
+    or, when some of their slots are invalid (``all_valid`` False), (B · h, R, bs, n · bs) with those slots hidden."""
+    if all_valid:
         return base
+    valid = choice.valid[:, :, rows]  # (B, h, R, n)
     hidden = torch.zeros(valid.shape, dtype=base.dtype, device=base.device).masked_fill_(~valid, float("-inf"))
     return (base + hidden.repeat_interleave(choice.block_size, dim=-1)[..., None, :]).flatten(0, 1)
 
@@ -49,6 +49,7 @@ def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
     q_blocks = q.view(B * h, nb, bs, hs)  # a query block of every (sequence, head): the tiles' "heads"
     base = torch.zeros(bs, n * bs, dtype=q.dtype, device=dev)
     base[:, :bs].masked_fill_(torch.ones(bs, bs, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+    complete = choice.valid.all(-1).flatten(0, 1).all(0).tolist()  # per query block: all slots valid (one read)
     y = torch.empty_like(q)
     y_blocks = y.view(B * h, nb, bs, hs)
     for s in range(0, nb, chunk):
@@ -58,5 +59,5 @@ def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
         k_tile = k_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
         v_tile = v_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
         y_blocks[:, rows] = F.scaled_dot_product_attention(q_blocks[:, rows], k_tile, v_tile,
-                                                           attn_mask=tile_mask(choice, rows, base))
+                                                           attn_mask=tile_mask(choice, rows, base, all(complete[rows])))
     return y[:, :, :T] if pad else y

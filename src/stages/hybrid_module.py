@@ -88,7 +88,7 @@ class HybridModule(L.LightningModule):
         served, approximator = self.served(s), self.parts.approximators[str(layer)]
         sparse = self._attention[layer].sparse
         if sparse.kernel_for(served.q) != "gather":
-            return sparse(s.x, served.q, served.k, served.v)[0]
+            return sparse(s.x, served.q, served.k, served.v)
         k_sel = gather_rows(served.k, sel.idx) if getattr(approximator, "reads_keys", True) else None
         return approximator(served.q, k_sel, gather_rows(served.v, sel.idx), sel.valid)
 
