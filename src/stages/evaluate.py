@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from src.approximators import APPROXIMATORS
 from src.errors import UserError
-from src.metrics import PerHeadRatio, approximation_stats, selection_stats
+from src.metrics import PerHeadRatio, approximation_stats
 from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
 from src.stages.hybrid_module import (
