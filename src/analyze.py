@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from src import costs
-from src.costs import GRID, PAIRS, ComponentSizes
+from src.costs import GRID, ComponentSizes
+from src.costs import LEARNED_PAIRS as PAIRS
 from src.errors import UserError
 
 # --------------------------------------------------------------------------------------------------------------

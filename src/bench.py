@@ -56,11 +56,11 @@ from src import costs
 from src.approximators import APPROXIMATORS, build_approximator
 from src.config import ApproximatorConf, SelectorConf
 from src.errors import UserError
-from src.selectors import SELECTORS, build_selector
+from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
 from src.sparse import Budget, Phases, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.flex import is_new_shape
 from src.sparse.gather import chunk_rows
-from src.sparse.phases import sync
+from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, sync, time_runs, timed
 from src.sparse.tiles import TILE_BYTES
 
 BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
@@ -68,10 +68,8 @@ DEFAULT_VARIANTS = ("sdpa", "naive", "mlp+mlp", "indexer+softmax", "block+softma
 VARIANTS = ("sdpa", "naive", *(f"{s}+{a}" for s in SELECTORS for a in APPROXIMATORS), *BLOCK_KERNEL_VARIANTS)
 DENSE = ("sdpa", "naive")  # no budget: measured once per size and T
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 MAX_GB = 8.0  # skip a cell whose estimated memory (inputs, weights, working memory) exceeds this
-MAX_SECONDS = 30.0  # per cell: stop repeating after this long; skip a cell whose one run should take longer
 QUICK = dict(seq_lens=(256, 1024), repeats=3)  # --quick (512d / 8 heads only): under a minute on 2 CPU cores
 PHASES = ("selection", "mask", "kernel")
 
@@ -98,7 +96,7 @@ def build(variant: str, d_model: int, n_head: int, T: int, budget: Budget,
     selector_name, approximator_name, kernel = pair_of(variant)
     hs = d_model // n_head
     selector = build_selector(selector_name, n_head, d_model, hs, T, hidden=SelectorConf.hidden,
-                              d_index=SelectorConf.d_index, block_size=block_size)
+                              d_index=SelectorConf.d_index, block_size=block_size, sinks=SelectorConf.sinks)
     slots = keys_read(variant, T, budget, block_size)
     approximator = build_approximator(approximator_name, n_head, hs, slots, hidden=ApproximatorConf.hidden)
     return SparseAttention(selector, approximator, budget, kernel)
@@ -108,7 +106,7 @@ def keys_read(variant: str, T: int, budget: Budget, block_size: int) -> int:
     """Keys each query's approximator may read: the budget, or for block variants the budget in whole blocks."""
     if variant in DENSE:
         return T
-    if pair_of(variant)[0] == "block":
+    if pair_of(variant)[0] in BLOCK_SELECTORS:
         return min(T, budget.blocks(T, block_size) * block_size)
     return budget.keys(T)
 
@@ -126,19 +124,6 @@ def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, 
 
 # --------------------------------------------------------------------------------------------------------------
 # one cell: one variant at one shape
-
-
-def resolve_device(name: str) -> torch.device:
-    name = {"gpu": "cuda"}.get(name, name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in DEVICES:
-        raise UserError(f"device {name!r} is unknown: use one of {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but torch sees no CUDA GPU: use --device cpu (or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device mps was asked for but is not available: use --device cpu (or auto)")
-    return torch.device(name)
 
 
 def device_name(device: torch.device) -> str:
@@ -169,7 +154,7 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     prepared = batch * n_head * T * max(SelectorConf.hidden, 2 * SelectorConf.d_index) * elem  # per query
     if kernel != "gather":  # the choice and its tables (B, h, nb, nb) + one chunk of tiles
         return inputs + prepared + batch * n_head * nb * nb * 24 + 2 * TILE_BYTES
-    cols = 0 if selector == "block" else T
+    cols = 0 if selector in BLOCK_SELECTORS else T
     rows = chunk_rows(batch, n_head, T, hs, slots, cols, elem)
     work = batch * n_head * rows * (3 * cols * elem + 3 * slots * hs * elem + 2 * slots * 8)
     weights = n_head * (slots * hs * SelectorConf.hidden + SelectorConf.hidden * T) * elem if "mlp" in variant else 0
@@ -214,28 +199,6 @@ def peak_bytes(fn, args, device: torch.device) -> int | None:
         live += nbytes
         peak = max(peak, live)
     return peak
-
-
-def timed(fn, args, device: torch.device) -> float:
-    """Seconds of one call, the device's queued work included."""
-    sync(device)
-    start = time.perf_counter()
-    fn(*args)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def time_runs(fn, args, device: torch.device, repeats: int = 5, warmup: int = 1,
-              max_seconds: float | None = MAX_SECONDS) -> list[float]:
-    """Seconds of ``repeats`` calls after ``warmup`` untimed ones; fewer when ``max_seconds`` is spent (at least 1).
-    The one timing loop of the project: the benchmark, the pipeline's speed step and the demo use it."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        timed(fn, args, device)
-    times: list[float] = []
-    while len(times) < repeats and (not times or max_seconds is None or time.perf_counter() - start < max_seconds):
-        times.append(timed(fn, args, device))
-    return times
 
 
 def check_cell(variant: str, T: int, d_model: int, n_head: int, block_size: int, batch: int, repeats: int,

@@ -14,8 +14,9 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class DataConf:
-    name: str = "shakespeare"  # shakespeare | text_file | synthetic
+    name: str = "shakespeare"  # shakespeare | python_source | text_file | synthetic
     path: Optional[str] = None  # text_file only: the UTF-8 file to train on
+    package: str = "torch"  # python_source only: the installed package whose .py files are the corpus
     batch_size: int = 32  # sequences per optimisation step (per device)
     vocab_size: int = 64  # synthetic only: number of distinct random tokens (the prototype's 64)
     num_tokens: int = 50_000  # synthetic only: corpus length (the prototype's 50 000)
@@ -82,14 +83,18 @@ class HybridConf:
     #                     of T (0.125); None: top_k keys. Block selectors round it up to whole blocks
     kernel: str = "auto"  # auto | gather | flex | tiles (src/sparse/attention.py); auto: a block-sparse kernel
     #                       when the selector picks blocks and the approximator is softmax, else gather
+    mass: Optional[float] = None  # dynamic budget: keep the fewest keys / blocks whose predicted attention reaches
+    #                               this share (e.g. 0.9), at most the budget; None: always the whole budget
 
 
 @dataclass
 class SelectorConf:
-    name: str = "indexer"  # mlp | indexer | oracle | block  (Hydra group selector/)
+    name: str = "indexer"  # mlp | indexer | oracle | window | sink_window | block | block_oracle | block_window |
+    #                        block_sink_window  (Hydra group selector/; src/selectors/__init__.py)
     hidden: int = 64  # mlp: hidden width (the prototype's 64)
     d_index: int = 16  # indexer: width of the index queries and keys
-    block_size: int = 128  # block: keys (and queries) per block; 128 is the fastest tile on the 2-core CPU (README)
+    block_size: int = 128  # block*: keys (and queries) per block; 128 is the fastest tile on the 2-core CPU (README)
+    sinks: int = 4  # sink_window: first keys always kept (StreamingLLM's 4); block_sink_window: the blocks holding them
     loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the selector's own
     max_steps: int = 300  # distillation steps
     lr: float = 3e-3  # the prototype's 3e-3
@@ -106,9 +111,20 @@ class ApproximatorConf:
 
 
 @dataclass
+class EvaluateConf:
+    limit_batches: Any = 1.0  # test (and validation) batches evaluated: 1.0 = the whole splits, an int = that many
+    time_forward: bool = True  # time the whole model's forward on one test batch: the teacher (SDPA) against the
+    #                            hybrid on each kernel (tokens per second in results.md / results.json)
+    kernels: Any = "all"  # the hybrid's kernels to time: all that can serve it on this device, or a list
+    repeats: int = 3  # timed forwards per model (median), after one untimed warm-up (which compiles flex)
+
+
+@dataclass
 class PipelineConf:
     measure_speed: bool = False  # after evaluation, time one attention layer: SDPA against this hybrid's sparse variant
     bench_repeats: int = 5  # timed forward passes per variant (median reported), after one warm-up
+    reuse: bool = False  # reuse the newest finished teacher (same model and data) and selector (same settings, same
+    #                      teacher) under outputs/ instead of training them again: a sweep trains each once
 
 
 @dataclass
@@ -125,6 +141,7 @@ class Config:
     hybrid: HybridConf = field(default_factory=HybridConf)
     selector: SelectorConf = field(default_factory=SelectorConf)
     approximator: ApproximatorConf = field(default_factory=ApproximatorConf)
+    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     pipeline: PipelineConf = field(default_factory=PipelineConf)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from src.config import ApproximatorConf, SelectorConf
+from src.selectors import BLOCK_SELECTORS
 
 SOFTMAX_OPS = 5  # FLOPs per score element in a softmax: max, subtract, exp, sum, divide
 TOPK_OPS = 1  # FLOPs per candidate score in a top-k (linear-time selection; a full sort would cost more)
@@ -269,12 +270,25 @@ class ComponentSizes:
     topk_ops: int = TOPK_OPS
 
 
+def positional_selector() -> Cost:
+    """The window baselines (window, sink_window and their block versions): the kept keys follow from positions
+    alone, index arithmetic that is not counted."""
+    return Cost(macs=0)
+
+
 SELECTORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, d_model, hs, sizes) -> Cost
     "mlp": lambda T, d, hs, c: mlp_selector(T, hs, c.selector_hidden, c.topk_ops),
     "indexer": lambda T, d, hs, c: indexer_selector(T, d, c.d_index, c.topk_ops),
     "oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),
+    "window": lambda T, d, hs, c: positional_selector(),
+    "sink_window": lambda T, d, hs, c: positional_selector(),
     "block": lambda T, d, hs, c: indexed_block_selector(T, d, c.d_index, c.block, c.topk_ops),
+    "block_oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),  # the teacher's QK^T, pooled per block
+    "block_window": lambda T, d, hs, c: positional_selector(),
+    "block_sink_window": lambda T, d, hs, c: positional_selector(),
 }
+LEARNED_PAIRS = tuple(f"{sel}+{app}" for sel in ("mlp", "indexer", "oracle", "block")  # the cost tables' pairs
+                      for app in ("mlp", "softmax"))
 APPROXIMATORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, hs, k, sizes) -> Cost
     "mlp": lambda T, hs, k, c: mlp_approximator(T, hs, k, c.approximator_hidden),
     "softmax": lambda T, hs, k, c: softmax_approximator(T, hs, k, c.softmax_ops),
@@ -291,7 +305,7 @@ def keys_attended(selector: str, T: int, k: int | None = None, sizes: ComponentS
     """Keys each query's approximator reads: ``keys_kept``, except that the block selector keeps whole blocks,
     so its k is rounded up to a multiple of the block size B (at most T).
     """
-    return min(T, blocks_kept(T, k, sizes) * sizes.block) if selector == "block" else keys_kept(T, k)
+    return min(T, blocks_kept(T, k, sizes) * sizes.block) if selector in BLOCK_SELECTORS else keys_kept(T, k)
 
 
 def blocks_kept(T: int, k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> int:
@@ -312,7 +326,7 @@ def sparse_layer(pair: str, d_model: int, n_head: int, T: int, k: int | None = N
     if selector not in SELECTORS or approximator not in APPROXIMATORS:
         raise ValueError(f"unknown pair {pair!r}: selectors {sorted(SELECTORS)}, approximators {sorted(APPROXIMATORS)}")
     hs = d_model // n_head
-    if selector == "block" and approximator == "softmax":  # whole blocks: the exact pairs the kernels read
+    if selector in BLOCK_SELECTORS and approximator == "softmax":  # whole blocks: the exact pairs the kernels read
         attend = block_softmax_attention(T, hs, sizes.block, blocks_kept(T, k, sizes), sizes.softmax_ops)
     else:
         attend = APPROXIMATORS[approximator](T, hs, keys_attended(selector, T, k, sizes), sizes)
@@ -370,7 +384,7 @@ def pair_cost(size: ModelSize, pair: str, n_layer: int = 4, k: int | None = None
     )
 
 
-def full_rows(grid: Iterable[ModelSize] = GRID, pairs: Iterable[str] = PAIRS, n_layer: int = 4,
+def full_rows(grid: Iterable[ModelSize] = GRID, pairs: Iterable[str] = LEARNED_PAIRS, n_layer: int = 4,
               k: int | None = None, sizes: ComponentSizes = ComponentSizes()) -> list[PairCost]:
     """Every (size, pair) of the grid, size-major."""
     pairs = tuple(pairs)

@@ -7,7 +7,7 @@ output projections, so only the selector and approximator are new.
 
 Settings (``hybrid.*``, src/config.py): which layers and heads are sparse (a list or ``all``; default layer 0,
 head 0, as in the prototype), the budget (``budget``: keys per query, fixed or a fraction of T; unset: ``top_k``
-keys) and the kernel (``auto | gather | flex | tiles``).
+keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | tiles``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ class HybridSpec:
     layers: tuple[int, ...]
     heads: tuple[int, ...]
     top_k: int  # the token selectors' K when no budget is set
-    budget: Budget  # keys per query: hybrid.budget, or top_k keys
+    budget: Budget  # keys per query: hybrid.budget, or top_k keys; and the dynamic budget's hybrid.mass
     kernel: str  # auto | gather | flex | tiles
 
     @classmethod
     def from_config(cls, model: GPTConfig, layers=(0,), heads=(0,), top_k: int = 8, budget=None,
-                    kernel: str = "auto") -> HybridSpec:
+                    kernel: str = "auto", mass=None) -> HybridSpec:
         """Validate ``hybrid.*`` against the model (ValueError, one line naming the setting); ``all`` expands to
         every layer / head."""
 
@@ -51,7 +51,7 @@ class HybridSpec:
             raise ValueError(f"hybrid.top_k={top_k} must be a positive number of keys")
         if top_k > model.seq_len:
             raise ValueError(f"hybrid.top_k={top_k} is larger than the sequence length model.seq_len={model.seq_len}")
-        keys = Budget.parse(top_k if budget is None else budget)
+        keys = Budget.parse(top_k if budget is None else budget, mass=mass)
         keys.check(model.seq_len, "hybrid.budget")
         if kernel not in KERNELS:  # its fit with the selector and approximator: SparseParts
             raise ValueError(kernel_problem(kernel, None, None))
@@ -79,7 +79,8 @@ class SparseParts(nn.Module):
         h, sel, app = len(spec.heads), selector_sizes(selector), approximator_sizes(approximator)
         self.selectors = nn.ModuleDict({
             str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len,
-                                       hidden=sel["hidden"], d_index=sel["d_index"], block_size=sel["block_size"])
+                                       hidden=sel["hidden"], d_index=sel["d_index"], block_size=sel["block_size"],
+                                       sinks=sel["sinks"])
             for layer in spec.layers
         })
         first = next(iter(self.selectors.values()))
@@ -91,7 +92,7 @@ class SparseParts(nn.Module):
             for layer in spec.layers
         })
         problem = kernel_problem(spec.kernel, first, next(iter(self.approximators.values())), sel["name"],
-                                 app["name"])
+                                 app["name"], spec.budget)
         if problem:
             raise ValueError(problem)
         self.spec = spec

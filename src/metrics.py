@@ -5,7 +5,9 @@ Selection quality against the teacher's attention probabilities p (teacher-force
 * ``top1_acc``  -- the selector's best key is the teacher's argmax key (the prototype's metric); for a block
   selector, whose keys are not ranked, the teacher's argmax key is among the selected ones;
 * ``recall``    -- recall@K: overlap of the selected keys with the teacher's top-K, over min(K, i+1);
-* ``mass_recall`` -- the teacher's probability mass on the selected keys (1.0 = nothing that mattered was dropped).
+* ``mass_recall`` -- the teacher's probability mass on the selected keys (1.0 = nothing that mattered was dropped);
+* ``density``   -- keys each query actually reads, as a fraction of T (the budget's unit: a budget of T/8 keys is
+  0.125, less for the first queries; the dynamic budget reads fewer), and ``density_sq`` its square, for the spread.
 
 Approximation quality against the teacher's head output y: ``approx_mse`` and ``approx_rel_err`` = ||ŷ - y|| / ||y||.
 """
@@ -58,6 +60,8 @@ def selection_stats(sel: Selection, probs: torch.Tensor,
                               else chosen.gather(-1, probs.argmax(-1, keepdim=True))[..., 0]), count),
         "recall": (per_head((chosen & teacher_top).sum(-1) / n_valid), count),
         "mass_recall": (per_head((probs * chosen).sum(-1)), count),
+        "density": (per_head(n_valid / T), count),
+        "density_sq": (per_head((n_valid / T) ** 2), count),
     }
 
 

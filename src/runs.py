@@ -72,6 +72,8 @@ def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> s
         parts += [o for o in task if o.split("=", 1)[0].lstrip("+~").startswith(f"{group}.")]
     if "data" in groups and cfg.data.name == "text_file" and not any(p.startswith("data.path=") for p in parts):
         parts.append(f"data.path={cfg.data.path}")
+    if "data" in groups and cfg.data.name == "python_source" and not any(p.startswith("data.package=") for p in parts):
+        parts.append(f"data.package={cfg.data.package}")
     return "python -m src.train " + " ".join(dict.fromkeys(parts))
 
 
@@ -183,14 +185,23 @@ def model_mismatch(model: dict | None, cfg: DictConfig) -> str:
     return ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in want.items() if have[k] != v)
 
 
-SELECTOR_ARCH = ("name", "hidden", "d_index", "loss", "block_size")  # selector settings its weights depend on
-HYBRID_ARCH = ("layers", "heads", "top_k", "budget")  # hybrid settings the trained parts depend on (not the kernel)
+SELECTOR_ARCH = ("name", "hidden", "d_index", "loss", "block_size", "sinks")  # selector settings its weights depend on
+HYBRID_ARCH = ("layers", "heads", "top_k", "budget")  # hybrid settings the trained parts depend on
+BUDGET_KEYS = ("top_k", "budget")  # ... of which these only matter to a selector trained with the top-K loss
 
 
-def hybrid_arch(hybrid: dict | None) -> dict:
-    """The settings of ``hybrid`` that a trained selector or approximator depends on; the kernel is not one of them
-    (every kernel runs the same choice), and an unset budget is the same as an absent one."""
-    return {k: (hybrid or {}).get(k) for k in HYBRID_ARCH}
+def hybrid_arch(hybrid: dict | None, budget: bool = True) -> dict:
+    """The settings of ``hybrid`` that a trained selector or approximator depends on. The kernel and the dynamic
+    budget's ``mass`` are not among them (every kernel runs the same choice; the mass only narrows it), an unset
+    budget is the same as an absent one, and ``budget=False`` leaves the budget out (``reads_budget``)."""
+    keys = HYBRID_ARCH if budget else tuple(k for k in HYBRID_ARCH if k not in BUDGET_KEYS)
+    return {k: (hybrid or {}).get(k) for k in keys}
+
+
+def reads_budget(selector: dict) -> bool:
+    """Whether a selector's distillation depends on the budget: only the top-K loss does (kl and ce read the
+    teacher's attention, not K), so a selector distilled once serves every budget."""
+    return selector.get("loss") == "topk"
 
 
 def data_spec(cfg: DictConfig) -> dict:
@@ -198,6 +209,8 @@ def data_spec(cfg: DictConfig) -> dict:
     spec = {"name": d.name}
     if d.name == "text_file":
         spec["path"] = str(Path(d.path).expanduser().resolve()) if d.path else None
+    if d.name == "python_source":
+        spec["package"] = d.package
     if d.name == "synthetic":
         spec.update(vocab_size=d.vocab_size, num_tokens=d.num_tokens)
     return spec
@@ -207,15 +220,17 @@ def stage_spec(cfg: DictConfig, stage: str) -> dict:
     """The settings a stage's output depends on; a later run reuses an earlier one only when they are equal."""
     spec = {"model": model_spec(cfg), "data": data_spec(cfg)}
     if stage in ("distill_selector", "distill_approximator"):
-        spec["hybrid"] = hybrid_arch(OmegaConf.to_container(cfg.hybrid, resolve=True))
+        budget = stage == "distill_approximator" or reads_budget(cfg.selector)
+        spec["hybrid"] = hybrid_arch(OmegaConf.to_container(cfg.hybrid, resolve=True), budget)
         spec["selector"] = {k: cfg.selector[k] for k in SELECTOR_ARCH}
     if stage == "distill_approximator":
         spec["approximator"] = {k: cfg.approximator[k] for k in ("name", "hidden")}
     return spec
 
 
-def find_run(stage: str, spec: dict, root: Path | None = None) -> str | None:
-    """The checkpoint of the newest finished run of ``stage`` under outputs/ whose spec equals ``spec``."""
+def find_run(stage: str, spec: dict, root: Path | None = None, teacher: str | None = None) -> str | None:
+    """The checkpoint of the newest finished run of ``stage`` under outputs/ whose spec equals ``spec`` (and, with
+    ``teacher``, that was distilled from that teacher checkpoint)."""
     root = root or OUTPUT_ROOT
     found = []
     for f in root.glob("**/metrics.json"):
@@ -224,6 +239,8 @@ def find_run(stage: str, spec: dict, root: Path | None = None) -> str | None:
         except (OSError, ValueError):
             continue
         ckpt = m.get("checkpoint")
+        if teacher is not None and m.get("teacher_ckpt") != teacher:
+            continue
         if m.get("stage") == stage and m.get("spec") == spec and not m.get("fast_dev_run") and ckpt and Path(ckpt).is_file():
             found.append((Path(ckpt).stat().st_mtime, ckpt))
     return max(found)[1] if found else None

@@ -130,10 +130,10 @@ def test_hybrid_is_causal_end_to_end(kernel, approximator):
 
 
 def test_build_selector_and_bad_block_size():
-    sel = build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=6)
+    sel = build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=6, sinks=4)
     assert isinstance(sel, BlockSelector) and sel.block_size == 6 and sel.d_index == 4 and sel.picks_blocks
     with pytest.raises(ValueError, match="block_size"):
-        build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=0)
+        build_selector("block", 2, 32, 8, 24, hidden=8, d_index=4, block_size=0, sinks=4)
 
 
 def test_config_group(tiny_cfg):

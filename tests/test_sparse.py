@@ -223,7 +223,7 @@ def test_flex_refuses_a_gradient_on_the_cpu():
 
 def block_attention(kernel: str, bs: int = 16, budget: float | int = 1.0, approximator: str = "softmax"):
     torch.manual_seed(1)
-    selector = build_selector("block", H, D, HS, 64, hidden=8, d_index=4, block_size=bs)
+    selector = build_selector("block", H, D, HS, 64, hidden=8, d_index=4, block_size=bs, sinks=4)
     slots = Budget.parse(budget).blocks(64, bs) * bs
     return SparseAttention(selector, build_approximator(approximator, H, HS, slots, 8), Budget.parse(budget), kernel)
 
@@ -232,7 +232,7 @@ def test_auto_kernel():
     _, q, *_ = qkv(1, 32)
     assert block_attention("auto").kernel_for(q) == "tiles"  # a CPU: the tiles kernel
     assert block_attention("auto", approximator="mlp").kernel_for(q) == "gather"
-    indexer = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16),
+    indexer = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16, 4),
                               build_approximator("softmax", H, HS, 4, 8), Budget(4), "auto")
     assert indexer.kernel_for(q) == "gather"
 
@@ -265,7 +265,7 @@ def test_nested_phases_are_exclusive():
     ("fast", "block", "softmax", "hybrid.kernel='fast' is unknown: use one of auto, gather, flex, tiles"),
 ])
 def test_kernel_that_cannot_serve(kernel, selector, approximator, msg):
-    sel = build_selector(selector, H, D, HS, 64, 8, 4, 16)
+    sel = build_selector(selector, H, D, HS, 64, 8, 4, 16, 4)
     app = build_approximator(approximator, H, HS, 16, 8)
     problem = kernel_problem(kernel, sel, app, selector, approximator)
     assert msg in problem and "\n" not in problem

@@ -25,9 +25,10 @@ CHOOSE_CHUNK = 1024  # query blocks scored at a time by ``BlockKeySelector.choos
 class KeySelector(nn.Module):
     """Token-level selector. Subclasses implement ``prepare`` and ``score_rows``."""
 
-    trainable = True  # False for selectors with nothing to learn (the oracle)
+    trainable = True  # False for selectors with nothing to learn (the oracles, the window baselines)
     default_loss = "kl"  # the distillation loss used when selector.loss is not set
     picks_blocks = False
+    predicts_mass = True  # the softmax of the scores predicts attention (hybrid.mass reads it); False: positions
 
     def prepare(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Any:
         """x (B, T, C) the layer's input; q, k (B, h, T, hs) of the served heads -> what ``score_rows`` reads."""
@@ -41,11 +42,14 @@ class KeySelector(nn.Module):
         """(B, h, T, T): every query's scores (what the distillation losses read)."""
         return self.score_rows(self.prepare(x, q, k), torch.arange(x.size(1), device=x.device))
 
-    def select_rows(self, ctx: Any, rows: torch.Tensor, top_k: int) -> Selection:
-        return causal_topk(self.score_rows(ctx, rows), top_k, rows)
+    def select_rows(self, ctx: Any, rows: torch.Tensor, top_k: int, mass: float | None = None) -> Selection:
+        """The causal top-K of the queries ``rows``; with ``mass``, only as many of them as reach that share of
+        the predicted attention (src/sparse/selection.py)."""
+        return causal_topk(self.score_rows(ctx, rows), top_k, rows, mass)
 
-    def select(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, top_k: int) -> Selection:
-        return self.select_rows(self.prepare(x, q, k), torch.arange(x.size(1), device=x.device), top_k)
+    def select(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, top_k: int,
+               mass: float | None = None) -> Selection:
+        return self.select_rows(self.prepare(x, q, k), torch.arange(x.size(1), device=x.device), top_k, mass)
 
 
 class BlockKeySelector(nn.Module):
@@ -54,6 +58,7 @@ class BlockKeySelector(nn.Module):
     trainable = True
     default_loss = "kl"
     picks_blocks = True
+    predicts_mass = True
 
     def __init__(self, block_size: int):
         super().__init__()
@@ -62,18 +67,20 @@ class BlockKeySelector(nn.Module):
         self.block_size = block_size
 
     def block_scores(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Scores of every key block for the query blocks ``rows`` (R,) -> (B, h, R, nb). Only the blocks before a
-        row's own are ever used, and a row's scores may read nothing after its block's first query."""
+        """Scores of every key block for the query blocks ``rows`` (R,) -> (B, h, R, nb). The blocks after a row's
+        own are never used; the own block's score only by ``hybrid.mass`` (the own block is always kept). A
+        causal selector's row reads nothing after its block's first query."""
         raise NotImplementedError
 
-    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, n_keep: int,
+    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, n_keep: int, mass: float | None = None,
                chunk: int = CHOOSE_CHUNK) -> BlockChoice:
-        """Own block + the n_keep - 1 best earlier blocks of every query block, ``chunk`` query blocks at a time."""
+        """Own block + the n_keep - 1 best earlier blocks of every query block (with ``mass``: only as many as
+        reach that share of the predicted attention), ``chunk`` query blocks at a time."""
         T = x.size(1)
         nb = n_blocks(T, self.block_size)
         rows = torch.arange(nb, device=x.device)
         return concat_choices([
             causal_block_topk(self.block_scores(x, q, k, rows[s:s + chunk]), n_keep, rows[s:s + chunk],
-                              self.block_size, T)
+                              self.block_size, T, mass)
             for s in range(0, nb, chunk)
         ])

@@ -8,13 +8,17 @@ projection is linear, so that is the mean of its keys' index keys, for 1/block_s
 queries by the index query of its *first* query. Score(query block r, key block c) = q_first(r) · k_mean(c) /
 sqrt(d_index), Θ((T/block_size)² · d_index) per head, against the indexer's Θ(T² · d_index).
 
-Causality: the blocks before a query block lie wholly in the past of each of its queries, and the score reads only
-their inputs and the block's first query, so no query's output can depend on a later token. The own block is
-always kept (as MoBA's current block); the n - 1 best earlier blocks fill the budget (src/sparse/choice.py).
+The own block is always kept (as MoBA's current block); the n - 1 best earlier blocks fill the budget
+(src/sparse/choice.py). Its share of the attention, which the dynamic budget (``hybrid.mass``) needs, gets a score
+of its own: a learned linear function of the first query's input (one number per head), since the block's mean
+would read keys after that query.
 
-Distillation (src/stages/distill_selector.py): KL from the teacher's attention mass per key block, summed over the
-block's queries (src/sparse/mass.py), to the softmax of the scores over the earlier blocks -- SeerAttention's
-block-level target, computed chunk by chunk.
+Causality: the blocks before a query block lie wholly in the past of each of its queries, and the scores read only
+their inputs and the block's first query, so no query's output can depend on a later token.
+
+Distillation (src/stages/distill_selector.py): the teacher's attention mass per key block, summed over the block's
+queries (src/sparse/mass.py; SeerAttention's block-level target, computed chunk by chunk), against the softmax of
+the scores: KL over the earlier blocks (which to read) plus KL of the own block's share (how much the rest holds).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class BlockSelector(BlockKeySelector):
         self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
+        self.own = nn.Linear(d_model, n_heads)  # the own block's score, from the block's first query
 
     def block_means(self, t: torch.Tensor) -> torch.Tensor:
         """(..., T, d) -> the mean of every block (..., nb, d); the last block over its own rows only."""
@@ -50,6 +55,10 @@ class BlockSelector(BlockKeySelector):
         return blocks.sum(-2) / count[:, None]
 
     def block_scores(self, x, q, k, rows):
-        qi = index_vectors(self.wq, x[:, rows * self.block_size], self.n_heads, self.d_index)  # (B, h, R, d)
+        first = x[:, rows * self.block_size]  # (B, R, C): the first query of each query block
+        qi = index_vectors(self.wq, first, self.n_heads, self.d_index)  # (B, h, R, d)
         kb = index_vectors(self.wk, self.block_means(x), self.n_heads, self.d_index)  # (B, h, nb, d)
-        return qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, R, nb)
+        scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, R, nb)
+        own = self.own(first).transpose(1, 2)[..., None]  # (B, h, R, 1)
+        B, h, R, _ = scores.shape
+        return scores.scatter(-1, rows.view(1, 1, R, 1).expand(B, h, R, 1), own)

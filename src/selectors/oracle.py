@@ -1,13 +1,23 @@
-"""The oracle: the teacher's own attention scores, so its top-K is the teacher's exact top-K keys.
+"""The oracles: the teacher's own attention, the upper bound of selection at each level. Nothing to train.
 
-Nothing to train; it costs as much as full attention's Q K^T. It is the upper bound for any learned selector.
+* ``oracle`` (token level): the teacher's attention scores q · k / sqrt(hs), so its causal top-K is the teacher's
+  exact top-K keys of each query; it costs as much as full attention's Q K^T, and it is causal (query i reads keys
+  0..i only).
+* ``block_oracle`` (block level): per block of queries, the teacher's attention mass on each key block, summed over
+  the block's queries (src/sparse/mass.py) -- the best a one-choice-per-query-block selector can do, and the target
+  the learned ``block`` selector is distilled towards. It reads every query of the block, so the choice for a
+  query depends on the later queries of its block: an upper bound to measure against, not a causal model.
+
+Their scores are log attention (mass), so the softmax over a query's candidates is the teacher's own share of each:
+what ``hybrid.mass`` reads.
 """
 
 from __future__ import annotations
 
 import math
 
-from src.selectors.base import KeySelector
+from src.selectors.base import BlockKeySelector, KeySelector
+from src.sparse.mass import block_attention_mass
 
 
 class OracleSelector(KeySelector):
@@ -19,3 +29,11 @@ class OracleSelector(KeySelector):
     def score_rows(self, ctx, rows):
         q, k = ctx
         return q[:, :, rows] @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, R, T): softmax is monotone
+
+
+class BlockOracleSelector(BlockKeySelector):
+    trainable = False
+
+    def block_scores(self, x, q, k, rows):
+        mass = block_attention_mass(q, k, self.block_size)[:, :, rows]  # (B, h, R, nb); zero after the own block
+        return mass.clamp_min(1e-30).log()

@@ -33,10 +33,15 @@ BLOCK_KERNELS = ("flex", "tiles")
 
 
 def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, selector_name: str = "",
-                   approximator_name: str = "") -> str | None:
-    """Why ``kernel`` cannot serve this selector and approximator (None: it can), as one line naming the fix."""
+                   approximator_name: str = "", budget: Budget | None = None) -> str | None:
+    """Why ``kernel`` (and ``budget``) cannot serve this selector and approximator (None: it can), as one line
+    naming the fix."""
     if kernel not in KERNELS:
         return f"hybrid.kernel={kernel!r} is unknown: use one of {', '.join(KERNELS)}"
+    if budget is not None and budget.mass is not None and not getattr(selector, "predicts_mass", True):
+        return (f"hybrid.mass={budget.mass} keeps keys by the attention a selector predicts, but selector="
+                f"{selector_name or 'this one'} ranks keys by position only: unset hybrid.mass, or use a selector "
+                "that scores content (indexer, block, oracle, block_oracle)")
     if kernel in BLOCK_KERNELS:
         if not getattr(selector, "picks_blocks", False):
             return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={selector_name or 'this one'} "
@@ -54,7 +59,7 @@ class SparseAttention(nn.Module):
     def __init__(self, selector: nn.Module, approximator: nn.Module, budget: Budget, kernel: str = "auto",
                  chunk: int | None = None):
         super().__init__()
-        problem = kernel_problem(kernel, selector, approximator)
+        problem = kernel_problem(kernel, selector, approximator, budget=budget)
         if problem:
             raise ValueError(problem)
         self.selector, self.approximator, self.budget, self.kernel, self.chunk = (
@@ -69,23 +74,26 @@ class SparseAttention(nn.Module):
 
     def kernel_for(self, q: torch.Tensor) -> str:
         """The kernel this call runs: ``auto`` resolved for q's device and whether a gradient is needed."""
+        return self.kernel_for_device(q.device, torch.is_grad_enabled() and q.requires_grad)
+
+    def kernel_for_device(self, device: torch.device, needs_grad: bool = False) -> str:
         if self.kernel != "auto":
             return self.kernel
         if not (self.picks_blocks and getattr(self.approximator, "exact_softmax", False)):
             return "gather"
-        needs_grad = torch.is_grad_enabled() and q.requires_grad
-        usable = not flex_unavailable(q.device, needs_grad, self.selector.block_size)
-        return "flex" if q.device.type == "cuda" and usable else "tiles"
+        usable = not flex_unavailable(device, needs_grad, self.selector.block_size)
+        return "flex" if device.type == "cuda" and usable else "tiles"
 
     def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> BlockChoice:
         """A block selector's choice for every block of queries, under the budget."""
-        return self.selector.choose(x, q, k, self.budget.blocks(q.size(-2), self.selector.block_size))
+        return self.selector.choose(x, q, k, self.budget.blocks(q.size(-2), self.selector.block_size),
+                                    self.budget.mass)
 
     def selection(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Selection:
         """Every query's keys, token level (B, h, T, K): for the metrics and the teacher-forced stages."""
         if self.picks_blocks:
             return self.choose(x, q, k).keys()
-        return self.selector.select(x, q, k, self.budget.keys(q.size(-2)))
+        return self.selector.select(x, q, k, self.budget.keys(q.size(-2)), self.budget.mass)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 phases=None) -> torch.Tensor:
@@ -111,7 +119,7 @@ class SparseAttention(nn.Module):
                 ctx = self.selector.prepare(x, q, k)
             K = self.budget.keys(T)
             slots, cols = K, T
-            select = lambda rows: self.selector.select_rows(ctx, rows, K)  # noqa: E731
+            select = lambda rows: self.selector.select_rows(ctx, rows, K, self.budget.mass)  # noqa: E731
         chunk = chunk_rows(B, h, T, hs, slots, cols, q.element_size(), self.chunk)
 
         def timed_select(rows: torch.Tensor) -> Selection:

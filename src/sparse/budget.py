@@ -7,6 +7,10 @@ caps the saving at 1 / (2 · fraction) at every length.
 
 ``Budget.parse(512)`` keeps 512 keys per query; ``Budget.parse(0.125)`` keeps T/8. Block selectors round the
 budget up to whole blocks, the query's own block included (``blocks``).
+
+The dynamic budget (the prototype's "dynamic K"): with ``mass=0.9`` each query (block of queries) keeps only the
+fewest of its best keys (blocks) whose *predicted* attention -- the softmax of the selector's scores -- reaches 90 %,
+never more than the budget (src/sparse/selection.py ``within_mass``).
 """
 
 from __future__ import annotations
@@ -20,20 +24,27 @@ from src.sparse.choice import n_blocks
 @dataclass(frozen=True)
 class Budget:
     value: int | float  # int >= 1: keys per query; float in (0, 1]: that fraction of the sequence length
+    mass: float | None = None  # dynamic budget: the share of predicted attention to keep; None: the whole budget
 
     @classmethod
-    def parse(cls, value, what: str = "hybrid.budget") -> Budget:
-        """A budget from a setting: an int number of keys, or a float fraction of T; ValueError naming ``what``."""
+    def parse(cls, value, what: str = "hybrid.budget", mass=None) -> Budget:
+        """A budget from a setting: an int number of keys, or a float fraction of T, and the dynamic budget's
+        ``mass`` (hybrid.mass); ValueError naming the setting."""
+        if mass is not None and (isinstance(mass, bool) or not isinstance(mass, (int, float))
+                                 or not 0 < mass <= 1):
+            raise ValueError(f"hybrid.mass={mass!r} must be a share of the predicted attention in (0, 1], e.g. 0.9 "
+                             "(or unset: always the whole budget)")
+        mass = None if mass is None else float(mass)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{what}={value!r} must be a positive number of keys per query (e.g. 512) or a "
                              "fraction of the sequence length in (0, 1] (e.g. 0.125)")
         if isinstance(value, float):
             if value.is_integer() and value > 1:
-                return cls(int(value))  # 512.0 from a YAML or a command line: 512 keys
+                return cls(int(value), mass)  # 512.0 from a YAML or a command line: 512 keys
             if value > 1:
                 raise ValueError(f"{what}={value!r}: a fraction of the sequence length must be in (0, 1]; give a "
                                  "whole number for a fixed number of keys")
-        return cls(value)
+        return cls(value, mass)
 
     @property
     def fixed(self) -> bool:
@@ -54,7 +65,7 @@ class Budget:
                              "or a fraction of T such as 0.125")
 
     def __str__(self) -> str:
-        if self.fixed:
-            return f"{self.value} keys"
         inverse = 1 / self.value
-        return f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-9 else f"{self.value:g}·T"
+        text = (f"{self.value} keys" if self.fixed else
+                f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-9 else f"{self.value:g}·T")
+        return text if self.mass is None else f"{self.mass:.0%} of the predicted attention, at most {text}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from src.sparse.selection import Selection, finite_scores
+from src.sparse.selection import Selection, finite_scores, within_mass
 
 
 def n_blocks(T: int, block_size: int) -> int:
@@ -56,8 +56,11 @@ class BlockChoice:
         return Selection(idx=tok.reshape(B, h, R, n * bs), valid=ok.reshape(B, h, R, n * bs))
 
 
-def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, block_size: int, T: int) -> BlockChoice:
-    """The own block + the n_keep - 1 best earlier blocks of each query block.
+def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, block_size: int, T: int,
+                      mass: float | None = None) -> BlockChoice:
+    """The own block + the n_keep - 1 best earlier blocks of each query block; with ``mass`` (the dynamic budget),
+    only as many of them as reach that share of the predicted attention -- the softmax of the scores over the own
+    and the earlier blocks -- counting the own block's share first.
 
     scores (B, h, R, nb) of the query blocks ``rows`` (R,) against every key block; blocks after a row's own block
     are never chosen, its own is always first. Rows with fewer than n_keep blocks so far (row r has r + 1) mark the
@@ -71,9 +74,12 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
     blk = torch.arange(nb, device=scores.device)
     ranked = finite_scores(scores).masked_fill(blk > own, float("-inf")).masked_fill(blk == own, float("inf"))
     idx = ranked.topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), then by score
-    valid = torch.arange(n_keep, device=scores.device) <= own  # row r has r + 1 candidates
+    valid = (torch.arange(n_keep, device=scores.device) <= own).expand_as(idx)  # row r has r + 1 candidates
+    if mass is not None:
+        probs = finite_scores(scores).masked_fill(blk > own, float("-inf")).softmax(-1).gather(-1, idx)
+        valid = within_mass(probs, valid, mass)
     idx = torch.where(valid, idx, own)
-    return BlockChoice(idx=idx, valid=valid.expand_as(idx), block_size=block_size, T=T)
+    return BlockChoice(idx=idx, valid=valid, block_size=block_size, T=T)
 
 
 def concat_choices(parts: list[BlockChoice]) -> BlockChoice:

@@ -1,4 +1,6 @@
-"""Where a sparse forward spends its time: selection, mask building, kernel (exclusive seconds of each phase)."""
+"""Timing: the device a run measures on, one timed call, the one repeated-timing loop of the project (benchmark,
+evaluation, pipeline, demo), and where a sparse forward spends its time: selection, mask building, kernel
+(exclusive seconds of each phase)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ import time
 from collections import defaultdict
 
 import torch
+
+from src.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SECONDS = 30.0  # time_runs: stop repeating after this long (at least one timed run)
 
 
 def sync(device: torch.device) -> None:
@@ -47,3 +54,38 @@ class Phases:
 def no_phases(name: str):
     """The untimed stand-in for ``Phases``."""
     return contextlib.nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    name = {"gpu": "cuda"}.get(name, name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES:
+        raise UserError(f"device {name!r} is unknown: use one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but torch sees no CUDA GPU: use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps was asked for but is not available: use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def timed(fn, args, device: torch.device) -> float:
+    """Seconds of one call, the device's queued work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_runs(fn, args, device: torch.device, repeats: int = 5, warmup: int = 1,
+              max_seconds: float | None = MAX_SECONDS) -> list[float]:
+    """Seconds of ``repeats`` calls after ``warmup`` untimed ones; fewer when ``max_seconds`` is spent (at least 1).
+    The one timing loop of the project: the benchmark, the pipeline's speed step and the demo use it."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        timed(fn, args, device)
+    times: list[float] = []
+    while len(times) < repeats and (not times or max_seconds is None or time.perf_counter() - start < max_seconds):
+        times.append(timed(fn, args, device))
+    return times

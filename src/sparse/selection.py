@@ -29,18 +29,34 @@ def finite_scores(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores, nan=lowest, neginf=lowest, posinf=highest)
 
 
-def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = None) -> Selection:
+def within_mass(probs: torch.Tensor, valid: torch.Tensor, mass: float | None) -> torch.Tensor:
+    """The dynamic budget: of slots ranked best first, with predicted attention ``probs`` (..., n), keep the fewest
+    whose probabilities reach ``mass`` -- slot j while the slots before it hold less than ``mass``. -> valid (...,
+    n) narrowed (unchanged when ``mass`` is None)."""
+    if mass is None:
+        return valid
+    before = probs.cumsum(-1) - probs
+    return valid & (before < mass)
+
+
+def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = None,
+                mass: float | None = None) -> Selection:
     """Top-K keys of each query i among keys 0..i. scores (B, h, R, T) of the queries at positions ``rows`` (R,);
-    None: all T queries (R = T). -> Selection (B, h, R, K)."""
+    None: all T queries (R = T). With ``mass`` (the dynamic budget), only the first of them whose predicted
+    attention -- the softmax of the scores over keys 0..i -- reaches that share. -> Selection (B, h, R, K)."""
     T = scores.size(-1)
     if not 0 < top_k <= T:
         raise ValueError(f"top_k={top_k} must be in 1..{T} (the sequence length)")
     pos = torch.arange(T, device=scores.device) if rows is None else rows  # (R,)
     future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
-    idx = finite_scores(scores).masked_fill(future, float("-inf")).topk(top_k, dim=-1).indices  # (B, h, R, K)
-    valid = torch.arange(top_k, device=scores.device) <= pos[:, None]  # (R, K): query i has i + 1 keys
-    idx = torch.where(valid, idx, pos[:, None])  # surplus slots point at the query itself
-    return Selection(idx=idx, valid=valid.expand_as(idx))
+    ranked = finite_scores(scores).masked_fill(future, float("-inf"))
+    top = ranked.topk(top_k, dim=-1)  # (B, h, R, K), best first
+    valid = (torch.arange(top_k, device=scores.device) <= pos[:, None]).expand_as(top.indices)  # query i: i + 1 keys
+    if mass is not None:
+        probs = (top.values - ranked.logsumexp(-1, keepdim=True)).exp()  # the softmax over keys 0..i, of the top K
+        valid = within_mass(probs, valid, mass)
+    idx = torch.where(valid, top.indices, pos[:, None])  # surplus slots point at the query itself
+    return Selection(idx=idx, valid=valid)
 
 
 def selection_mask(sel: Selection, T: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import build_trainer, find_run, make_command, stage_spec, write_json
+from src.runs import build_trainer, find_run, make_command, reads_budget, stage_spec, write_json
 from src.stages.distill_selector import fit_or_measure
 from src.stages.hybrid_module import (
     HybridModule,
@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             )
         ckpt = load_stage_checkpoint(selector_ckpt, "distill_selector", selector_command(cfg))
         check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
-                   selector_command(cfg))
+                   selector_command(cfg), budget=reads_budget(hp["selector"]))
         selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
                      if k.startswith("parts.selectors.")}
         module.parts.selectors.load_state_dict(selectors)

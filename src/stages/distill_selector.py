@@ -46,16 +46,26 @@ def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: i
 
 
 def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    """scores, mass (B, h, R, nb) of every query block -> KL(the teacher's mass over the earlier blocks ‖ softmax of
-    the scores over them), averaged over the query blocks that have an earlier block (all but the first)."""
+    """scores, mass (B, h, R, nb) of every query block -> KL(the teacher's mass over the earlier blocks ‖ softmax
+    of the scores over them) -- which blocks to read -- plus the two-way KL of the own block's share of the mass
+    against softmax(scores over the own and earlier blocks)'s -- how much the rest holds, which the dynamic budget
+    reads. Averaged over the query blocks that have an earlier block (all but the first)."""
     R, nb = scores.shape[-2:]
     if R < 2:  # a single block of queries: nothing to choose, nothing to learn
         return scores.sum() * 0.0
-    earlier = torch.arange(nb, device=scores.device) < torch.arange(1, R, device=scores.device)[:, None]  # c < r
-    p = mass[..., 1:, :].masked_fill(~earlier, 0.0)
+    rows = torch.arange(1, R, device=scores.device)
+    earlier = torch.arange(nb, device=scores.device) < rows[:, None]  # c < r
+    s, m = scores[..., 1:, :], mass[..., 1:, :]
+    p = m.masked_fill(~earlier, 0.0)
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-    logq = scores[..., 1:, :].masked_fill(~earlier, float("-inf")).log_softmax(-1).masked_fill(~earlier, 0.0)
-    return (p * (p.clamp_min(1e-12).log() - logq)).sum(-1).mean()
+    logq = s.masked_fill(~earlier, float("-inf")).log_softmax(-1).masked_fill(~earlier, 0.0)
+    which = (p * (p.clamp_min(1e-12).log() - logq)).sum(-1)
+    own = rows.view(1, 1, -1, 1).expand(*s.shape[:-1], 1)
+    p_own = (m.gather(-1, own)[..., 0] / m.sum(-1).clamp_min(1e-30)).clamp(1e-6, 1 - 1e-6)
+    logit = s.gather(-1, own)[..., 0] - s.masked_fill(~earlier, float("-inf")).logsumexp(-1)  # own vs the rest
+    share = (p_own * (p_own.log() - F.logsigmoid(logit))
+             + (1 - p_own) * ((1 - p_own).log() - F.logsigmoid(-logit)))
+    return (which + share).mean()
 
 
 class SelectorDistillation(HybridModule):

@@ -3,12 +3,15 @@
 Quality of the whole model (both run on the same batches): the teacher's and the hybrid's loss and perplexity,
 the change in loss, KL(teacher ‖ hybrid) of the next-token distributions and the relative error of the final
 logits (the prototype's headline metric). Per sparse head, teacher-forced: selector top-1 accuracy, recall@K,
-attention-mass recall, approximator MSE and relative error.
+attention-mass recall, the density of keys actually read (mean and spread: the dynamic budget's), approximator
+MSE and relative error. Speed of the whole model (``evaluate.time_forward``): the teacher's forward (SDPA) against
+the hybrid's on each kernel that can serve it, on one test batch, in tokens per second.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +25,8 @@ from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
 from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
+from src.sparse import KERNELS, flex_unavailable, kernel_problem
+from src.sparse.phases import resolve_device, time_runs
 from src.stages.hybrid_module import (
     HybridModule,
     check_same,
@@ -40,7 +45,8 @@ PROTOTYPE = {"top1_acc": 0.092, "logits_rel_err": 0.5746}
 class HybridEvaluation(HybridModule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.head_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall", "approx_mse", "approx_rel_err"])
+        self.head_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall", "density", "density_sq",
+                                                   "approx_mse", "approx_rel_err"])
         self.teacher_loss, self.hybrid_loss, self.kl = MeanMetric(), MeanMetric(), MeanMetric()
         self.logits_rel_err = PerHeadRatio(1, sqrt=True)
         self.results: dict[str, float] = {}
@@ -87,7 +93,9 @@ class HybridEvaluation(HybridModule):
             m.reset()
         for key, value in whole.items():
             self.log(key, value)
-        self.results.update({**whole, **self.log_per_head(split, self.head_metrics)})
+        heads = self.log_per_head(split, self.head_metrics)
+        heads[f"{split}/density_std"] = max(0.0, heads[f"{split}/density_sq"] - heads[f"{split}/density"] ** 2) ** 0.5
+        self.results.update({**whole, **heads})
 
     def on_validation_epoch_end(self) -> None:
         self.finish("val")
@@ -124,10 +132,80 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
     wanted = {"model": hp["model"], "vocab": hp["vocab"], "hybrid": OmegaConf.to_container(cfg.hybrid, resolve=True),
               "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
     check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
-    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel}}  # this run's kernel: the same parts
+    # this run's kernel and dynamic budget: the same trained parts
+    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass}}
     module = HybridEvaluation(**hp)
     module.load_state_dict(ckpt["state_dict"])
     return module, f"hybrid {path}"
+
+
+def usable_kernels(module: HybridEvaluation, device: torch.device, wanted) -> list[str]:
+    """The kernels that can run this hybrid's sparse layers on ``device`` (forward only), of ``wanted`` ("all" or a
+    list)."""
+    sparse = next(iter(module._attention.values())).sparse
+    names = [k for k in KERNELS if k != "auto"] if wanted == "all" else list(wanted)
+    unknown = [k for k in names if k not in KERNELS]
+    if unknown:
+        raise UserError(f"evaluate.kernels={list(wanted)}: {unknown[0]!r} is unknown; use all, or a list of "
+                        f"{', '.join(k for k in KERNELS if k != 'auto')}")
+    usable = []
+    for kernel in dict.fromkeys(sparse.kernel_for_device(device) if k == "auto" else k for k in names):
+        if kernel_problem(kernel, sparse.selector, sparse.approximator) is None and not flex_unavailable_for(
+                kernel, device, sparse):
+            usable.append(kernel)
+    return usable
+
+
+def flex_unavailable_for(kernel: str, device: torch.device, sparse) -> str | None:
+    return flex_unavailable(device, False, sparse.selector.block_size) if kernel == "flex" else None
+
+
+@torch.no_grad()
+def forward_speed(module: HybridEvaluation, x: torch.Tensor, kernels: list[str], repeats: int) -> dict:
+    """Median seconds of the whole model's forward on ``x`` (B, T): the teacher (SDPA), then the hybrid on each of
+    ``kernels``, timed side by side in this process (src/sparse/phases.py ``time_runs``); tokens per second."""
+    was_training = module.training
+    module.eval()
+    device, tokens = x.device, x.numel()
+    sparse = [a.sparse for a in module._attention.values()]
+    saved = [s.kernel for s in sparse]
+    seconds = {"teacher": statistics.median(time_runs(module.teacher, (x,), device, repeats, max_seconds=None))}
+    try:
+        for kernel in kernels:
+            for s in sparse:
+                s.kernel = kernel
+            seconds[kernel] = statistics.median(time_runs(module.hybrid_logits, (x,), device, repeats,
+                                                          max_seconds=None))
+    finally:
+        for s, kernel in zip(sparse, saved):
+            s.kernel = kernel
+        module.train(was_training)
+    out = {"batch": x.size(0), "seq_len": x.size(1), "device": str(device), "repeats": repeats,
+           "teacher_tokens_per_s": tokens / seconds["teacher"], "teacher_ms": 1e3 * seconds["teacher"]}
+    for kernel in kernels:
+        out[f"{kernel}_tokens_per_s"] = tokens / seconds[kernel]
+        out[f"{kernel}_ms"] = 1e3 * seconds[kernel]
+        out[f"{kernel}_speedup"] = seconds["teacher"] / seconds[kernel]
+    out["kernels"] = list(kernels)
+    return out
+
+
+def speed_markdown(speed: dict) -> list[str]:
+    if not speed:
+        return []
+    lines = [
+        "## Whole-model forward speed",
+        "",
+        f"One test batch ({speed['batch']} × {speed['seq_len']} tokens) on {speed['device']}, median of "
+        f"{speed['repeats']} forwards after a warm-up, teacher and hybrid timed side by side in one process.",
+        "",
+        "| model | kernel | ms per forward | tokens / s | speed-up over the teacher |",
+        "|---|---|---:|---:|---:|",
+        f"| teacher | SDPA | {speed['teacher_ms']:.1f} | {speed['teacher_tokens_per_s']:,.0f} | 1.00× |",
+    ]
+    lines += [f"| hybrid | {k} | {speed[f'{k}_ms']:.1f} | {speed[f'{k}_tokens_per_s']:,.0f} | "
+              f"{speed[f'{k}_speedup']:.2f}× |" for k in speed["kernels"]]
+    return lines + [""]
 
 
 def block_note(cfg: DictConfig, module: HybridEvaluation) -> str:
@@ -141,7 +219,7 @@ def block_note(cfg: DictConfig, module: HybridEvaluation) -> str:
             f"T={T} context)")
 
 
-def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source: str) -> str:
+def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source: str, speed: dict) -> str:
     first = module.pair_names[0]
     layer, head = module.spec.pairs()[0]
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
@@ -184,10 +262,13 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
         "| metric (test split) | value |",
         "|---|---|",
         f"| attention-mass recall (mean over sparse heads) | {r['test/mass_recall']:.4f} |",
+        f"| density: keys read per query / T (mean ± spread over queries and heads) | "
+        f"{r['test/density']:.4f} ± {r['test/density_std']:.4f} |",
         f"| recall@K (mean) | {r['test/recall']:.4f} |",
         f"| selector top-1 accuracy (mean) | {r['test/top1_acc']:.4f} |",
         f"| approximator relative error (mean) | {r['test/approx_rel_err']:.4f} |",
         "",
+        *speed_markdown(speed),
         "## Per sparse head (teacher-forced)",
         "",
         "| head | top-1 acc | recall@K | mass recall | approx MSE | approx rel. error |",
@@ -207,15 +288,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     dm = datamodule_for(cfg, module.vocab, source)
     trainer = build_trainer(cfg, run_dir, monitor=None)
     if not cfg.trainer.fast_dev_run:
-        trainer.limit_val_batches = 1.0  # the whole validation split, as the test split
+        trainer.limit_val_batches = trainer.limit_test_batches = cfg.evaluate.limit_batches
     trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
+    speed = {}
+    if cfg.evaluate.time_forward:
+        device = resolve_device(cfg.device.accelerator)
+        module.to(device)
+        x = next(iter(dm.test_dataloader()))[0].to(device)
+        kernels = usable_kernels(module, device, cfg.evaluate.kernels)
+        log.info("timing the whole model's forward: teacher against the hybrid on %s", ", ".join(kernels))
+        speed = forward_speed(module, x, kernels, cfg.evaluate.repeats)
     result = {"stage": "evaluate", "run_dir": str(run_dir), "source": source,
-              "spec": stage_spec(cfg, "distill_approximator"), "fast_dev_run": bool(cfg.trainer.fast_dev_run), **r}
+              "spec": stage_spec(cfg, "distill_approximator"), "fast_dev_run": bool(cfg.trainer.fast_dev_run), **r,
+              "speed": speed}
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", {**result, "config": OmegaConf.to_container(cfg, resolve=True)})
         write_json(run_dir / "metrics.json", result)
-        (run_dir / "results.md").write_text(results_markdown(cfg, r, module, source))
+        (run_dir / "results.md").write_text(results_markdown(cfg, r, module, source, speed))
         log.info("results: %s", run_dir / "results.md")
     return result

@@ -230,15 +230,17 @@ def load_stage_checkpoint(path: str | Path, stage: str, make_command: str) -> di
     return ckpt
 
 
-def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, make_command: str) -> None:
-    """The settings in ``keys`` must be equal in a checkpoint and in this run, or the parts do not fit."""
+def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, make_command: str,
+               budget: bool = True) -> None:
+    """The settings in ``keys`` must be equal in a checkpoint and in this run, or the parts do not fit (``budget``
+    False: the budget is not compared, as for a selector that does not read it)."""
     for key in keys:
         a, b = ckpt_hp.get(key), hparams.get(key)
         if key in ("selector", "approximator"):  # training budgets and paths may differ
             a = {k: v for k, v in (a or {}).items() if k in SELECTOR_ARCH}
             b = {k: v for k, v in (b or {}).items() if k in SELECTOR_ARCH}
         if key == "hybrid":  # any kernel runs the same trained parts
-            a, b = hybrid_arch(a), hybrid_arch(b)
+            a, b = hybrid_arch(a, budget), hybrid_arch(b, budget)
         if a != b:
             raise UserError(
                 f"checkpoint {path} was made with {key}={a}, this run asks for {key}={b}: run with the same "

@@ -1,6 +1,9 @@
 """All five steps in one command: train the teacher -> (teacher signals, batch by batch) -> distil the selector
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
-checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher.
+checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher. With ``pipeline.reuse=true``
+(a sweep over budgets, ``+experiment=budget_curve``) the newest finished teacher of the same model and data under
+outputs/ is reused, and so is a selector distilled from that teacher with the same settings (a selector trained
+with KL or CE does not depend on the budget): each is trained once, by the first job that needs it.
 
 With ``pipeline.measure_speed=true`` (the scaling grid sets it) a last step times the trained hybrid's first
 sparse attention layer against the teacher's (``measure_speed``), on the run's device. The run folder gets
@@ -10,6 +13,7 @@ metrics, so that the jobs of a sweep compare side by side in TensorBoard's HPARA
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
@@ -19,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts
-from src.runs import write_json
+from src.runs import find_run, stage_spec, write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,11 @@ def with_overrides(cfg: DictConfig, **dotted) -> DictConfig:
     for key, value in dotted.items():
         OmegaConf.update(new, key.replace("__", "."), value)
     return new
+
+
+def finished_result(checkpoint: str) -> dict:
+    """The metrics.json of the finished run a checkpoint (RUN/checkpoints/*.ckpt) belongs to."""
+    return json.loads((Path(checkpoint).parent.parent / "metrics.json").read_text())
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -47,14 +56,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     check_settings(cfg)
     summary: dict = {"stage": "pipeline", "run_dir": str(run_dir)}
     teacher_ckpt = cfg.teacher.ckpt
+    if not teacher_ckpt and cfg.pipeline.reuse:
+        teacher_ckpt = find_run("teacher", stage_spec(cfg, "teacher"))
+        if teacher_ckpt:
+            log.info("[1/4] reusing the teacher %s (pipeline.reuse)", teacher_ckpt)
+            summary["teacher"] = finished_result(teacher_ckpt)
     if not teacher_ckpt:
         log.info("[1/4] training the teacher")
         t = teacher.run(cfg, run_dir / "teacher")
         teacher_ckpt = t["checkpoint"]
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
-    log.info("[2/4] distilling the %s selector from %s", cfg.selector.name, teacher_ckpt)
-    s = distill_selector.run(cfg, run_dir / "selector")
+    reused = (find_run("distill_selector", stage_spec(cfg, "distill_selector"), teacher=teacher_ckpt)
+              if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
+    if reused:
+        log.info("[2/4] reusing the %s selector %s (pipeline.reuse)", cfg.selector.name, reused)
+        s = finished_result(reused)
+    else:
+        log.info("[2/4] distilling the %s selector from %s", cfg.selector.name, teacher_ckpt)
+        s = distill_selector.run(cfg, run_dir / "selector")
     cfg = with_overrides(cfg, selector__ckpt=s["checkpoint"])
     log.info("[3/4] distilling the %s approximator", cfg.approximator.name)
     a = distill_approximator.run(cfg, run_dir / "approximator")
@@ -77,15 +97,15 @@ def measure_speed(cfg: DictConfig) -> dict:
     """Median forward time of the trained hybrid's first sparse attention layer against the teacher's own layer.
 
     Both are the modules of the evaluated checkpoint (Q/K/V and output projections included, the same in both),
-    timed by ``src.bench.time_runs`` in the same process on one random input of this model's shape (batch 1), on
+    timed by ``src.sparse.phases.time_runs`` in the same process on one random input of this model's shape (batch 1), on
     the run's device, under torch.no_grad; the hybrid runs the kernel ``hybrid.kernel`` resolves to.
     """
     import torch
 
-    from src import bench
+    from src.sparse.phases import resolve_device, time_runs
 
     module, _ = evaluate.load_hybrid(cfg)
-    device = bench.resolve_device({"gpu": "cuda"}.get(cfg.device.accelerator, cfg.device.accelerator))
+    device = resolve_device(cfg.device.accelerator)
     module = module.to(device).eval()
     layer = module.spec.layers[0]
     dense, sparse = module.teacher.blocks[layer].attn, module.hybrid_layer(layer)
@@ -94,7 +114,7 @@ def measure_speed(cfg: DictConfig) -> dict:
     with torch.no_grad():
         q = dense.qkv(x)[0]
         kernel = sparse.sparse.kernel_for(q)
-        times = {name: bench.time_runs(fn, (x,), device, repeats=cfg.pipeline.bench_repeats)
+        times = {name: time_runs(fn, (x,), device, repeats=cfg.pipeline.bench_repeats)
                  for name, fn in (("sdpa", dense), ("sparse", sparse))}
     sdpa_ms, sparse_ms = (1e3 * statistics.median(times[n]) for n in ("sdpa", "sparse"))
     return {"variant": f"{cfg.selector.name}+{cfg.approximator.name}", "kernel": kernel, "layer": layer,

@@ -140,6 +140,7 @@ def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDat
         seq_len=cfg.model.seq_len,
         batch_size=d.batch_size,
         path=d.path,
+        package=d.package,
         vocab_size=d.vocab_size,
         num_tokens=d.num_tokens,
         val_fraction=d.val_fraction,
