@@ -2,6 +2,7 @@
 
     python -m src.analyze costs [--out DIR]   # the analytic cost model (src/costs.py): tables, CSVs, a plot
     python -m src.analyze sweep DIR           # one table + plot of a multirun's jobs (src/sweep.py)
+    python -m src.analyze budget DIR          # quality against key budget, one line per selector (src/budget_curve.py)
 
 Each subcommand is one entry of ``SUBCOMMANDS``: a help line, a function adding its arguments, a function running
 it. Bad arguments end with one line ``error: ...`` and exit status 2.
@@ -301,6 +302,18 @@ def run_sweep(args: argparse.Namespace) -> None:
     print(f"TensorBoard (HPARAMS tab compares the jobs): tensorboard --logdir {args.dir}")
 
 
+def run_budget(args: argparse.Namespace) -> None:
+    from src import budget_curve
+
+    rows = budget_curve.gather(args.dir)
+    try:
+        paths = budget_curve.write(rows, args.dir)
+    except OSError as e:
+        raise UserError(f"cannot write to {args.dir}: {e.strerror or e}") from None
+    print(budget_curve.markdown(rows, args.dir))
+    print("wrote " + " ".join(str(p) for p in paths))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the command line
 
@@ -316,6 +329,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "costs": Subcommand("analytic FLOPs and memory of dense vs sparse attention", add_costs_arguments, run_costs),
     "sweep": Subcommand("one table and plot of a multirun's jobs: quality, FLOPs, measured speed", add_sweep_arguments,
                         run_sweep),
+    "budget": Subcommand("quality against key budget of a budget_curve multirun: table and plot, one line per "
+                         "selector", add_sweep_arguments, run_budget),
 }
 
 

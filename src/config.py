@@ -34,6 +34,7 @@ class ModelConf:
     d_model: int = 128
     dropout: float = 0.0
     bias: bool = False
+    pos: str = "learned"  # learned | rope (src/model.py)
 
 
 @dataclass

@@ -20,6 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+POSITIONS = ("learned", "rope")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 65  # characters in the corpus; set from the data
@@ -29,6 +32,8 @@ class GPTConfig:
     d_model: int = 128  # embedding width C; head size is d_model // n_head
     dropout: float = 0.0  # 0 for small data on CPU, as nanoGPT's "baby" config
     bias: bool = False  # biases in Linear and LayerNorm; False is a little better and faster
+    pos: str = "learned"  # positions: "learned" embeddings (nanoGPT, GPT-2) or "rope" (rotary q and k, as LLaMA);
+    #                       at T = 2048 learned embeddings stall at the bigram loss on a CPU budget, rope does not
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
@@ -40,6 +45,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.pos not in POSITIONS:
+            raise ValueError(f"model.pos={self.pos!r} is unknown: use one of {', '.join(POSITIONS)}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.pos=rope rotates pairs of dimensions: the head size {self.head_dim} must be even")
 
     @property
     def head_dim(self) -> int:
@@ -83,22 +92,45 @@ def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (seq_len, head_dim / 2) each: position t turns dimension pair i by
+    t / base^(2i / head_dim) (RoFormer; the GPT-NeoX / LLaMA layout: pairs are (i, i + head_dim / 2))."""
+    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs / 2,)
+    angles = torch.arange(seq_len, dtype=torch.float32)[:, None] * inv  # (T, hs / 2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(B, nh, T, hs) -> the same vectors turned by their positions 0..T-1: q · k then depends on the offset only."""
+    T, half = t.size(-2), t.size(-1) // 2
+    a, b = t[..., :half], t[..., half:]
+    cos, sin = cos[:T].to(t.dtype), sin[:T].to(t.dtype)
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     """Full multi-head causal attention (SDPA). The reference every sparse variant is measured against."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.rope = cfg.pos == "rope"
+        if self.rope:  # not saved: recomputed from the config
+            cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim)
+            self.register_buffer("cos", cos, persistent=False)
+            self.register_buffer("sin", sin, persistent=False)
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, C) -> q, k, v, each (B, nh, T, hs)."""
+        """(B, T, C) -> q, k, v, each (B, nh, T, hs); q and k rotated by their positions with rope."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        if self.rope:
+            q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
+        return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """(B, nh, T, hs) -> output projection of the concatenated heads, (B, T, C)."""
@@ -149,7 +181,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding, tied to lm_head
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)  # learned positions
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.pos == "learned" else None  # learned positions
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
@@ -171,7 +203,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def set_attention(self, layer: int, attn: nn.Module) -> None:
         """Replace one block's attention by any module with the signature attn(x, signals=None)."""
@@ -192,8 +224,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {T} is longer than model.seq_len={self.cfg.seq_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             box: list | None = [] if signals is not None and i in signals else None
             x = block(x, box, attention.get(i) if attention else None)

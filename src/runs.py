@@ -175,13 +175,14 @@ def saved_checkpoint(trainer: L.Trainer, run_dir: Path) -> str:
 
 def model_spec(cfg: DictConfig) -> dict:
     """What a checkpoint's model must match: its shape, not its preset name."""
-    return {k: cfg.model[k] for k in ("n_layer", "n_head", "d_model", "seq_len", "bias")}
+    return {k: cfg.model[k] for k in ("n_layer", "n_head", "d_model", "seq_len", "bias", "pos")}
 
 
 def model_mismatch(model: dict | None, cfg: DictConfig) -> str:
     """How a checkpoint's model settings differ from this run's shape ("" when they fit), e.g. "d_model=128
     (this run: 64)"."""
-    have, want = {k: (model or {}).get(k) for k in model_spec(cfg)}, model_spec(cfg)
+    have = {k: (model or {}).get(k, "learned" if k == "pos" else None) for k in model_spec(cfg)}  # older: learned
+    want = model_spec(cfg)
     return ", ".join(f"{k}={have[k]} (this run: {v})" for k, v in want.items() if have[k] != v)
 
 

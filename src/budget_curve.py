@@ -1,0 +1,175 @@
+"""Quality against key budget: ``python -m src.analyze budget DIR`` over a ``+experiment=budget_curve`` multirun.
+
+Every finished job (one selector at one budget, fixed or dynamic) becomes a row: the density of keys its queries
+actually read (keys per query / T, mean ± spread over queries and heads), the test loss change against the teacher,
+the teacher's attention mass on the kept keys, and the whole model's forward speed against the teacher on each
+kernel it ran (src/stages/evaluate.py). The plot has one line per selector: loss change, mass recall and measured
+speed-up against the budget, the dynamic budget as single points at the density it used.
+
+Writes DIR/budget.csv, budget.json, budget.md and budget.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from src.errors import UserError
+from src.sparse import Budget
+from src.sweep import job_config, job_folders, read_json
+
+COLUMNS = (
+    "job", "status", "data", "model", "seq_len", "selector", "level", "budget", "budget_keys", "mass", "density",
+    "density_std", "loss_change_pct", "teacher_loss", "hybrid_loss", "kl", "mass_recall", "kernel",
+    "teacher_tokens_per_s", "hybrid_tokens_per_s", "speedup", "speed_kernels", "error",
+)
+
+
+def budget_fraction(cfg: dict) -> float | None:
+    """The job's budget as a fraction of T (1/8 = 0.125), fixed or the dynamic budget's cap."""
+    hyb, T = cfg.get("hybrid", {}), cfg.get("model", {}).get("seq_len")
+    try:
+        budget = Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"])
+        return budget.keys(T) / T
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def job_row(job: Path) -> dict:
+    cfg = job_config(job)
+    sel, hyb, m = cfg.get("selector", {}), cfg.get("hybrid", {}), cfg.get("model", {})
+    name = sel.get("name")
+    fraction = budget_fraction(cfg)
+    row: dict = {
+        "job": job.name, "data": cfg.get("data", {}).get("name"), "model": m.get("name"), "seq_len": m.get("seq_len"),
+        "selector": name, "level": "block" if str(name).startswith("block") else "token", "budget": fraction,
+        "budget_keys": round(fraction * m["seq_len"]) if fraction and m.get("seq_len") else None,
+        "mass": hyb.get("mass"),
+    }
+    metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
+    if error:
+        row.update(status="failed", error=str(error.get("error", "")).splitlines()[0] if error.get("error") else "")
+    elif not metrics or "evaluate" not in metrics:
+        row.update(status="unfinished", error="no metrics.json: the job was stopped or is still running")
+    else:
+        e = metrics["evaluate"]
+        row.update(status="ok", density=e.get("test/density"), density_std=e.get("test/density_std"),
+                   loss_change_pct=e.get("test/loss_change_pct"), teacher_loss=e.get("test/teacher_loss"),
+                   hybrid_loss=e.get("test/hybrid_loss"), kl=e.get("test/kl_teacher_hybrid"),
+                   mass_recall=e.get("test/mass_recall"))
+        speed = e.get("speed") or {}
+        kernels = speed.get("kernels") or []
+        if kernels:  # the fastest kernel that served the hybrid; every kernel's figure is in speed_kernels
+            best = max(kernels, key=lambda k: speed[f"{k}_tokens_per_s"])
+            row.update(kernel=best, teacher_tokens_per_s=speed["teacher_tokens_per_s"],
+                       hybrid_tokens_per_s=speed[f"{best}_tokens_per_s"], speedup=speed[f"{best}_speedup"],
+                       speed_kernels=" ".join(f"{k}:{speed[f'{k}_speedup']:.2f}x" for k in kernels))
+    return {c: row.get(c) for c in COLUMNS}
+
+
+def gather(root: Path) -> list[dict]:
+    rows = [job_row(job) for job in job_folders(root)]
+    if not any(r["selector"] for r in rows):
+        raise UserError(f"{root} holds no pipeline jobs: give the folder of `python -m src.train -m "
+                        "+experiment=budget_curve`")
+    return sorted(rows, key=lambda r: (str(r["data"]), str(r["selector"]), r["mass"] is not None, r["budget"] or 0))
+
+
+def fraction_text(f: float | None) -> str:
+    if not f:
+        return "–"
+    inverse = 1 / f
+    return f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-6 else f"{f:.3g}·T"
+
+
+def num(value, spec: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def markdown(rows: list[dict], root: Path) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines = [
+        f"# Quality against key budget: {root}",
+        "",
+        f"{len(rows)} jobs: {len(ok)} finished, {len(rows) - len(ok)} failed or unfinished. Test split, every head of "
+        "every layer sparse; loss change against the job's teacher; density = keys a query reads / T (mean ± spread "
+        "over queries and heads); speed = the whole model's forward, hybrid against teacher, same batch, one process "
+        "(the fastest kernel; all kernels in budget.csv).",
+        "",
+    ]
+    for data in dict.fromkeys(r["data"] for r in ok):
+        group = [r for r in ok if r["data"] == data]
+        lines += [
+            f"## data={data}, model={group[0]['model']} (T={group[0]['seq_len']})",
+            "",
+            "| selector | level | budget | dynamic mass | density | loss change | mass recall | KL | speed-up "
+            "(kernel) | hybrid tokens/s | teacher tokens/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in group:
+            lines.append(
+                f"| {r['selector']} | {r['level']} | {fraction_text(r['budget'])} ({r['budget_keys']}) | "
+                f"{num(r['mass'], '.2f')} | {num(r['density'], '.4f')} ± {num(r['density_std'], '.4f')} | "
+                f"{num(r['loss_change_pct'], '+.2f')}% | {num(r['mass_recall'], '.4f')} | {num(r['kl'], '.4f')} | "
+                f"{num(r['speedup'], '.2f')}× ({r['kernel'] or '–'}) | {num(r['hybrid_tokens_per_s'], ',.0f')} | "
+                f"{num(r['teacher_tokens_per_s'], ',.0f')} |")
+        lines.append("")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        lines += ["## Failed or unfinished jobs", ""] + [f"- {r['job']} ({r['status']}): {r['error']}" for r in bad]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    datas = list(dict.fromkeys(r["data"] for r in ok)) or ["–"]
+    fig, axes = plt.subplots(len(datas), 3, figsize=(17, 4.6 * len(datas)), squeeze=False)
+    selectors = list(dict.fromkeys(r["selector"] for r in ok))
+    colors = dict(zip(selectors, plt.get_cmap("tab10").colors))
+    panels = (("loss_change_pct", "test loss change vs teacher (%)", "symlog"),
+              ("mass_recall", "teacher's attention mass on the kept keys", "linear"),
+              ("speedup", "whole-model forward speed-up over the teacher (×)", "linear"))
+    for row_axes, data in zip(axes, datas):
+        group = [r for r in ok if r["data"] == data]
+        for ax, (key, label, scale) in zip(row_axes, panels):
+            for sel in selectors:
+                fixed = sorted((r for r in group if r["selector"] == sel and r["mass"] is None and r[key] is not None),
+                               key=lambda r: r["density"] or 0)
+                dynamic = [r for r in group if r["selector"] == sel and r["mass"] is not None and r[key] is not None]
+                style = "--" if sel.startswith("block") else "-"
+                if fixed:
+                    ax.plot([r["density"] for r in fixed], [r[key] for r in fixed], style, marker="o",
+                            color=colors[sel], label=sel)
+                for r in dynamic:
+                    ax.plot([r["density"]], [r[key]], marker="*", markersize=13, color=colors[sel], linestyle="none",
+                            label=f"{sel}, mass {r['mass']:.2f}")
+            if key == "speedup":
+                ax.axhline(1.0, color="k", lw=1)
+            ax.set_xscale("log", base=2)
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=1.0)
+            ax.set(xlabel="density: keys read per query / T", ylabel=label, title=f"{label}\ndata={data}")
+            ax.grid(True, alpha=0.3)
+        row_axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(rows: list[dict], root: Path) -> list[Path]:
+    paths = [root / "budget.csv", root / "budget.json", root / "budget.md", root / "budget.png"]
+    with paths[0].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    paths[1].write_text(json.dumps(rows, indent=2) + "\n")
+    paths[2].write_text(markdown(rows, root))
+    plot(rows, paths[3])
+    return paths
