@@ -114,6 +114,7 @@ class ApproximatorConf:
 @dataclass
 class EvaluateConf:
     limit_batches: Any = 1.0  # test (and validation) batches evaluated: 1.0 = the whole splits, an int = that many
+    validation: bool = True  # also evaluate on the validation split (results.md's second column)
     time_forward: bool = True  # time the whole model's forward on one test batch: the teacher (SDPA) against the
     #                            hybrid on each kernel (tokens per second in results.md / results.json)
     kernels: Any = "all"  # the hybrid's kernels to time: all that can serve it on this device, or a list

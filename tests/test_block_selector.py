@@ -90,7 +90,7 @@ def hybrid(gpt: GPT, layers, heads, budget, block_size: int, kernel: str, approx
     return hybrid_attention(gpt, spec, parts)
 
 
-@pytest.mark.parametrize("kernel", ["gather", "flex", "tiles"])
+@pytest.mark.parametrize("kernel", ["gather", "flex", "tiles", "masked"])
 @pytest.mark.parametrize("block_size", [5, 8, 16])
 @pytest.mark.parametrize("layers,heads", [([0], [0]), ("all", "all"), ([1], [1, 3])])
 def test_every_block_kept_reproduces_teacher(layers, heads, block_size, kernel):
@@ -107,10 +107,10 @@ def test_kernels_agree_through_the_model():
     gpt = teacher()
     x = torch.randint(0, 19, (2, 24))
     with torch.no_grad():
-        out = {kernel: gpt(x, attention=hybrid(gpt, "all", "all", 8, 4, kernel)) for kernel in ("gather", "flex",
-                                                                                               "tiles")}
+        out = {kernel: gpt(x, attention=hybrid(gpt, "all", "all", 8, 4, kernel))
+               for kernel in ("gather", "flex", "tiles", "masked")}
     assert not torch.allclose(out["gather"], gpt(x), atol=1e-3)  # something was dropped
-    for kernel in ("flex", "tiles"):
+    for kernel in ("flex", "tiles", "masked"):
         torch.testing.assert_close(out[kernel], out["gather"], atol=1e-5, rtol=1e-5)
 
 

@@ -104,3 +104,45 @@ def test_training_split_shorter_than_one_batch(tmp_path):
     CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=64).setup()  # fits
     with pytest.raises(UserError, match="fewer than one batch"):
         CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=4096).setup()
+
+
+# ---------------------------------------------------------------------------------------------- python_source
+
+
+def fake_distribution(root, name: str, files: dict[str, str]) -> None:
+    """An installed distribution ``name`` under ``root`` (add root to sys.path) holding ``files``."""
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in files))
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+
+def test_python_source_reads_the_py_files_in_sorted_order(tmp_path, monkeypatch):
+    fake_distribution(tmp_path, "srcpkg", {"srcpkg/b.py": "def b():\n    return 2\n", "srcpkg/a.py": "A = 1\n",
+                                           "srcpkg/notes.txt": "not code"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    texts = []
+    for _ in range(2):
+        dm = CharDataModule(name="python_source", package="srcpkg", seq_len=4, batch_size=1, val_fraction=0.2,
+                            test_fraction=0.2)
+        dm.setup()
+        texts.append(dm.vocab.decode(torch.cat(list(dm.splits.values()))))
+    assert texts[0] == texts[1] == "# srcpkg/a.py\nA = 1\n\n# srcpkg/b.py\ndef b():\n    return 2\n"
+
+
+def test_python_source_bad_package(tmp_path, monkeypatch):
+    fake_distribution(tmp_path, "nocode", {"nocode/data.txt": "x"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="data.package=nocode has no .py files to read"):
+        CharDataModule(name="python_source", package="nocode").setup()
+    with pytest.raises(UserError, match="data.package=no_such_package_xyz: no installed package of that name"):
+        CharDataModule(name="python_source", package="no_such_package_xyz").setup()
+
+
+def test_vectorised_encode_matches_the_dictionary():
+    text = shakespeare_text()[:20000] + "é"
+    vocab = Vocab.from_text(text)
+    assert torch.equal(vocab.encode(text), torch.tensor([vocab.stoi[c] for c in text]))

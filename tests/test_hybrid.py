@@ -45,17 +45,24 @@ def test_no_selector_picks_a_future_key(name, top_k):
 def test_full_k_softmax_reproduces_teacher(layers, heads):
     """With K = seq_len and exact softmax over the selection, the hybrid is the teacher (1e-5)."""
     gpt = teacher()
-    for name in ("oracle", "indexer", "mlp"):
-        spec = HybridSpec.from_config(CFG, layers, heads, CFG.seq_len)
-        parts = SparseParts(spec, CFG, {"name": name}, {"name": "softmax"})
-        x = torch.randint(0, 19, (2, 24))
-        torch.testing.assert_close(gpt(x, attention=hybrid_attention(gpt, spec, parts)), gpt(x), atol=1e-5, rtol=1e-5)
+    for name in ("oracle", "indexer", "mlp", "window", "sink_window"):
+        for kernel in ("gather", "masked"):
+            spec = HybridSpec.from_config(CFG, layers, heads, CFG.seq_len, kernel=kernel)
+            parts = SparseParts(spec, CFG, {"name": name}, {"name": "softmax"})
+            x = torch.randint(0, 19, (2, 24))
+            torch.testing.assert_close(gpt(x, attention=hybrid_attention(gpt, spec, parts)), gpt(x), atol=1e-5,
+                                       rtol=1e-5)
 
 
-@pytest.mark.parametrize("selector,approximator", [("oracle", "softmax"), ("indexer", "mlp"), ("mlp", "mlp")])
-def test_hybrid_is_causal_end_to_end(selector, approximator):
+@pytest.mark.parametrize("selector,approximator", [("oracle", "softmax"), ("indexer", "mlp"), ("mlp", "mlp"),
+                                                   ("indexer", "softmax"), ("window", "softmax"),
+                                                   ("sink_window", "softmax")])
+@pytest.mark.parametrize("mass", [None, 0.5])
+def test_hybrid_is_causal_end_to_end(selector, approximator, mass):
+    if mass and selector in ("window", "sink_window"):
+        return  # they predict no attention: tests/test_baselines.py
     gpt = teacher()
-    spec = HybridSpec.from_config(CFG, "all", "all", 4)
+    spec = HybridSpec.from_config(CFG, "all", "all", 4, mass=mass)
     parts = SparseParts(spec, CFG, {"name": selector}, {"name": approximator})
     attention = hybrid_attention(gpt, spec, parts)
     x = torch.randint(0, 19, (2, 24))

@@ -19,19 +19,33 @@ def test_shapes():
     assert m(torch.randint(0, 17, (1, 5))).shape == (1, 5, 17)
 
 
-def test_causal():
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_causal(pos):
     """Logits at position t do not change when tokens after t change."""
-    m = tiny_gpt()
+    m = tiny_gpt(pos=pos)
     x = torch.randint(0, 17, (2, 24))
     for t in (0, 7, 22):
         y = x.clone()
-        y[:, t + 1 :] = torch.randint(0, 17, y[:, t + 1 :].shape)
-        assert not torch.equal(x, y) or t == 23
+        y[:, t + 1 :] = (y[:, t + 1 :] + 1) % 17
         torch.testing.assert_close(m(x)[:, : t + 1], m(y)[:, : t + 1])
     # and the last position does see the tokens before it
     y = x.clone()
     y[:, 0] = (x[:, 0] + 1) % 17
     assert not torch.allclose(m(x)[:, -1], m(y)[:, -1])
+
+
+def test_rope_scores_depend_on_the_offset_only():
+    """Rotated q · k is the same for every pair of positions the same distance apart, and norms are kept."""
+    from src.model import rotary_tables, rotate
+
+    cos, sin = rotary_tables(16, 8)
+    q, k = torch.randn(8), torch.randn(8)
+    qs, ks = (rotate(t.expand(1, 1, 16, 8), cos, sin)[0, 0] for t in (q, k))
+    torch.testing.assert_close(qs.norm(dim=-1), q.norm().expand(16))
+    for offset in (0, 3):
+        dots = torch.stack([qs[i + offset] @ ks[i] for i in range(16 - offset)])
+        torch.testing.assert_close(dots, dots[:1].expand_as(dots))
+    assert tiny_gpt(pos="rope").wpe is None
 
 
 def test_signals_match_sdpa_path():
@@ -73,7 +87,9 @@ def test_too_long_sequence():
 
 @pytest.mark.parametrize(
     "kw,msg",
-    [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout")],
+    [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout"),
+     ({"pos": "alibi"}, "model.pos='alibi' is unknown: use one of learned, rope"),
+     ({"pos": "rope", "d_model": 6, "n_head": 2}, "head size 3 must be even")],
 )
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -234,7 +234,10 @@ def test_auto_kernel():
     assert block_attention("auto", approximator="mlp").kernel_for(q) == "gather"
     indexer = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16, 4),
                               build_approximator("softmax", H, HS, 4, 8), Budget(4), "auto")
-    assert indexer.kernel_for(q) == "gather"
+    assert indexer.kernel_for(q) == "masked"  # a token selector with softmax: the mask over the scores
+    mlp = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16, 4),
+                          build_approximator("mlp", H, HS, 4, 8), Budget(4), "auto")
+    assert mlp.kernel_for(q) == "gather"
 
 
 def test_phases_split_the_time():
@@ -262,7 +265,8 @@ def test_nested_phases_are_exclusive():
     ("flex", "indexer", "softmax", "hybrid.kernel=flex runs whole blocks of keys, but selector=indexer picks single"),
     ("tiles", "mlp", "softmax", "selector=mlp picks single keys: use selector=block"),
     ("flex", "block", "mlp", "approximator=mlp is another function: use approximator=softmax"),
-    ("fast", "block", "softmax", "hybrid.kernel='fast' is unknown: use one of auto, gather, flex, tiles"),
+    ("fast", "block", "softmax", "hybrid.kernel='fast' is unknown: use one of auto, gather, flex, tiles, masked"),
+    ("masked", "indexer", "mlp", "hybrid.kernel=masked computes exact softmax attention, but approximator=mlp"),
 ])
 def test_kernel_that_cannot_serve(kernel, selector, approximator, msg):
     sel = build_selector(selector, H, D, HS, 64, 8, 4, 16, 4)

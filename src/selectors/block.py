@@ -6,7 +6,8 @@ block may be shorter). Per served head, small learned projections of the layer i
 d_index (as src/selectors/indexer.py): a key block is represented by the index key of its mean input (the
 projection is linear, so that is the mean of its keys' index keys, for 1/block_size of the work), a block of
 queries by the index query of its *first* query. Score(query block r, key block c) = q_first(r) · k_mean(c) /
-sqrt(d_index), Θ((T/block_size)² · d_index) per head, against the indexer's Θ(T² · d_index).
+sqrt(d_index) + a learned bias of the distance r - c in blocks (src/selectors/distance.py), Θ((T/block_size)² ·
+d_index) per head, against the indexer's Θ(T² · d_index).
 
 The own block is always kept (as MoBA's current block); the n - 1 best earlier blocks fill the budget
 (src/sparse/choice.py). Its share of the attention, which the dynamic budget (``hybrid.mass``) needs, gets a score
@@ -30,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.selectors.base import BlockKeySelector
+from src.selectors.distance import DistanceBias
 from src.selectors.indexer import index_vectors
 from src.sparse.choice import n_blocks
 
@@ -43,6 +45,7 @@ class BlockSelector(BlockKeySelector):
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.own = nn.Linear(d_model, n_heads)  # the own block's score, from the block's first query
+        self.distance = DistanceBias(n_heads)
 
     def block_means(self, t: torch.Tensor) -> torch.Tensor:
         """(..., T, d) -> the mean of every block (..., nb, d); the last block over its own rows only."""
@@ -58,7 +61,7 @@ class BlockSelector(BlockKeySelector):
         first = x[:, rows * self.block_size]  # (B, R, C): the first query of each query block
         qi = index_vectors(self.wq, first, self.n_heads, self.d_index)  # (B, h, R, d)
         kb = index_vectors(self.wk, self.block_means(x), self.n_heads, self.d_index)  # (B, h, nb, d)
-        scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, R, nb)
+        scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index) + self.distance(rows, kb.size(-2))  # (B,h,R,nb)
         own = self.own(first).transpose(1, 2)[..., None]  # (B, h, R, 1)
         B, h, R, _ = scores.shape
         return scores.scatter(-1, rows.view(1, 1, R, 1).expand(B, h, R, 1), own)

@@ -3,10 +3,12 @@
 blocks. A budget of K keys keeps min(sinks, K) sinks and fills the rest with the window.
 
 Parameter-free, as src/selectors/window.py: the score of a key is its position, raised above every other key's
-when it is a sink, so the causal top-K keeps the sinks first and then the latest keys.
+when it is a sink, so the causal top-K keeps the sinks first (the earliest first) and then the latest keys.
 """
 
 from __future__ import annotations
+
+import torch
 
 from src.selectors.base import BlockKeySelector, KeySelector
 from src.selectors.window import positions
@@ -14,9 +16,10 @@ from src.sparse.choice import n_blocks
 
 
 def with_sinks(scores, sinks: int):
-    """(..., n) position scores -> the first ``sinks`` columns above all others (same order among each group)."""
+    """(..., n) position scores -> the first ``sinks`` columns above all others, the earliest first (so a budget
+    smaller than ``sinks`` keeps the first keys); the rest keep their order, the latest first."""
     n = scores.size(-1)
-    return scores + n * (scores < sinks)
+    return torch.where(scores < sinks, 2 * n - scores, scores)
 
 
 class SinkWindowSelector(KeySelector):

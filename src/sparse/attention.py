@@ -8,10 +8,12 @@ The one entry point that the hybrid model (src/hybrid.py), the distillation stag
   (src/sparse/flex.py). Reads blocks in place; CPU forward only, CUDA forward and backward.
 * ``tiles`` -- a block selector with exact softmax: the chosen blocks copied into tiles, SDPA's fused kernel
   (src/sparse/tiles.py). The fastest on a CPU; differentiable everywhere.
+* ``masked`` -- any selector with exact softmax: the selection as a boolean mask over each chunk of queries' scores
+  against all keys (src/sparse/masked.py). Dense work, no gather: the fast way to run a token selector.
 * ``auto`` -- a block-sparse kernel when the selector picks blocks and the approximator is exact softmax
-  (``flex`` on CUDA, ``tiles`` elsewhere), ``gather`` otherwise.
+  (``flex`` on CUDA, ``tiles`` elsewhere), ``masked`` for a token selector with exact softmax, ``gather`` otherwise.
 
-For the same choice all three give the same output (tests: 1e-5), and with every block kept they equal SDPA.
+For the same choice every kernel gives the same output (tests: 1e-5), and with every key kept they equal SDPA.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from src.sparse.budget import Budget
 from src.sparse.choice import BlockChoice
 from src.sparse.flex import flex_block_attention, flex_unavailable
 from src.sparse.gather import chunk_rows, gather_attention
+from src.sparse.masked import masked_attention
 from src.sparse.phases import no_phases
 from src.sparse.selection import Selection
 from src.sparse.tiles import tiled_block_attention
 
-KERNELS = ("auto", "gather", "flex", "tiles")
+KERNELS = ("auto", "gather", "flex", "tiles", "masked")
 BLOCK_KERNELS = ("flex", "tiles")
 
 
@@ -42,6 +45,10 @@ def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, se
         return (f"hybrid.mass={budget.mass} keeps keys by the attention a selector predicts, but selector="
                 f"{selector_name or 'this one'} ranks keys by position only: unset hybrid.mass, or use a selector "
                 "that scores content (indexer, block, oracle, block_oracle)")
+    if kernel == "masked" and not getattr(approximator, "exact_softmax", False):
+        return (f"hybrid.kernel=masked computes exact softmax attention, but approximator="
+                f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "
+                "hybrid.kernel=gather (or auto)")
     if kernel in BLOCK_KERNELS:
         if not getattr(selector, "picks_blocks", False):
             return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={selector_name or 'this one'} "
@@ -79,21 +86,23 @@ class SparseAttention(nn.Module):
     def kernel_for_device(self, device: torch.device, needs_grad: bool = False) -> str:
         if self.kernel != "auto":
             return self.kernel
-        if not (self.picks_blocks and getattr(self.approximator, "exact_softmax", False)):
+        if not getattr(self.approximator, "exact_softmax", False):
             return "gather"
+        if not self.picks_blocks:
+            return "masked"
         usable = not flex_unavailable(device, needs_grad, self.selector.block_size)
         return "flex" if device.type == "cuda" and usable else "tiles"
 
     def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> BlockChoice:
         """A block selector's choice for every block of queries, under the budget."""
-        return self.selector.choose(x, q, k, self.budget.blocks(q.size(-2), self.selector.block_size),
+        return self.selector.choose(x, q, k, self.budget.blocks(x.size(1), self.selector.block_size),
                                     self.budget.mass)
 
     def selection(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Selection:
         """Every query's keys, token level (B, h, T, K): for the metrics and the teacher-forced stages."""
         if self.picks_blocks:
             return self.choose(x, q, k).keys()
-        return self.selector.select(x, q, k, self.budget.keys(q.size(-2)), self.budget.mass)
+        return self.selector.select(x, q, k, self.budget.keys(x.size(1)), self.budget.mass)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 phases=None) -> torch.Tensor:
@@ -120,6 +129,8 @@ class SparseAttention(nn.Module):
             K = self.budget.keys(T)
             slots, cols = K, T
             select = lambda rows: self.selector.select_rows(ctx, rows, K, self.budget.mass)  # noqa: E731
+        if kernel == "masked":
+            cols = T  # scores of every key; the selection indices as for gather
         chunk = chunk_rows(B, h, T, hs, slots, cols, q.element_size(), self.chunk)
 
         def timed_select(rows: torch.Tensor) -> Selection:
@@ -127,4 +138,6 @@ class SparseAttention(nn.Module):
                 return select(rows)
 
         with phase("kernel"):
+            if kernel == "masked":
+                return masked_attention(timed_select, q, k, v, chunk)
             return gather_attention(timed_select, self.approximator, q, k, v, chunk)

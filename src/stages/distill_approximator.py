@@ -99,7 +99,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                    selector_command(cfg), budget=reads_budget(hp["selector"]))
         selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
                      if k.startswith("parts.selectors.")}
-        module.parts.selectors.load_state_dict(selectors)
+        try:
+            module.parts.selectors.load_state_dict(selectors)
+        except RuntimeError:
+            raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
+                            f"version (made by an older one?): make a new one with `{selector_command(cfg)}`") from None
     log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name, module.spec.budget,
              cfg.selector.name, selector_ckpt or "nothing to load")
     steps = cfg.approximator.max_steps

@@ -135,7 +135,12 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
     # this run's kernel and dynamic budget: the same trained parts
     hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass}}
     module = HybridEvaluation(**hp)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise UserError(f"the weights in {path} do not fit this version's {cfg.selector.name} + "
+                        f"{cfg.approximator.name} hybrid (made by an older one?): make a new one with "
+                        f"`{approximator_command(cfg)}`") from None
     return module, f"hybrid {path}"
 
 
@@ -289,7 +294,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = build_trainer(cfg, run_dir, monitor=None)
     if not cfg.trainer.fast_dev_run:
         trainer.limit_val_batches = trainer.limit_test_batches = cfg.evaluate.limit_batches
-    trainer.validate(module, datamodule=dm, verbose=False)
+    if cfg.evaluate.validation:
+        trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
     speed = {}

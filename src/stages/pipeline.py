@@ -36,6 +36,12 @@ def with_overrides(cfg: DictConfig, **dotted) -> DictConfig:
     return new
 
 
+def reusable(stage: str, spec: dict, run_dir: Path, teacher: str | None = None) -> str | None:
+    """A finished run of ``stage`` that fits: among this job's siblings (a sweep's folder) first, then under
+    outputs/."""
+    return find_run(stage, spec, run_dir.parent, teacher) or find_run(stage, spec, teacher=teacher)
+
+
 def finished_result(checkpoint: str) -> dict:
     """The metrics.json of the finished run a checkpoint (RUN/checkpoints/*.ckpt) belongs to."""
     return json.loads((Path(checkpoint).parent.parent / "metrics.json").read_text())
@@ -57,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary: dict = {"stage": "pipeline", "run_dir": str(run_dir)}
     teacher_ckpt = cfg.teacher.ckpt
     if not teacher_ckpt and cfg.pipeline.reuse:
-        teacher_ckpt = find_run("teacher", stage_spec(cfg, "teacher"))
+        teacher_ckpt = reusable("teacher", stage_spec(cfg, "teacher"), run_dir)
         if teacher_ckpt:
             log.info("[1/4] reusing the teacher %s (pipeline.reuse)", teacher_ckpt)
             summary["teacher"] = finished_result(teacher_ckpt)
@@ -67,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         teacher_ckpt = t["checkpoint"]
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
-    reused = (find_run("distill_selector", stage_spec(cfg, "distill_selector"), teacher=teacher_ckpt)
+    reused = (reusable("distill_selector", stage_spec(cfg, "distill_selector"), run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
     if reused:
         log.info("[2/4] reusing the %s selector %s (pipeline.reuse)", cfg.selector.name, reused)
