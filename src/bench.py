@@ -65,7 +65,8 @@ from src.sparse.tiles import TILE_BYTES
 
 BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
 DEFAULT_VARIANTS = ("sdpa", "naive", "mlp+mlp", "indexer+softmax", "block+softmax", "block+flex", "block+tiles")
-VARIANTS = ("sdpa", "naive", *(f"{s}+{a}" for s in SELECTORS for a in APPROXIMATORS), *BLOCK_KERNEL_VARIANTS)
+VARIANTS = ("sdpa", "naive", *(f"{s}+{a}" for s, cls in SELECTORS.items() if cls.causal for a in APPROXIMATORS),
+            *BLOCK_KERNEL_VARIANTS)  # the causal selectors: the block oracle is a bound, not a model to time
 DENSE = ("sdpa", "naive")  # no budget: measured once per size and T
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -21,7 +21,7 @@ def test_groups_exist():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes(group, option):
-    override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
+    override = f"+{group}={option}" if group in ("experiment", "curve") else f"{group}={option}"
     cfg = compose_config([override])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "model":

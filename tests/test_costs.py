@@ -9,7 +9,7 @@ import yaml
 
 from src import costs
 from src.analyze import main, megabytes, millions, prototype_markdown, times
-from src.costs import GRID, PAIRS, ComponentSizes, Cost
+from src.costs import GRID, LEARNED_PAIRS, PAIRS, ComponentSizes, Cost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_cli_costs_writes_files(tmp_path, capsys):
     assert (out / "compute_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| 512d / 256 | 67.1 | 29.4 | 2.29× |" in printed and "Full accounting" in printed
-    assert (out / "costs_full.csv").read_text().count("\n") == 1 + len(GRID) * len(PAIRS)
+    assert (out / "costs_full.csv").read_text().count("\n") == 1 + len(GRID) * len(LEARNED_PAIRS)
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["costs", "--k", "0"], ["costs", "--n-layer", "x"]])

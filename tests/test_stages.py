@@ -68,7 +68,8 @@ def test_prototype_pipeline_results(tiny_cfg, tmp_path):
     assert "KeySelector top-1 accuracy" in text and "prototype: 9.2%" in text
     saved = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     assert saved["test/logits_rel_err"] == pytest.approx(result["evaluate"]["test/logits_rel_err"])
-    assert saved["config"]["hybrid"] == {"layers": [0], "heads": [0], "top_k": 3, "budget": None, "kernel": "auto"}
+    assert saved["config"]["hybrid"] == {"layers": [0], "heads": [0], "top_k": 3, "budget": None, "kernel": "auto",
+                                               "mass": None}
     assert "test/top1_acc/L0H0" in saved
     images = EventAccumulator(str(tmp_path / "selector" / "tensorboard")).Reload().Tags()["images"]
     assert any(t.startswith("attention/") for t in images)
@@ -116,11 +117,20 @@ def test_missing_selector_and_hybrid_messages(tiny_cfg, tmp_path, teacher_ckpt):
 
 
 def test_mismatched_selector_checkpoint(tiny_cfg, tmp_path, teacher_ckpt):
+    """A selector trained with the top-K loss depends on K; with KL (the default) it serves any budget."""
     sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
-                         "hybrid.top_k=4"), tmp_path / "s")
+                         "hybrid.top_k=4", "selector.loss=topk"), tmp_path / "s")
     with pytest.raises(UserError, match="was made with hybrid="):
-        train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}",
+        train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector.loss=topk",
                        f"selector.ckpt={sel['checkpoint']}", "hybrid.top_k=5"), tmp_path / "a")
+    with pytest.raises(UserError, match="was made with hybrid="):
+        train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector.loss=topk",
+                       f"selector.ckpt={sel['checkpoint']}", "hybrid.top_k=4", "hybrid.layers=[1]"), tmp_path / "b")
+    kl = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
+                        "hybrid.top_k=4"), tmp_path / "k")
+    reused = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}",
+                            f"selector.ckpt={kl['checkpoint']}", "hybrid.top_k=5"), tmp_path / "c")
+    assert reused["selector_ckpt"] == kl["checkpoint"]
 
 
 def test_selection_metrics_of_the_oracle():

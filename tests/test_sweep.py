@@ -48,7 +48,7 @@ def test_analyze_sweep_table(tiny_sweep):
     assert ok["top_k"] == "4" and ok["selector"] == "indexer" and ok["approximator"] == "softmax"
     assert float(ok["measured_speedup"]) > 0 and float(ok["sdpa_ms"]) > 0
     speed = json.loads((root / "0_tiny" / "metrics.json").read_text())["speed"]
-    assert speed["kernel"] == "gather" and speed["layer"] == 0  # the trained hybrid's own layer was timed
+    assert speed["kernel"] == "masked" and speed["layer"] == 0  # the trained hybrid's own layer was timed
     assert -100 < float(ok["loss_change_pct"]) < 1000 and 0 <= float(ok["mass_recall"]) <= 1 + 1e-6
     size = costs.ModelSize("tiny", 128, 2, 32)
     expected = costs.pair_cost(size, "indexer+softmax", n_layer=2, k=4)

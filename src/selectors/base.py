@@ -29,6 +29,7 @@ class KeySelector(nn.Module):
     default_loss = "kl"  # the distillation loss used when selector.loss is not set
     picks_blocks = False
     predicts_mass = True  # the softmax of the scores predicts attention (hybrid.mass reads it); False: positions
+    causal = True  # a query's choice reads nothing after it (False: an upper bound to measure against, not a model)
 
     def prepare(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Any:
         """x (B, T, C) the layer's input; q, k (B, h, T, hs) of the served heads -> what ``score_rows`` reads."""
@@ -59,6 +60,7 @@ class BlockKeySelector(nn.Module):
     default_loss = "kl"
     picks_blocks = True
     predicts_mass = True
+    causal = True
 
     def __init__(self, block_size: int):
         super().__init__()

@@ -33,6 +33,7 @@ class OracleSelector(KeySelector):
 
 class BlockOracleSelector(BlockKeySelector):
     trainable = False
+    causal = False  # a query block's choice reads all of its queries
 
     def block_scores(self, x, q, k, rows):
         mass = block_attention_mass(q, k, self.block_size)[:, :, rows]  # (B, h, R, nb); zero after the own block
