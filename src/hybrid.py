@@ -80,7 +80,7 @@ class SparseParts(nn.Module):
         self.selectors = nn.ModuleDict({
             str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len,
                                        hidden=sel["hidden"], d_index=sel["d_index"], block_size=sel["block_size"],
-                                       sinks=sel["sinks"])
+                                       sinks=sel["sinks"], recent=sel["recent"])
             for layer in spec.layers
         })
         first = next(iter(self.selectors.values()))

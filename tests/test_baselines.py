@@ -224,3 +224,23 @@ def test_distance_bias_lets_a_selector_prefer_recent_keys():
         sel.distance.bias.copy_(-torch.arange(16.0))  # the farther, the lower
     chosen = sel.select(torch.randn(1, T, 16), None, None, 4)
     assert chosen_keys(chosen) == chosen_keys(make("window").select(torch.randn(1, T, 16), None, None, 4))
+
+
+@pytest.mark.parametrize("recent", [1, 2])
+@pytest.mark.parametrize("mass", [None, 0.01])
+def test_recent_blocks_are_always_kept(recent, mass):
+    """selector.recent: the blocks just before the own one come next to it, whatever the scores (even against a
+    selector that ranks them last), and the dynamic budget never drops them."""
+    sel = build_selector("block", H, 16, 8, T, hidden=8, d_index=4, block_size=4, sinks=0, recent=recent)
+    for p in sel.parameters():
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        sel.distance.bias.copy_(torch.arange(16.0))  # the farther, the better: the opposite of a window
+    choice = sel.choose(torch.randn(1, T, 16), None, None, 4, mass)
+    for r, blocks in enumerate(chosen_blocks(choice)):
+        assert set(range(max(0, r - recent), r + 1)) <= blocks, r
+        assert choice.idx[0, 0, r, 0] == r
+    if mass is None:  # the rest by score: the farthest distance bucket (blocks 0-3 of row 7, distance 4-7)
+        assert chosen_blocks(choice)[7] - set(range(7 - recent, 8)) <= {0, 1, 2, 3}
+    else:  # a tiny mass: nothing beyond the forced blocks
+        assert chosen_blocks(choice)[7] == set(range(7 - recent, 8))

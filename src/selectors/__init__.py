@@ -26,7 +26,7 @@ BLOCK_SELECTORS = tuple(name for name, cls in SELECTORS.items() if cls.picks_blo
 
 
 def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int, hidden: int,
-                   d_index: int, block_size: int, sinks: int) -> KeySelector | BlockKeySelector:
+                   d_index: int, block_size: int, sinks: int, recent: int = 0) -> KeySelector | BlockKeySelector:
     """One selector serving ``n_heads`` heads; the sizes come from conf/selector/*.yaml (src/config.py)."""
     make = {
         "mlp": lambda: MLPSelector(n_heads, head_dim, seq_len, hidden),
@@ -34,7 +34,7 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
         "oracle": lambda: OracleSelector(),
         "window": lambda: WindowSelector(n_heads),
         "sink_window": lambda: SinkWindowSelector(n_heads, sinks),
-        "block": lambda: BlockSelector(n_heads, d_model, d_index, block_size),
+        "block": lambda: BlockSelector(n_heads, d_model, d_index, block_size, recent),
         "block_oracle": lambda: BlockOracleSelector(block_size),
         "block_window": lambda: BlockWindowSelector(n_heads, block_size),
         "block_sink_window": lambda: BlockSinkWindowSelector(n_heads, block_size, sinks),

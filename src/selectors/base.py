@@ -62,11 +62,13 @@ class BlockKeySelector(nn.Module):
     predicts_mass = True
     causal = True
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, recent: int = 0):
         super().__init__()
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
-        self.block_size = block_size
+        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+            raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
+        self.block_size, self.recent = block_size, recent
 
     def block_scores(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Scores of every key block for the query blocks ``rows`` (R,) -> (B, h, R, nb). The blocks after a row's
@@ -83,6 +85,6 @@ class BlockKeySelector(nn.Module):
         rows = torch.arange(nb, device=x.device)
         return concat_choices([
             causal_block_topk(self.block_scores(x, q, k, rows[s:s + chunk]), n_keep, rows[s:s + chunk],
-                              self.block_size, T, mass)
+                              self.block_size, T, mass, self.recent)
             for s in range(0, nb, chunk)
         ])

@@ -9,8 +9,9 @@ queries by the index query of its *first* query. Score(query block r, key block 
 sqrt(d_index) + a learned bias of the distance r - c in blocks (src/selectors/distance.py), Θ((T/block_size)² ·
 d_index) per head, against the indexer's Θ(T² · d_index).
 
-The own block is always kept (as MoBA's current block); the n - 1 best earlier blocks fill the budget
-(src/sparse/choice.py). Its share of the attention, which the dynamic budget (``hybrid.mass``) needs, gets a score
+The own block is always kept (as MoBA's current block), and the ``recent`` blocks just before it (``selector.recent``,
+NSA's sliding-window branch: the first queries of a block then always see their immediate past); the best earlier
+blocks fill the rest of the budget (src/sparse/choice.py). Its share of the attention, which the dynamic budget (``hybrid.mass``) needs, gets a score
 of its own: a learned linear function of the first query's input (one number per head), since the block's mean
 would read keys after that query.
 
@@ -39,8 +40,8 @@ from src.sparse.choice import n_blocks
 class BlockSelector(BlockKeySelector):
     default_loss = "kl"
 
-    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int):
-        super().__init__(block_size)
+    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
+        super().__init__(block_size, recent)
         self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)

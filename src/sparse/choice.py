@@ -57,10 +57,11 @@ class BlockChoice:
 
 
 def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, block_size: int, T: int,
-                      mass: float | None = None) -> BlockChoice:
+                      mass: float | None = None, recent: int = 0) -> BlockChoice:
     """The own block + the n_keep - 1 best earlier blocks of each query block; with ``mass`` (the dynamic budget),
     only as many of them as reach that share of the predicted attention -- the softmax of the scores over the own
-    and the earlier blocks -- counting the own block's share first.
+    and the earlier blocks -- counting the own block's share first. ``recent`` earlier blocks just before the own
+    one are always kept next to it, whatever their scores (NSA's sliding-window branch; within the budget).
 
     scores (B, h, R, nb) of the query blocks ``rows`` (R,) against every key block; blocks after a row's own block
     are never chosen, its own is always first. Rows with fewer than n_keep blocks so far (row r has r + 1) mark the
@@ -72,12 +73,18 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
         raise ValueError(f"n_blocks={n_keep} must be in 1..{nb} (the number of key blocks)")
     own = rows[:, None]  # (R, 1)
     blk = torch.arange(nb, device=scores.device)
-    ranked = finite_scores(scores).masked_fill(blk > own, float("-inf")).masked_fill(blk == own, float("inf"))
-    idx = ranked.topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), then by score
-    valid = (torch.arange(n_keep, device=scores.device) <= own).expand_as(idx)  # row r has r + 1 candidates
+    ranked = finite_scores(scores).masked_fill(blk > own, float("-inf"))
+    if recent:  # next after the own block: the recent ones, the nearest first
+        near = (blk < own) & (blk >= own - recent)
+        ranked = torch.where(near, torch.finfo(ranked.dtype).max / 4 * (1 + (blk - own + recent) / (recent + 1)),
+                             ranked)
+    ranked = ranked.masked_fill(blk == own, float("inf"))
+    idx = ranked.topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), then the recent, then by score
+    slot = torch.arange(n_keep, device=scores.device)
+    valid = (slot <= own).expand_as(idx)  # row r has r + 1 candidates
     if mass is not None:
         probs = finite_scores(scores).masked_fill(blk > own, float("-inf")).softmax(-1).gather(-1, idx)
-        valid = within_mass(probs, valid, mass)
+        valid = valid & (within_mass(probs, valid, mass) | (slot <= recent))
     idx = torch.where(valid, idx, own)
     return BlockChoice(idx=idx, valid=valid, block_size=block_size, T=T)
 

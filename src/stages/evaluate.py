@@ -133,7 +133,8 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
               "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
     check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
     # this run's kernel and dynamic budget: the same trained parts
-    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass}}
+    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass},
+          "selector": {**hp["selector"], "recent": cfg.selector.recent}}
     module = HybridEvaluation(**hp)
     try:
         module.load_state_dict(ckpt["state_dict"])
