@@ -41,6 +41,8 @@ def job_row(job: Path) -> dict:
     cfg = job_config(job)
     sel, hyb, m = cfg.get("selector", {}), cfg.get("hybrid", {}), cfg.get("model", {})
     name = sel.get("name")
+    if sel.get("recent"):  # a block selector that always keeps its previous blocks: a line of its own
+        name = f"{name}+recent{sel['recent']}"
     fraction = budget_fraction(cfg)
     row: dict = {
         "job": job.name, "data": cfg.get("data", {}).get("name"), "model": m.get("name"), "seq_len": m.get("seq_len"),
