@@ -289,29 +289,28 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="the multirun folder (outputs/multirun/<timestamp>)")
 
 
+def gather_and_write(analysis, root: Path) -> None:
+    """``analysis`` (src/sweep.py or src/budget_curve.py): gather a multirun's jobs, write its files, print them."""
+    rows = analysis.gather(root)
+    try:
+        paths = analysis.write(rows, root)
+    except OSError as e:
+        raise UserError(f"cannot write to {root}: {e.strerror or e}") from None
+    print(analysis.markdown(rows, root))
+    print("wrote " + " ".join(str(p) for p in paths))
+
+
 def run_sweep(args: argparse.Namespace) -> None:
     from src import sweep
 
-    rows = sweep.gather(args.dir)
-    try:
-        paths = sweep.write(rows, args.dir)
-    except OSError as e:
-        raise UserError(f"cannot write to {args.dir}: {e.strerror or e}") from None
-    print(sweep.markdown(rows, args.dir))
-    print("wrote " + " ".join(str(p) for p in paths))
+    gather_and_write(sweep, args.dir)
     print(f"TensorBoard (HPARAMS tab compares the jobs): tensorboard --logdir {args.dir}")
 
 
 def run_budget(args: argparse.Namespace) -> None:
     from src import budget_curve
 
-    rows = budget_curve.gather(args.dir)
-    try:
-        paths = budget_curve.write(rows, args.dir)
-    except OSError as e:
-        raise UserError(f"cannot write to {args.dir}: {e.strerror or e}") from None
-    print(budget_curve.markdown(rows, args.dir))
-    print("wrote " + " ".join(str(p) for p in paths))
+    gather_and_write(budget_curve, args.dir)
 
 
 # --------------------------------------------------------------------------------------------------------------

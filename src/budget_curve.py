@@ -11,14 +11,12 @@ Writes DIR/budget.csv, budget.json, budget.md and budget.png.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
 from src.errors import UserError
 from src.sparse import Budget
-from src.sweep import job_config, job_folders, read_json
+from src.sweep import job_config, job_folders, job_status, write_tables
 
 COLUMNS = (
     "job", "status", "data", "model", "seq_len", "selector", "level", "budget", "budget_keys", "mass", "density",
@@ -50,14 +48,11 @@ def job_row(job: Path) -> dict:
         "budget_keys": round(fraction * m["seq_len"]) if fraction and m.get("seq_len") else None,
         "mass": hyb.get("mass"),
     }
-    metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
-    if error:
-        row.update(status="failed", error=str(error.get("error", "")).splitlines()[0] if error.get("error") else "")
-    elif not metrics or "evaluate" not in metrics:
-        row.update(status="unfinished", error="no metrics.json: the job was stopped or is still running")
-    else:
+    status, metrics = job_status(job)
+    row.update(status)
+    if metrics:
         e = metrics["evaluate"]
-        row.update(status="ok", density=e.get("test/density"), density_std=e.get("test/density_std"),
+        row.update(density=e.get("test/density"), density_std=e.get("test/density_std"),
                    loss_change_pct=e.get("test/loss_change_pct"), teacher_loss=e.get("test/teacher_loss"),
                    hybrid_loss=e.get("test/hybrid_loss"), kl=e.get("test/kl_teacher_hybrid"),
                    mass_recall=e.get("test/mass_recall"))
@@ -166,12 +161,4 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write(rows: list[dict], root: Path) -> list[Path]:
-    paths = [root / "budget.csv", root / "budget.json", root / "budget.md", root / "budget.png"]
-    with paths[0].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths[1].write_text(json.dumps(rows, indent=2) + "\n")
-    paths[2].write_text(markdown(rows, root))
-    plot(rows, paths[3])
-    return paths
+    return write_tables(rows, root, "budget", COLUMNS, markdown, plot)

@@ -100,6 +100,17 @@ def flops_columns(cfg: dict) -> dict:
             "model_flops_speedup": dense_model / sparse_model}
 
 
+def job_status(job: Path) -> tuple[dict, dict | None]:
+    """A job's ``status`` (ok, failed, unfinished) and ``error`` columns, and its metrics.json when it finished."""
+    metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
+    if error:
+        return {"status": "failed", "error": str(error.get("error") or "").splitlines()[0] if error.get("error")
+                else ""}, None
+    if not metrics or "evaluate" not in metrics:
+        return {"status": "unfinished", "error": "no metrics.json: the job was stopped or is still running"}, None
+    return {"status": "ok"}, metrics
+
+
 def job_row(job: Path) -> dict:
     cfg = job_config(job)
     m = cfg.get("model", {})
@@ -109,13 +120,9 @@ def job_row(job: Path) -> dict:
         "selector": cfg.get("selector", {}).get("name"), "approximator": cfg.get("approximator", {}).get("name"),
     }
     row.update(flops_columns(cfg))
-    metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
-    if error:
-        row.update(status="failed", error=str(error.get("error", "")).splitlines()[0] if error.get("error") else "")
-    elif not metrics or "evaluate" not in metrics:
-        row.update(status="unfinished", error="no metrics.json: the job was stopped or is still running")
-    else:
-        row["status"] = "ok"
+    status, metrics = job_status(job)
+    row.update(status)
+    if metrics:
         for name, key in EVALUATE_KEYS.items():
             row[name] = metrics["evaluate"].get(key)
         speed = metrics.get("speed") or {}
@@ -208,13 +215,19 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write(rows: list[dict], root: Path) -> list[Path]:
-    paths = [root / "sweep.csv", root / "sweep.json", root / "sweep.md", root / "sweep.png"]
+def write_tables(rows: list[dict], root: Path, stem: str, columns, markdown_of, plot_to) -> list[Path]:
+    """ROOT/STEM.csv, .json, .md (``markdown_of(rows, root)``) and .png (``plot_to(rows, path)``): the outputs of
+    every multirun analysis (``analyze sweep``, ``analyze budget``)."""
+    paths = [root / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
     with paths[0].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
     paths[1].write_text(json.dumps(rows, indent=2) + "\n")
-    paths[2].write_text(markdown(rows, root))
-    plot(rows, paths[3])
+    paths[2].write_text(markdown_of(rows, root))
+    plot_to(rows, paths[3])
     return paths
+
+
+def write(rows: list[dict], root: Path) -> list[Path]:
+    return write_tables(rows, root, "sweep", COLUMNS, markdown, plot)
