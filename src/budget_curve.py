@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from src.errors import UserError
+from src.selectors import BLOCK_SELECTORS
 from src.sparse import Budget
 from src.sweep import job_config, job_folders, job_status, write_tables
 
@@ -44,7 +45,7 @@ def job_row(job: Path) -> dict:
     fraction = budget_fraction(cfg)
     row: dict = {
         "job": job.name, "data": cfg.get("data", {}).get("name"), "model": m.get("name"), "seq_len": m.get("seq_len"),
-        "selector": name, "level": "block" if str(name).startswith("block") else "token", "budget": fraction,
+        "selector": name, "level": "block" if sel.get("name") in BLOCK_SELECTORS else "token", "budget": fraction,
         "budget_keys": round(fraction * m["seq_len"]) if fraction and m.get("seq_len") else None,
         "mass": hyb.get("mass"),
     }

@@ -73,9 +73,15 @@ class SparseAttention(nn.Module):
             selector, approximator, budget, kernel, chunk)
         self.picks_blocks = getattr(selector, "picks_blocks", False)
 
-    def problem_on(self, device: torch.device, needs_grad: bool = False) -> str | None:
-        """Why this module's kernel cannot run on ``device`` (None: it can), one line naming the fix."""
-        if self.kernel == "flex":
+    def problem_on(self, device: torch.device, needs_grad: bool = False, kernel: str | None = None) -> str | None:
+        """Why this module's kernel (or ``kernel``) cannot serve its parts on ``device`` (None: it can), one line
+        naming the fix."""
+        kernel = kernel or self.kernel
+        if kernel != self.kernel:
+            problem = kernel_problem(kernel, self.selector, self.approximator)
+            if problem:
+                return problem
+        if kernel == "flex":
             return flex_unavailable(torch.device(device), needs_grad, self.selector.block_size)
         return None
 

@@ -25,7 +25,7 @@ from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
 from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
-from src.sparse import KERNELS, flex_unavailable, kernel_problem
+from src.sparse import KERNELS
 from src.sparse.phases import resolve_device, time_runs
 from src.stages.hybrid_module import (
     HybridModule,
@@ -154,16 +154,8 @@ def usable_kernels(module: HybridEvaluation, device: torch.device, wanted) -> li
     if unknown:
         raise UserError(f"evaluate.kernels={list(wanted)}: {unknown[0]!r} is unknown; use all, or a list of "
                         f"{', '.join(k for k in KERNELS if k != 'auto')}")
-    usable = []
-    for kernel in dict.fromkeys(sparse.kernel_for_device(device) if k == "auto" else k for k in names):
-        if kernel_problem(kernel, sparse.selector, sparse.approximator) is None and not flex_unavailable_for(
-                kernel, device, sparse):
-            usable.append(kernel)
-    return usable
-
-
-def flex_unavailable_for(kernel: str, device: torch.device, sparse) -> str | None:
-    return flex_unavailable(device, False, sparse.selector.block_size) if kernel == "flex" else None
+    return [kernel for kernel in dict.fromkeys(sparse.kernel_for_device(device) if k == "auto" else k for k in names)
+            if sparse.problem_on(device, kernel=kernel) is None]
 
 
 @torch.no_grad()
