@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from src.approximators import build_approximator
 from src.config import ApproximatorConf, SelectorConf
-from src.model import GPT, CausalSelfAttention, GPTConfig
+from src.model import GPT, CausalSelfAttention, GPTConfig, LayerCache, cached_attention
 from src.selectors import build_selector
-from src.sparse import KERNELS, Budget, SparseAttention, kernel_problem
+from src.sparse import KERNELS, Budget, SparseAttention, SparseDecoder, kernel_problem
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,36 @@ class HybridCausalSelfAttention(nn.Module):
         self.attn, self.sparse = attn, sparse
         self.heads = list(heads)
         self.dense = [h for h in range(attn.n_head) if h not in heads]
+        order = self.heads + self.dense  # the cache's head order in generation: the sparse heads first
+        self.order = None if order == sorted(order) else order
+        self.unorder = None if self.order is None else [order.index(h) for h in range(attn.n_head)]
 
-    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
+    def cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Generation (src/model.py ``KVCache``): the prompt at position 0, then one token per call. The cache holds
+        the sparse heads first, so that each group is a view of it; the sparse heads keep a ``SparseDecoder``
+        (their selector's summaries) beside it and read only the keys it chooses."""
+        pos, n = cache.pos, len(self.heads)
+        q, k, v = self.attn.qkv(x, pos)  # (B, nh, Tn, hs)
+        if self.order is not None:
+            q, k, v = q[:, self.order], k[:, self.order], v[:, self.order]
+        keys, values = cache.append(k, v)
+        y = torch.empty_like(q)
+        if self.dense:
+            y[:, n:] = cached_attention(q[:, n:], keys[:, n:], values[:, n:], pos)
+        if pos == 0:  # prefill: the whole prompt as in a forward pass, the budget counted at the cache's length
+            max_len = cache.k.size(-2)
+            y[:, :n] = self.sparse(x, q[:, :n], k[:, :n], v[:, :n], length=max_len)
+            cache.state = SparseDecoder(self.sparse, x, q[:, :n], k[:, :n], max_len)
+        elif x.size(1) != 1:
+            raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
+                             f"{x.size(1)} tokens at position {pos}")
+        else:
+            y[:, :n] = cache.state.step(x, q[:, :n], cache.k, cache.v, pos)
+        return self.attn.merge_heads(y if self.unorder is None else y[:, self.unorder])
+
+    def forward(self, x: torch.Tensor, signals: list | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        if cache is not None:
+            return self.cached(x, cache)
         q, k, v = self.attn.qkv(x)  # (B, nh, T, hs)
         if not self.dense:  # every head sparse: no copy in or out of a head subset
             return self.attn.merge_heads(self.sparse(x, q, k, v))

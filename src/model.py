@@ -7,6 +7,10 @@ The teacher of every later stage. Two things are added to nanoGPT's design:
 * ``GPT.forward(idx, signals=...)`` can return, for chosen layers, the teacher signals that the
   distillation stages read: Q, K, V, the attention probabilities and each head's output.
 
+* ``GPT.forward(idx, cache=KVCache(...))`` runs with a KV cache: the prompt once (prefill), then one token per step
+  against the cached keys and values (``GPT.generate``); an attention module may keep more beside them (a sparse
+  layer keeps its block summaries, src/sparse/decode.py).
+
 Shapes: B batch, T sequence length, C = d_model, nh heads, hs = C // nh head size, V vocabulary.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -100,12 +105,70 @@ def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[t
     return angles.cos(), angles.sin()
 
 
-def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """(B, nh, T, hs) -> the same vectors turned by their positions 0..T-1: q · k then depends on the offset only."""
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(B, nh, T, hs) -> the same vectors turned by their positions start..start+T-1: q · k then depends on the
+    offset only."""
     T, half = t.size(-2), t.size(-1) // 2
     a, b = t[..., :half], t[..., half:]
-    cos, sin = cos[:T].to(t.dtype), sin[:T].to(t.dtype)
+    cos, sin = cos[start:start + T].to(t.dtype), sin[start:start + T].to(t.dtype)
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
+@dataclass
+class LayerCache:
+    """One layer's keys and values for the tokens so far, in buffers allocated once for ``max_len`` positions (a
+    step writes one row; nothing is copied as the context grows)."""
+
+    k: torch.Tensor  # (B, nh, max_len, hs): positions < pos hold the keys so far
+    v: torch.Tensor  # (B, nh, max_len, hs)
+    pos: int = 0  # tokens cached before this call
+    state: Any = None  # what the layer's attention keeps beside them (a sparse layer: src/sparse/decode.py)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens' k, v (B, nh, Tn, hs) at pos..pos+Tn-1 -> every cached key and value so far, views
+        (B, nh, pos + Tn, hs)."""
+        end = self.pos + k.size(-2)
+        if end > self.k.size(-2):
+            raise ValueError(f"the KV cache holds {self.k.size(-2)} positions; {end} do not fit (slide the context)")
+        self.k[:, :, self.pos:end] = k
+        self.v[:, :, self.pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """Every layer's LayerCache. ``GPT.forward(idx, cache=...)`` reads and extends it: first the whole prompt at
+    position 0 (prefill), then one token per call (decode)."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, device=None, dtype=torch.float32, max_len: int | None = None):
+        self.max_len = max_len or cfg.seq_len  # positions it can hold: the model's T
+        shape = (batch, cfg.n_head, self.max_len, cfg.head_dim)
+        self.layers = [LayerCache(torch.zeros(shape, device=device, dtype=dtype),
+                                  torch.zeros(shape, device=device, dtype=dtype)) for _ in range(cfg.n_layer)]
+
+    @property
+    def pos(self) -> int:
+        """Tokens cached so far: the position of the next one."""
+        return self.layers[0].pos
+
+    def advance(self, n: int) -> None:
+        for layer in self.layers:
+            layer.pos += n
+
+    def rewind(self, pos: int) -> None:
+        """Forget the tokens from ``pos`` on (the benchmark times one step again and again at the same length)."""
+        for layer in self.layers:
+            layer.pos = pos
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
+    """Causal attention of the new queries q (B, h, Tn, hs) at positions pos..pos+Tn-1 over every cached key so far
+    k, v (B, h, pos + Tn, hs): the prompt (pos 0) is ordinary causal attention, a single new token reads all keys."""
+    if pos == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.size(-2) != 1:
+        raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
+                         f"{q.size(-2)} tokens at position {pos}")
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -124,12 +187,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, C) -> q, k, v, each (B, nh, T, hs); q and k rotated by their positions with rope."""
+    def qkv(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) at positions start..start+T-1 -> q, k, v, each (B, nh, T, hs); q and k rotated by their
+        positions with rope."""
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         if self.rope:
-            q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
+            q, k = rotate(q, self.cos, self.sin, start), rotate(k, self.cos, self.sin, start)
         return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
@@ -137,7 +201,11 @@ class CausalSelfAttention(nn.Module):
         B, nh, T, hs = y.shape
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
 
-    def forward(self, x: torch.Tensor, signals: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, signals: list | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        if cache is not None:  # generation: the new tokens against every cached key
+            q, k, v = self.qkv(x, cache.pos)
+            pos = cache.pos
+            return self.merge_heads(cached_attention(q, *cache.append(k, v), pos))
         q, k, v = self.qkv(x)  # (B, nh, T, hs)
         if signals is None:
             y = F.scaled_dot_product_attention(
@@ -171,8 +239,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, signals: list | None = None, attn: nn.Module | None = None) -> torch.Tensor:
-        x = x + (attn or self.attn)(self.ln_1(x), signals)
+    def forward(self, x: torch.Tensor, signals: list | None = None, attn: nn.Module | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        attn = attn or self.attn
+        x = x + (attn(self.ln_1(x), signals) if cache is None else attn(self.ln_1(x), signals, cache))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -214,36 +284,67 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         signals: dict[int, AttentionSignals] | None = None,
         attention: dict[int, nn.Module] | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V).
 
         Pass ``signals={layer: None, ...}`` to have the teacher signals of those layers filled in, and
         ``attention={layer: module}`` to run those layers with another attention for this call only
-        (how a hybrid runs on the teacher's weights without copying them).
+        (how a hybrid runs on the teacher's weights without copying them). With ``cache``, idx are the tokens
+        after the cached ones (the prompt into an empty cache, then one token per call) and the cache grows by them.
         """
         B, T = idx.shape
-        if T > self.cfg.seq_len:
-            raise ValueError(f"sequence of length {T} is longer than model.seq_len={self.cfg.seq_len}")
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.seq_len:
+            raise ValueError(f"sequence of length {start + T} is longer than model.seq_len={self.cfg.seq_len}")
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             box: list | None = [] if signals is not None and i in signals else None
-            x = block(x, box, attention.get(i) if attention else None)
+            x = block(x, box, attention.get(i) if attention else None, cache.layers[i] if cache is not None else None)
             if box:
                 signals[i] = box[0]
+        if cache is not None:
+            cache.advance(T)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()
-    def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
-    ) -> torch.Tensor:
-        """Sample max_new_tokens continuations of idx (B, T), cropping the context to seq_len."""
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.cfg.seq_len :])[:, -1, :] / max(temperature, 1e-6)  # (B, V)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1)], dim=1)
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 attention: dict[int, nn.Module] | None = None) -> torch.Tensor:
+        """Sample max_new_tokens continuations of idx (B, T) with a KV cache (``attention``: as in forward, e.g. a
+        hybrid's sparse layers).
+
+        The prompt (its last seq_len tokens) is run once, then one token per step reads the cached keys and values:
+        the same logits as running the whole context again for every token (tests), for O(T) work per token
+        instead of O(T²). When the cache is full the context *slides*: the cache restarts from the last
+        seq_len // 2 tokens, run again as a prompt (positions are absolute -- learned embeddings and rotary
+        tables cover 0..seq_len-1 -- so cached keys cannot be shifted), and each token then sees between
+        seq_len / 2 and seq_len tokens of context, where recomputing would always see seq_len at seq_len times the
+        work.
+        """
+        T = self.cfg.seq_len
+        p = next(self.parameters())
+        cache = KVCache(self.cfg, idx.size(0), p.device, p.dtype)
+        logits = self(idx[:, -T:], attention=attention, cache=cache)[:, -1]  # (B, V): prefill
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if cache.pos == T:  # full: slide
+                cache = KVCache(self.cfg, idx.size(0), p.device, p.dtype)
+                logits = self(idx[:, -(T // 2):], attention=attention, cache=cache)[:, -1]
+            else:
+                logits = self(nxt, attention=attention, cache=cache)[:, -1]
         return idx
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """One token per row from logits (B, V): softmax at ``temperature`` over the ``top_k`` best (None: all)."""
+    logits = logits / max(temperature, 1e-6)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1)  # (B, 1)

@@ -100,3 +100,45 @@ def test_generate_length():
     m = tiny_gpt()
     out = m.generate(torch.zeros(1, 3, dtype=torch.long), 30, top_k=5)
     assert out.shape == (1, 33)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("prompt", [1, 7, 24])
+def test_kv_cache_equals_recompute(pos, prompt):
+    """Prefill + one token at a time through the KV cache gives the logits of one pass over the whole sequence."""
+    from src.model import KVCache
+
+    m = tiny_gpt(pos=pos)
+    x = torch.randint(0, 17, (2, 24))
+    cache = KVCache(m.cfg, 2)
+    with torch.no_grad():
+        steps = [m(x[:, :prompt], cache=cache)] + [m(x[:, t:t + 1], cache=cache) for t in range(prompt, 24)]
+    assert cache.pos == 24
+    torch.testing.assert_close(torch.cat(steps, 1), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_errors():
+    from src.model import KVCache
+
+    m = tiny_gpt()
+    cache = KVCache(m.cfg, 1)
+    m(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="whole prompt at position 0 or one token at a time"):
+        m(torch.zeros(1, 2, dtype=torch.long), cache=cache)
+    cache.rewind(24)
+    with pytest.raises(ValueError, match="longer than model.seq_len=24"):
+        m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+def test_generate_with_cache_samples_as_recompute():
+    """Greedy (top_k=1) generation with the cache picks the tokens that recomputing the whole context picks, until
+    the context slides; past it the output keeps its length and every token stays in the vocabulary."""
+    m = tiny_gpt(pos="rope")
+    idx = torch.randint(0, 17, (2, 5))
+    out = m.generate(idx, 19, top_k=1)  # fills the 24 positions exactly: no slide
+    ref = idx
+    for _ in range(19):
+        ref = torch.cat([ref, m(ref)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ref)
+    long = m.generate(idx, 60, top_k=1)  # slides twice
+    assert long.shape == (2, 65) and long.max() < 17 and torch.equal(long[:, :24], ref)

@@ -18,6 +18,10 @@ would read keys after that query.
 Causality: the blocks before a query block lie wholly in the past of each of its queries, and the scores read only
 their inputs and the block's first query, so no query's output can depend on a later token.
 
+Generation (src/sparse/decode.py): the summaries of the key blocks are the sums of their index keys (the mean index
+key once the block is complete: d_index numbers per block and head, MoBA's and SeerAttention-R's compressed key
+cache), kept up to date one token at a time; a query block's choice is made when its first query arrives.
+
 Distillation (src/stages/distill_selector.py): the teacher's attention mass per key block, summed over the block's
 queries (src/sparse/mass.py; SeerAttention's block-level target, computed chunk by chunk), against the softmax of
 the scores: KL over the earlier blocks (which to read) plus KL of the own block's share (how much the rest holds).
@@ -66,3 +70,29 @@ class BlockSelector(BlockKeySelector):
         own = self.own(first).transpose(1, 2)[..., None]  # (B, h, R, 1)
         B, h, R, _ = scores.shape
         return scores.scatter(-1, rows.view(1, 1, R, 1).expand(B, h, R, 1), own)
+
+    # ------------------------------------------------------------------ generation: the compressed key cache
+
+    def summarise(self, x: torch.Tensor, max_len: int) -> torch.Tensor:
+        """The prompt's layer input x (B, T0, C) -> the sum of the index keys of every key block, in a buffer for
+        ``max_len`` positions (B, h, n_blocks(max_len), d_index); blocks not begun are zero."""
+        B, T0, _ = x.shape
+        bs, nb = self.block_size, n_blocks(T0, self.block_size)
+        ki = index_vectors(self.wk, x, self.n_heads, self.d_index)  # (B, h, T0, d)
+        sums = ki.new_zeros(B, self.n_heads, n_blocks(max_len, bs), self.d_index)
+        sums[:, :, :nb] = F.pad(ki, (0, 0, 0, nb * bs - T0)).unflatten(-2, (nb, bs)).sum(-2)
+        return sums
+
+    def add_summary(self, sums: torch.Tensor, x_t: torch.Tensor, t: int) -> None:
+        """Add the token at position t (x_t (B, 1, C)) to its block's summary."""
+        sums[:, :, t // self.block_size] += index_vectors(self.wk, x_t, self.n_heads, self.d_index)[:, :, 0]
+
+    def summary_scores(self, sums: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The scores of block_scores for the query block whose first query x_t (B, 1, C) is at position t, from the
+        completed blocks' summaries -> (B, h, 1, r + 1), r = t // block_size (the own block's score last)."""
+        r = t // self.block_size
+        qi = index_vectors(self.wq, x_t, self.n_heads, self.d_index)  # (B, h, 1, d)
+        kb = sums[:, :, :r] / self.block_size  # (B, h, r, d): the mean index key of each earlier block
+        rows = torch.tensor([r], device=x_t.device)
+        scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index) + self.distance(rows, r)  # (B, h, 1, r)
+        return torch.cat((scores, self.own(x_t).transpose(1, 2)[..., None]), dim=-1)

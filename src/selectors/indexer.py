@@ -5,6 +5,8 @@ Per served head, small learned projections of the layer input give index queries
 towards the teacher's attention distribution, costs Θ(T² · d_index) per head instead of attention's Θ(T² · head_dim),
 and works at any length up to the model's block size because it reads content, not positions -- plus a learned bias
 per distance bucket (src/selectors/distance.py), so that it can prefer recent keys.
+At generation (src/sparse/decode.py) the index keys of the tokens so far are cached (d_index numbers per key and
+head), and each new token scores them all.
 (DeepSeek's indexer uses ReLU-weighted index heads and one selection shared by all heads; here each head selects.)
 """
 
@@ -44,3 +46,22 @@ class IndexerSelector(KeySelector):
         qi, ki = ctx
         scores = qi[:, :, rows] @ ki.transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, R, T)
         return scores + self.distance(rows, ki.size(-2))
+
+    # ------------------------------------------------------------------ generation: cached index keys
+
+    def summarise(self, x: torch.Tensor, max_len: int) -> torch.Tensor:
+        """The prompt's layer input x (B, T0, C) -> its index keys in a buffer for ``max_len`` positions (B, h,
+        max_len, d_index)."""
+        ki = index_vectors(self.wk, x, self.n_heads, self.d_index)
+        buf = ki.new_zeros(*ki.shape[:2], max_len, self.d_index)
+        buf[:, :, :x.size(1)] = ki
+        return buf
+
+    def add_summary(self, keys: torch.Tensor, x_t: torch.Tensor, t: int) -> None:
+        keys[:, :, t] = index_vectors(self.wk, x_t, self.n_heads, self.d_index)[:, :, 0]
+
+    def summary_scores(self, keys: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """score_rows of the query x_t (B, 1, C) at position t against the cached keys 0..t -> (B, h, 1, t + 1)."""
+        qi = index_vectors(self.wq, x_t, self.n_heads, self.d_index)
+        scores = qi @ keys[:, :, :t + 1].transpose(-2, -1) / math.sqrt(self.d_index)
+        return scores + self.distance(torch.tensor([t], device=x_t.device), t + 1)

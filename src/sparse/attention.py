@@ -99,9 +99,10 @@ class SparseAttention(nn.Module):
         usable = not flex_unavailable(device, needs_grad, self.selector.block_size)
         return "flex" if device.type == "cuda" and usable else "tiles"
 
-    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> BlockChoice:
-        """A block selector's choice for every block of queries, under the budget."""
-        return self.selector.choose(x, q, k, self.budget.blocks(x.size(1), self.selector.block_size),
+    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, length: int | None = None) -> BlockChoice:
+        """A block selector's choice for every block of queries, under the budget counted at ``length`` (default:
+        x's T; generation counts it at the model's T, whatever the prompt's length)."""
+        return self.selector.choose(x, q, k, self.budget.blocks(length or x.size(1), self.selector.block_size),
                                     self.budget.mass)
 
     def selection(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Selection:
@@ -111,15 +112,17 @@ class SparseAttention(nn.Module):
         return self.selector.select(x, q, k, self.budget.keys(x.size(1)), self.budget.mass)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                phases=None) -> torch.Tensor:
+                phases=None, length: int | None = None) -> torch.Tensor:
         """x (B, T, C) the layer input; q, k, v (B, h, T, hs) of the served heads -> y (B, h, T, hs). ``phases``: a
-        src.sparse.Phases that receives the time of selection, mask building and kernel."""
+        src.sparse.Phases that receives the time of selection, mask building and kernel. ``length``: the length
+        the budget is counted at (default T; a prompt's prefill counts it at the model's T, as every later token
+        does, src/sparse/decode.py)."""
         phase = phases or no_phases
         B, h, T, hs = q.shape
         kernel = self.kernel_for(q)
         if self.picks_blocks:
             with phase("selection"):
-                choice = self.choose(x, q, k)
+                choice = self.choose(x, q, k, length)
             if kernel == "flex":
                 with phase("mask"):
                     mask = block_mask(choice, for_backward=torch.is_grad_enabled() and q.requires_grad)
@@ -132,7 +135,7 @@ class SparseAttention(nn.Module):
         else:
             with phase("selection"):
                 ctx = self.selector.prepare(x, q, k)
-            K = self.budget.keys(T)
+            K = self.budget.keys(length or T)
             slots, cols = K, T
             select = lambda rows: self.selector.select_rows(ctx, rows, K, self.budget.mass)  # noqa: E731
         if kernel == "masked":

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from src.sparse.selection import Selection, finite_scores, within_mass
 
@@ -44,16 +45,20 @@ class BlockChoice:
     def keys(self, rows: torch.Tensor | None = None) -> Selection:
         """The choice as key positions, per query: Selection (B, h, R', n * block_size) for the queries at positions
         ``rows`` (R',; None: all T). Keys after the query (the rest of its own block, or past T) are invalid."""
-        bs, dev = self.block_size, self.idx.device
-        rows = torch.arange(self.T, device=dev) if rows is None else rows
-        blocks = rows // bs  # each query reads its query block's choice
-        idx, valid = self.idx[:, :, blocks], self.valid[:, :, blocks]  # (B, h, R', n)
-        tok = idx[..., None] * bs + torch.arange(bs, device=dev)  # (B, h, R', n, bs)
-        q = rows.view(-1, 1, 1)
-        ok = valid[..., None] & (tok <= q)
-        tok = torch.where(ok, tok, q)
-        B, h, R, n = idx.shape
-        return Selection(idx=tok.reshape(B, h, R, n * bs), valid=ok.reshape(B, h, R, n * bs))
+        rows = torch.arange(self.T, device=self.idx.device) if rows is None else rows
+        blocks = rows // self.block_size  # each query reads its query block's choice
+        return block_keys(self.idx[:, :, blocks], self.valid[:, :, blocks], rows, self.block_size)
+
+
+def block_keys(idx: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, block_size: int) -> Selection:
+    """Blocks idx, valid (B, h, R, n) read by the queries at positions ``rows`` (R,) -> their keys, Selection (B, h,
+    R, n * block_size); keys after the query (the rest of its own block) are invalid."""
+    tok = idx[..., None] * block_size + torch.arange(block_size, device=idx.device)  # (B, h, R, n, bs)
+    q = rows.view(-1, 1, 1)
+    ok = valid[..., None] & (tok <= q)
+    tok = torch.where(ok, tok, q)
+    B, h, R, n = idx.shape
+    return Selection(idx=tok.reshape(B, h, R, n * block_size), valid=ok.reshape(B, h, R, n * block_size))
 
 
 def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, block_size: int, T: int,
@@ -65,12 +70,15 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
 
     scores (B, h, R, nb) of the query blocks ``rows`` (R,) against every key block; blocks after a row's own block
     are never chosen, its own is always first. Rows with fewer than n_keep blocks so far (row r has r + 1) mark the
-    surplus slots invalid, pointing at the own block. -> BlockChoice with R rows (``rows`` must be all query blocks
+    surplus slots invalid, pointing at the own block; n_keep may exceed nb (a prompt shorter than the length the
+    budget is counted at, src/sparse/decode.py): the slots past nb are invalid. -> BlockChoice with R rows (``rows`` must be all query blocks
     for a choice the kernels can run; the stages score chunks of rows and concatenate them).
     """
+    if n_keep <= 0:
+        raise ValueError(f"n_blocks={n_keep} must be 1 or more")
+    if n_keep > scores.size(-1):  # blocks that do not exist yet: never chosen (they lie after every row)
+        scores = F.pad(scores, (0, n_keep - scores.size(-1)))
     nb = scores.size(-1)
-    if not 0 < n_keep <= nb:
-        raise ValueError(f"n_blocks={n_keep} must be in 1..{nb} (the number of key blocks)")
     own = rows[:, None]  # (R, 1)
     blk = torch.arange(nb, device=scores.device)
     ranked = finite_scores(scores).masked_fill(blk > own, float("-inf"))

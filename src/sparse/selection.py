@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -44,10 +45,12 @@ def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = No
     """Top-K keys of each query i among keys 0..i. scores (B, h, R, T) of the queries at positions ``rows`` (R,);
     None: all T queries (R = T). With ``mass`` (the dynamic budget), only the first of them whose predicted
     attention -- the softmax of the scores over keys 0..i -- reaches that share. -> Selection (B, h, R, K)."""
+    if top_k <= 0:
+        raise ValueError(f"top_k={top_k} must be 1 or more")
+    pos = torch.arange(scores.size(-1), device=scores.device) if rows is None else rows  # (R,)
+    if top_k > scores.size(-1):  # a budget counted at a longer length than these keys: the surplus slots are invalid
+        scores = F.pad(scores, (0, top_k - scores.size(-1)))
     T = scores.size(-1)
-    if not 0 < top_k <= T:
-        raise ValueError(f"top_k={top_k} must be in 1..{T} (the sequence length)")
-    pos = torch.arange(T, device=scores.device) if rows is None else rows  # (R,)
     future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
     ranked = finite_scores(scores).masked_fill(future, float("-inf"))
     top = ranked.topk(top_k, dim=-1)  # (B, h, R, K), best first
