@@ -156,8 +156,10 @@ def register_configs() -> None:
 
 @dataclass
 class SampleConf:
-    ckpt: Optional[str] = None  # a teacher checkpoint (.ckpt) or a run folder holding checkpoints/best.ckpt
-    prompt: str = ""  # text to continue (every character must be in the model's vocabulary); empty: a newline
+    ckpt: Optional[str] = None  # a pipeline, approximator or teacher run folder, or a .ckpt file
+    model: str = "auto"  # auto: the hybrid when ckpt holds one, else the teacher; hybrid; teacher
+    prompt: Optional[str] = None  # text to continue (characters of the model's vocabulary, at most its T); unset: a
+    #                                newline
     num_chars: int = 500  # characters to generate
     temperature: float = 0.8  # < 1 sharper, > 1 more random
     top_k: Optional[int] = None  # sample only among the k likeliest characters

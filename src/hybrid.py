@@ -130,7 +130,7 @@ class HybridCausalSelfAttention(nn.Module):
         if pos == 0:  # prefill: the whole prompt as in a forward pass, the budget counted at the cache's length
             max_len = cache.k.size(-2)
             y[:, :n] = self.sparse(x, q[:, :n], k[:, :n], v[:, :n], length=max_len)
-            cache.state = SparseDecoder(self.sparse, x, q[:, :n], k[:, :n], max_len)
+            cache.state = SparseDecoder(self.sparse, x, q[:, :n], cache.k, cache.v)
         elif x.size(1) != 1:
             raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
                              f"{x.size(1)} tokens at position {pos}")

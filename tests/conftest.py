@@ -37,7 +37,8 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     import src.train  # noqa: F401  registers the schemas and resolvers
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    folder = CONF / "cli" if config_name == "sample" else CONF  # the tools' configs sit away from the groups
+    with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
 
 

@@ -71,14 +71,13 @@ def test_full_budget_decode_is_dense(selector):
 
 @pytest.mark.parametrize("selector,heads", [("block", "all"), ("block", [1]), ("indexer", [0, 3]), ("window", "all")])
 def test_decode_never_reads_a_future_position(selector, heads):
-    """Cache rows after the current token hold NaN: a step that read one would return NaN."""
+    """Cache rows after the current token hold huge values: a step that read one would change its output."""
     teacher, attention = hybrid(selector, heads=heads, budget=16)
     x = torch.randint(0, 17, (1, T))
     cache = KVCache(CFG, 1)
     for layer in cache.layers:
-        layer.k.fill_(float("nan")), layer.v.fill_(float("nan"))
+        layer.k.fill_(1e4), layer.v.fill_(1e4)
     out = decode(teacher, attention, x, 3, cache)
-    assert torch.isfinite(out).all()
     torch.testing.assert_close(out, teacher(x, attention=attention).detach(), atol=1e-5, rtol=1e-5)
 
 

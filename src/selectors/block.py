@@ -74,25 +74,29 @@ class BlockSelector(BlockKeySelector):
     # ------------------------------------------------------------------ generation: the compressed key cache
 
     def summarise(self, x: torch.Tensor, max_len: int) -> torch.Tensor:
-        """The prompt's layer input x (B, T0, C) -> the sum of the index keys of every key block, in a buffer for
-        ``max_len`` positions (B, h, n_blocks(max_len), d_index); blocks not begun are zero."""
+        """The prompt's layer input x (B, T0, C) -> per key block the mean of its index keys once it is complete, the
+        sum of those so far while it is not, in a buffer for ``max_len`` positions (B, h, n_blocks(max_len),
+        d_index); blocks not begun are zero."""
         B, T0, _ = x.shape
         bs, nb = self.block_size, n_blocks(T0, self.block_size)
         ki = index_vectors(self.wk, x, self.n_heads, self.d_index)  # (B, h, T0, d)
-        sums = ki.new_zeros(B, self.n_heads, n_blocks(max_len, bs), self.d_index)
-        sums[:, :, :nb] = F.pad(ki, (0, 0, 0, nb * bs - T0)).unflatten(-2, (nb, bs)).sum(-2)
-        return sums
+        summaries = ki.new_zeros(B, self.n_heads, n_blocks(max_len, bs), self.d_index)
+        summaries[:, :, :nb] = F.pad(ki, (0, 0, 0, nb * bs - T0)).unflatten(-2, (nb, bs)).sum(-2)
+        summaries[:, :, :T0 // bs] /= bs
+        return summaries
 
-    def add_summary(self, sums: torch.Tensor, x_t: torch.Tensor, t: int) -> None:
-        """Add the token at position t (x_t (B, 1, C)) to its block's summary."""
-        sums[:, :, t // self.block_size] += index_vectors(self.wk, x_t, self.n_heads, self.d_index)[:, :, 0]
+    def add_summary(self, summaries: torch.Tensor, x_t: torch.Tensor, t: int) -> None:
+        """Add the token at position t (x_t (B, 1, C)) to its block's summary; the block's last makes it a mean."""
+        blk = t // self.block_size
+        summaries[:, :, blk] += index_vectors(self.wk, x_t, self.n_heads, self.d_index)[:, :, 0]
+        if t % self.block_size == self.block_size - 1:
+            summaries[:, :, blk] /= self.block_size
 
-    def summary_scores(self, sums: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    def summary_scores(self, summaries: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """The scores of block_scores for the query block whose first query x_t (B, 1, C) is at position t, from the
-        completed blocks' summaries -> (B, h, 1, r + 1), r = t // block_size (the own block's score last)."""
+        completed blocks' mean index keys -> (B, h, 1, r + 1), r = t // block_size (the own block's score last)."""
         r = t // self.block_size
         qi = index_vectors(self.wq, x_t, self.n_heads, self.d_index)  # (B, h, 1, d)
-        kb = sums[:, :, :r] / self.block_size  # (B, h, r, d): the mean index key of each earlier block
-        rows = torch.tensor([r], device=x_t.device)
-        scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index) + self.distance(rows, r)  # (B, h, 1, r)
+        scores = qi @ summaries[:, :, :r].transpose(-2, -1) / math.sqrt(self.d_index)  # (B, h, 1, r)
+        scores = scores + self.distance.before(r)[:, None]
         return torch.cat((scores, self.own(x_t).transpose(1, 2)[..., None]), dim=-1)

@@ -31,3 +31,12 @@ class DistanceBias(nn.Module):
         """The bias of positions 0..n-1 for the rows ``rows`` (R,) (queries or query blocks) -> (h, R, n); later
         positions (negative distances) get bucket 0, and are never selected anyway."""
         return self.bias[:, distance_bucket(rows[:, None] - torch.arange(n, device=rows.device))]
+
+    def before(self, r: int) -> torch.Tensor:
+        """The bias of positions 0..r-1 seen from position r, (h, r): ``forward([r], r)[:, 0]`` in two steps
+        (generation asks for one row at a time)."""
+        table = getattr(self, "_buckets", None)
+        if table is None or table.numel() <= r or table.device != self.bias.device:
+            n = max(2 * r + 2, 1024)  # buckets of distances 0..n-1, grown by doubling
+            table = self._buckets = distance_bucket(torch.arange(n, device=self.bias.device))
+        return self.bias[:, table[1:r + 1].flip(0)]

@@ -64,4 +64,4 @@ class IndexerSelector(KeySelector):
         """score_rows of the query x_t (B, 1, C) at position t against the cached keys 0..t -> (B, h, 1, t + 1)."""
         qi = index_vectors(self.wq, x_t, self.n_heads, self.d_index)
         scores = qi @ keys[:, :, :t + 1].transpose(-2, -1) / math.sqrt(self.d_index)
-        return scores + self.distance(torch.tensor([t], device=x_t.device), t + 1)
+        return scores + torch.cat((self.distance.before(t), self.distance.bias[:, :1]), -1)[:, None]

@@ -32,6 +32,7 @@ from src.stages.hybrid_module import (
     check_same,
     datamodule_for,
     hybrid_hparams,
+    hybrid_from_checkpoint,
     load_stage_checkpoint,
     resolve_teacher,
 )
@@ -133,15 +134,9 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
               "selector": OmegaConf.to_container(cfg.selector), "approximator": OmegaConf.to_container(cfg.approximator)}
     check_same(hp, wanted, ("hybrid", "selector", "approximator"), path, approximator_command(cfg))
     # this run's kernel and dynamic budget: the same trained parts
-    hp = {**hp, "hybrid": {**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass},
-          "selector": {**hp["selector"], "recent": cfg.selector.recent}}
-    module = HybridEvaluation(**hp)
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError:
-        raise UserError(f"the weights in {path} do not fit this version's {cfg.selector.name} + "
-                        f"{cfg.approximator.name} hybrid (made by an older one?): make a new one with "
-                        f"`{approximator_command(cfg)}`") from None
+    module = hybrid_from_checkpoint(ckpt, path, approximator_command(cfg), HybridEvaluation,
+                                    hybrid={**hp["hybrid"], "kernel": cfg.hybrid.kernel, "mass": cfg.hybrid.mass},
+                                    selector={**hp["selector"], "recent": cfg.selector.recent})
     return module, f"hybrid {path}"
 
 

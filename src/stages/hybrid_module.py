@@ -230,6 +230,21 @@ def load_stage_checkpoint(path: str | Path, stage: str, make_command: str) -> di
     return ckpt
 
 
+def hybrid_from_checkpoint(ckpt: dict, path: str | Path, make_command: str, cls: type | None = None,
+                           **hparams) -> HybridModule:
+    """The hybrid a distillation checkpoint holds (the teacher's weights and the parts travel in it), as ``cls``
+    (default HybridModule), with ``hparams`` replacing the saved ones (e.g. another kernel for the same parts)."""
+    hp = ckpt["hyper_parameters"]
+    module = (cls or HybridModule)(**{**hp, **hparams})
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise UserError(f"the weights in {path} do not fit this version's {hp['selector']['name']} + "
+                        f"{hp['approximator']['name']} hybrid (made by an older one?): make a new one with "
+                        f"`{make_command}`") from None
+    return module.eval()
+
+
 def check_same(ckpt_hp: dict, hparams: dict, keys: tuple[str, ...], path: str, make_command: str,
                budget: bool = True) -> None:
     """The settings in ``keys`` must be equal in a checkpoint and in this run, or the parts do not fit (``budget``

@@ -107,15 +107,13 @@ class TeacherLM(L.LightningModule):
             # markdown: keep line breaks visible in TensorBoard's text tab
             self.logger.experiment.add_text("sample", "    " + text.replace("\n", "\n    "), self.global_step)
 
-    @torch.no_grad()
     def sample(self, num_chars: int, prompt: str = "", temperature: float = 0.8, top_k: int | None = None) -> str:
         """Continue ``prompt`` by num_chars characters; an empty prompt starts from a newline (or token 0)."""
         was_training = self.training
         self.eval()
-        ids = self.vocab.encode(prompt) if prompt else torch.tensor([self.vocab.stoi.get("\n", 0)])
-        out = self.gpt.generate(ids[None].to(self.device), num_chars, temperature=temperature, top_k=top_k)
+        text = sample_text(self.gpt, self.vocab, num_chars, prompt, temperature, top_k)[0]
         self.train(was_training)
-        return self.vocab.decode(out[0, len(ids) :].tolist())
+        return text
 
     def configure_optimizers(self):
         o = self.hparams.optim
@@ -131,6 +129,18 @@ class TeacherLM(L.LightningModule):
             lambda s: warmup_cosine(s, o["warmup_steps"], self.hparams.max_steps, o["lr"], o["min_lr"]) / o["lr"],
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@torch.no_grad()
+def sample_text(gpt: GPT, vocab: Vocab, num_chars: int, prompt: str = "", temperature: float = 0.8,
+                top_k: int | None = None, attention: dict | None = None, num_samples: int = 1) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (one batch, KV-cached, src/model.py ``GPT.generate``), each
+    num_chars long; an empty prompt starts from a newline (or token 0). ``attention``: a hybrid's sparse layers."""
+    ids = vocab.encode(prompt) if prompt else torch.tensor([vocab.stoi.get("\n", 0)])
+    device = next(gpt.parameters()).device
+    out = gpt.generate(ids[None].repeat(num_samples, 1).to(device), num_chars, temperature=temperature, top_k=top_k,
+                       attention=attention)
+    return [vocab.decode(row[len(ids):].tolist()) for row in out]
 
 
 def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDataModule:

@@ -1,0 +1,99 @@
+"""``python -m src.sample``: text from a distilled hybrid (sparse decoding) or its teacher, and every bad input's
+one-line message."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import src.runs
+from src.errors import UserError
+from src.sample import generate
+from src.train import train
+from tests.conftest import TINY, compose_config, run_cli
+
+PARTS = ["selector=block", "selector.block_size=8", "hybrid.budget=16", "selector.max_steps=2",
+         "approximator.max_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """A tiny pipeline (teacher, block selector, softmax hybrid) shared by the tests of this file."""
+    run = tmp_path_factory.mktemp("pipeline")
+    src.runs.OUTPUT_ROOT, saved = run / "outputs", src.runs.OUTPUT_ROOT  # finds nothing from other tests
+    try:
+        train(compose_config(TINY + ["+experiment=pipeline", *PARTS]), run)
+    finally:
+        src.runs.OUTPUT_ROOT = saved
+    return run
+
+
+def sample(*overrides: str):
+    return generate(compose_config(list(overrides), config_name="sample"))
+
+
+def test_samples_the_hybrid_of_a_pipeline(pipeline_run):
+    out = sample(f"ckpt={pipeline_run}", "num_chars=50", "prompt=ab", "num_samples=2")
+    assert out.source.startswith(f"hybrid {pipeline_run}/approximator/checkpoints/")
+    assert "block selector" in out.source and len(out.texts) == 2 and out.tokens == 100
+    assert all(t.startswith("ab") and len(t) == 52 for t in out.texts) and out.tokens_per_second > 0
+    # the same checkpoint file, and its teacher
+    ckpt = out.source.split()[1]
+    assert sample(f"ckpt={ckpt}", "num_chars=5").source.startswith("hybrid")
+    teacher = sample(f"ckpt={pipeline_run}", "num_chars=5", "model=teacher")
+    assert teacher.source.startswith(f"teacher {pipeline_run}/teacher/checkpoints/")
+
+
+def test_hybrid_samples_are_the_hybrids_greedy_tokens(pipeline_run):
+    """top_k=1: each character is the argmax of the hybrid's logits over the context so far (a forward pass each)."""
+    from src.sample import load
+
+    gpt, vocab, attention, _ = load(str(pipeline_run))
+    text = sample(f"ckpt={pipeline_run}", "num_chars=29", "prompt=abc", "top_k=1").texts[0]
+    ids = vocab.encode("abc")[None]
+    with torch.no_grad():
+        for _ in range(29):  # 3 + 29 = T: no slide
+            ids = torch.cat([ids, gpt(ids, attention=attention)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert text == vocab.decode(ids[0].tolist())
+    assert attention is not None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["prompt='a~b'"], "the prompt has characters the model never saw: '~'"),
+    (["prompt=''"], "the prompt is empty: give some text"),
+    (["prompt=" + "a" * 33], "the prompt has 33 characters, more than the model's context of 32"),
+    (["num_chars=0"], "num_chars=0 must be a positive number"),
+    (["temperature=0"], "temperature=0.0 must be above 0"),
+    (["top_k=-3"], "top_k=-3 must be 1 or more"),
+    (["num_samples=0"], "num_samples=0 must be 1 or more"),
+    (["model=student"], "model='student' is unknown: use one of auto, hybrid, teacher"),
+])
+def test_bad_settings_are_one_line(pipeline_run, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        sample(f"ckpt={pipeline_run}", *overrides)
+
+
+def test_bad_checkpoints_are_one_line(pipeline_run, tmp_path):
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        sample(f"ckpt={tmp_path}")
+    with pytest.raises(UserError, match="no checkpoint at"):
+        sample(f"ckpt={tmp_path}/none.ckpt")
+    with pytest.raises(UserError, match="holds no distilled hybrid"):
+        sample(f"ckpt={pipeline_run}/teacher", "model=hybrid")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        sample(f"ckpt={tmp_path}/junk.ckpt")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device=cuda but this machine has no CUDA GPU"):
+            sample(f"ckpt={pipeline_run}", "device=cuda")
+
+
+@pytest.mark.slow
+def test_cli_prints_text_and_tokens_per_second(pipeline_run):
+    proc = run_cli("src.sample", f"ckpt={pipeline_run}", "num_chars=30", "prompt=ab", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ab") and "tokens/s" in proc.stderr and "from the hybrid" in proc.stderr
+    proc = run_cli("src.sample", f"ckpt={pipeline_run}", "num_chars=0")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: num_chars=0") and "Traceback" not in proc.stderr
