@@ -97,3 +97,13 @@ def test_cli_prints_text_and_tokens_per_second(pipeline_run):
     assert proc.stdout.startswith("ab") and "tokens/s" in proc.stderr and "from the hybrid" in proc.stderr
     proc = run_cli("src.sample", f"ckpt={pipeline_run}", "num_chars=0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: num_chars=0") and "Traceback" not in proc.stderr
+
+
+def test_teacher_folders(tiny_cfg, tmp_path):
+    """A pipeline folder with a teacher only (stopped early) and a teacher's own run folder give the teacher."""
+    from src.sample import load
+
+    result = train(tiny_cfg(), tmp_path / "pipeline" / "teacher")
+    for folder in (tmp_path / "pipeline", tmp_path / "pipeline" / "teacher"):
+        gpt, vocab, attention, source = load(str(folder))
+        assert attention is None and source == f"teacher {result['checkpoint']}"

@@ -150,15 +150,3 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert metrics["steps"] == 4 and metrics["checkpoint"].endswith("best.ckpt")
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
-
-
-def test_sample_accepts_a_pipeline_folder(tiny_cfg, tmp_path):
-    from src.errors import UserError
-    from src.sample import checkpoint_path
-
-    result = train(tiny_cfg(), tmp_path / "pipeline" / "teacher")
-    assert checkpoint_path(str(tmp_path / "pipeline")) == tmp_path / "pipeline" / "teacher" / "checkpoints" / "best.ckpt"
-    assert str(checkpoint_path(str(tmp_path / "pipeline" / "teacher"))) == result["checkpoint"]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="holds no teacher checkpoint"):
-        checkpoint_path(str(tmp_path / "empty"))
