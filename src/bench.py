@@ -28,7 +28,9 @@ it (inputs and weights excluded; intermediates and the output counted), from a s
 torch.cuda.max_memory_allocated; on CPU the profiler's allocator events (torch.profiler, profile_memory=True),
 which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers included.
 
-Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to ``--out``. Bad arguments end with
+``--decode`` measures generation instead -- one decode step against a KV cache of L keys, and whole-model tokens
+per second (src/decode_bench.py). Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to
+``--out``. Bad arguments end with
 one line ``error: ...`` and exit status 2. Functions for other code: ``time_runs``, ``measure``, ``run``,
 ``crossover``.
 """
@@ -683,6 +685,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--decode" in argv:  # generation: one decode step against a KV cache (src/decode_bench.py)
+        from src import decode_bench
+
+        return decode_bench.main(argv)
     try:
         s = settings_from_args(build_parser().parse_args(argv))
         check_settings(s)

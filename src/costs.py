@@ -404,3 +404,33 @@ def crossover_seq_len(pair: str, d_model: int, n_head: int, seq_lens: Iterable[i
         if sparse_layer(pair, d_model, n_head, T, k, sizes).flops < dense_layer(d_model, n_head, T, sizes).flops:
             return T
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# decoding: one new token against a cache of L keys (python -m src.bench --decode)
+
+
+def dense_decode(L: int, d_model: int, n_head: int, softmax_ops: int = SOFTMAX_OPS) -> Cost:
+    """One query against L cached keys, every head: q·k and the weighted sum of values, 2·L·d MACs, + softmax."""
+    return Cost(macs=2 * L * d_model, ops=softmax_ops * L * n_head)
+
+
+def block_decode(L: int, d_model: int, n_head: int, keys: int, block: int, d_index: int, scoring_step: bool = False,
+                 softmax_ops: int = SOFTMAX_OPS, topk_ops: int = TOPK_OPS) -> Cost:
+    """One query of the block selector's sparse decoding (src/sparse/decode.py), every head: attention over ``keys``
+    keys (the chosen blocks) + the new key's index vector added to its block's summary (d·nh·d_index MACs) + once
+    per block of queries the index query, the own block's score and the scores of the L / block summaries
+    (d·nh·(d_index + 1) + nh·(L / block)·d_index MACs, top-k over them): spread over the block's tokens (per token on
+    average), or whole (``scoring_step``: the block's first query)."""
+    nb = -(-L // block)
+    scoring = Cost(macs=d_model * n_head * (d_index + 1) + n_head * nb * d_index, ops=topk_ops * n_head * nb)
+    per_token = Cost(macs=2 * keys * d_model + d_model * n_head * d_index, ops=softmax_ops * keys * n_head)
+    if scoring_step:
+        return per_token + scoring
+    return per_token + Cost(macs=-(-scoring.macs // block), ops=-(-scoring.ops // block))
+
+
+def decode_model(d_model: int, n_layer: int, vocab: int, attention: Cost) -> Cost:
+    """One generated token of the whole model: per layer ``attention`` + projections and MLP (rest_of_layer for one
+    token), + the lm_head (d·V MACs)."""
+    return n_layer * (attention + rest_of_layer(d_model, 1)) + Cost(macs=d_model * vocab)

@@ -1,0 +1,350 @@
+"""Measured speed of generation, dense against sparse: ``python -m src.bench --decode``.
+
+What is timed (torch.utils.benchmark, blocked autorange, median; torch.no_grad; random weights and cache contents:
+the time of a step does not depend on them):
+
+* **one attention layer, one decode step** against a cache of L keys and values (all heads; the QKV and output
+  projections, the same for both, left out): ``sdpa`` -- F.scaled_dot_product_attention of the new query over the
+  whole cache -- against ``block`` sparse decoding (src/sparse/decode.py) under a budget of ``--budget`` keys in
+  blocks of ``--block-size``, summaries included. Two rows for the sparse layer: ``per token`` times a whole query
+  block of steps (the first scores the L / block_size summaries, picks blocks and copies them into a tile; the others
+  write one row of the tile and attend over it) and divides by block_size; ``scoring step`` times that first step
+  alone, the slowest one.
+* **the whole model, one generated token** (``--n-layer`` layers, every head of every layer sparse for ``block``):
+  token in, logits out, through the KV cache (src/model.py), at a context of L tokens; tokens per second.
+
+Each speed-up is reported beside its FLOP limit (src/costs.py: dense FLOPs over the sparse step's, the selector's
+scoring included). A decode step is bound by memory reads more than by arithmetic -- dense attention reads every
+cached key and value, and once the cache outgrows the CPU's caches it reads them from DRAM -- so a measured
+speed-up can pass its FLOP limit. Writes decode.csv, decode.json (machine and settings), decode.md and decode.png to ``--out``, one
+row per cell with ``L`` and ``speedup``. Bad arguments end with one line ``error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+from src import costs
+from src.approximators import build_approximator
+from src.bench import DTYPES, Parser, device_name, int_list
+from src.errors import UserError
+from src.hybrid import HybridSpec, SparseParts, hybrid_attention
+from src.model import GPT, GPTConfig, KVCache
+from src.selectors import build_selector
+from src.sparse import Budget, SparseAttention, SparseDecoder
+from src.sparse.phases import DEVICES, resolve_device
+
+QUICK = dict(lens=(1024, 8192), model_lens=(4096,), min_run_time=0.2)  # --quick: well under a minute on 2 cores
+
+
+@dataclass
+class DecodeSettings:
+    lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)  # cache lengths L of the layer cells
+    model_lens: tuple[int, ...] = (8192, 32768)  # contexts of the whole-model cells
+    d_model: int = 512
+    n_head: int = 8  # heads of 64
+    n_layer: int = 4  # whole-model cells
+    vocab: int = 65  # whole-model cells: a character vocabulary (tiny-shakespeare's)
+    budget: int = 512  # keys per query of the sparse decoder (DeepSeek V3.2 reads 2048 of 128k; MoBA / NSA ~1-2k)
+    block_size: int = 64  # NSA's and MoBA's block of keys
+    d_index: int = 16  # the block selector's index width (conf/selector/block.yaml)
+    min_run_time: float = 1.0  # seconds each cell is timed for (torch.utils.benchmark blocked_autorange)
+    device: str = "auto"
+    dtype: str = "fp32"
+    seed: int = 0
+    out: str | None = None  # None: outputs/bench/decode_TIMESTAMP
+    quick: bool = False
+
+    def describe(self, device: str) -> str:
+        return (f"measured, {device}, {self.dtype}, batch 1, {self.d_model}d / {self.n_head} heads, budget "
+                f"{self.budget} keys in blocks of {self.block_size}, d_index {self.d_index}, "
+                f"{torch.get_num_threads()} threads, median of blocked autorange over {self.min_run_time:g} s")
+
+
+def check(s: DecodeSettings) -> None:
+    if not s.lens and not s.model_lens:
+        raise UserError("--lens and --model-lens are both empty: give at least one cache length")
+    for name in ("d_model", "n_head", "n_layer", "vocab", "budget", "block_size", "d_index"):
+        if getattr(s, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    if s.d_model % s.n_head:
+        raise UserError(f"--d-model {s.d_model} must be divisible by --n-head {s.n_head}")
+    if s.min_run_time <= 0:
+        raise UserError("--min-run-time must be positive")
+    if s.dtype not in DTYPES:
+        raise UserError(f"--dtype {s.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+    short = [L for L in (*s.lens, *s.model_lens) if L < s.budget]
+    if short:
+        raise UserError(f"cache length {short[0]} is shorter than the budget of {s.budget} keys: nothing to skip "
+                        "(give longer --lens / --model-lens or a smaller --budget)")
+    resolve_device(s.device)
+
+
+def median_seconds(fn, min_run_time: float) -> float:
+    """torch.utils.benchmark's blocked autorange at this process's thread count: the median seconds of one call."""
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def room(L: int, block_size: int) -> int:
+    """Cache positions for a context of L and one more query block, in whole blocks."""
+    return -(-(L + block_size) // block_size) * block_size
+
+
+def sparse_layer(s: DecodeSettings, max_len: int, device, dtype) -> SparseAttention:
+    """Every head sparse: the block selector (random weights) + exact softmax, under the budget."""
+    hs = s.d_model // s.n_head
+    selector = build_selector("block", s.n_head, s.d_model, hs, max_len, hidden=64, d_index=s.d_index,
+                              block_size=s.block_size, sinks=0)
+    approximator = build_approximator("softmax", s.n_head, hs, s.budget, hidden=64)
+    return SparseAttention(selector, approximator, Budget.parse(s.budget)).to(device, dtype)
+
+
+def row(kind: str, L: int, variant: str, seconds: float, s: DecodeSettings, keys: int, limit: float | None,
+        base: float | None, note: str = "") -> dict:
+    speedup = None if base is None else base / seconds
+    return dict(kind=kind, L=L, variant=variant, keys_read=keys, median_ms=round(seconds * 1e3, 4),
+                tokens_per_s=round(1 / seconds, 1) if kind == "model" else None,
+                speedup=None if speedup is None else round(speedup, 3),
+                flop_limit=None if limit is None else round(limit, 2),
+                of_limit=None if speedup is None or limit is None else round(speedup / limit, 3),
+                d_model=s.d_model, n_head=s.n_head, n_layer=s.n_layer if kind == "model" else 1, budget=s.budget,
+                block_size=s.block_size, note=note)
+
+
+@torch.no_grad()
+def layer_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
+    """One attention layer's decode step at cache length L: SDPA, block decoding per token and its scoring step."""
+    torch.manual_seed(s.seed)
+    nh, hs, bs = s.n_head, s.d_model // s.n_head, s.block_size
+    max_len = room(L, bs)
+    k, v = (torch.randn(1, nh, max_len, hs, device=device, dtype=dtype) for _ in range(2))
+    q_t = torch.randn(1, nh, 1, hs, device=device, dtype=dtype)
+    x_t = torch.randn(1, 1, s.d_model, device=device, dtype=dtype)
+    dense = median_seconds(lambda: F.scaled_dot_product_attention(q_t, k[:, :, :L + 1], v[:, :, :L + 1]),
+                           s.min_run_time)
+    decoder = SparseDecoder(sparse_layer(s, max_len, device, dtype),
+                            torch.randn(1, L, s.d_model, device=device, dtype=dtype), k[:, :, :L], k, v)
+
+    def query_block():  # positions L .. L + bs - 1: one scoring step, then bs - 1 steps reading the tile
+        for t in range(L, L + bs):
+            decoder.step(x_t, q_t, k, v, t)
+
+    per_token = median_seconds(query_block, s.min_run_time) / bs
+    scoring = median_seconds(lambda: decoder.step(x_t, q_t, k, v, L), s.min_run_time)
+    keys = decoder.n_keep * bs
+    d = costs.dense_decode(L, s.d_model, nh).flops
+    sparse = costs.block_decode(L, s.d_model, nh, keys, bs, s.d_index)
+    first = costs.block_decode(L, s.d_model, nh, keys, bs, s.d_index, scoring_step=True)
+    return [row("layer", L, "sdpa", dense, s, L, None, dense),
+            row("layer", L, "block, per token", per_token, s, keys, d / sparse.flops, dense,
+                f"mean of a query block's {bs} steps"),
+            row("layer", L, "block, scoring step", scoring, s, keys, d / first.flops, dense,
+                "the first step of a query block: scores the summaries, copies the chosen blocks")]
+
+
+@torch.no_grad()
+def model_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
+    """The whole model generating one token at a context of L: teacher (SDPA) and every head block-sparse."""
+    torch.manual_seed(s.seed)
+    bs = s.block_size
+    cfg = GPTConfig(vocab_size=s.vocab, seq_len=room(L, bs), n_layer=s.n_layer, n_head=s.n_head,
+                    d_model=s.d_model, pos="rope")
+    gpt = GPT(cfg).to(device, dtype).eval()
+    cache = KVCache(cfg, 1, device, dtype)
+    for layer in cache.layers:
+        layer.k.normal_(), layer.v.normal_()
+    cache.rewind(L)
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+
+    def dense_token():
+        gpt(token, cache=cache)
+        cache.rewind(L)
+
+    dense = median_seconds(dense_token, s.min_run_time)
+    spec = HybridSpec.from_config(cfg, layers="all", heads="all", budget=s.budget)
+    parts = SparseParts(spec, cfg, {"name": "block", "block_size": bs, "d_index": s.d_index},
+                        {"name": "softmax"}).to(device, dtype)
+    attention = hybrid_attention(gpt, spec, parts)
+    for i, layer in enumerate(cache.layers):  # the summaries of a random context of L tokens
+        layer.state = SparseDecoder(attention[i].sparse, torch.randn(1, L, s.d_model, device=device, dtype=dtype),
+                                    layer.k[:, :, :L], layer.k, layer.v)
+
+    def query_block():
+        for _ in range(bs):
+            gpt(token, attention=attention, cache=cache)
+        cache.rewind(L)
+
+    sparse = median_seconds(query_block, s.min_run_time) / bs
+    keys = cache.layers[0].state.n_keep * bs
+    per_layer = costs.block_decode(L, s.d_model, s.n_head, keys, bs, s.d_index)
+    limit = (costs.decode_model(s.d_model, s.n_layer, s.vocab, costs.dense_decode(L, s.d_model, s.n_head)).flops
+             / costs.decode_model(s.d_model, s.n_layer, s.vocab, per_layer).flops)
+    return [row("model", L, "sdpa", dense, s, L, None, dense),
+            row("model", L, "block, per token", sparse, s, keys, limit, dense,
+                f"mean of a query block's {bs} tokens")]
+
+
+def run(s: DecodeSettings, log=print) -> list[dict]:
+    check(s)
+    device, dtype = resolve_device(s.device), DTYPES[s.dtype]
+    cells = [("layer", L) for L in sorted(s.lens)] + [("model", L) for L in sorted(s.model_lens)]
+    rows = []
+    for i, (kind, L) in enumerate(cells, 1):
+        try:
+            new = (layer_rows if kind == "layer" else model_rows)(L, s, device, dtype)
+        except (RuntimeError, MemoryError) as e:  # out of memory at a long L: say so, keep the other cells
+            first = (str(e).splitlines() or [""])[0][:160]
+            log(f"[{i}/{len(cells)}] {kind} L={L}: skipped ({type(e).__name__}: {first})")
+            continue
+        rows += new
+        for r in new:
+            log(f"[{i}/{len(cells)}] {cell_text(r)}")
+    return rows
+
+
+def cell_text(r: dict) -> str:
+    text = f"{r['kind']:<5} L={r['L']:<6} {r['variant']:<20} {r['median_ms']:9.3f} ms"
+    if r["tokens_per_s"] is not None:
+        text += f" {r['tokens_per_s']:8.1f} tokens/s"
+    if r["variant"] != "sdpa":
+        text += f"  {r['speedup']:.2f}× SDPA (FLOP limit {r['flop_limit']:.1f}×)"
+    return text
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| what | L | variant | keys read | median ms | tokens/s | speed-up vs SDPA | FLOP limit | of limit | note |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        what = "1 layer, 1 step" if r["kind"] == "layer" else f"model ({r['n_layer']} layers), 1 token"
+        up = "1.00× (baseline)" if r["variant"] == "sdpa" else f"{r['speedup']:.2f}×"
+        limit = "–" if r["flop_limit"] is None else f"{r['flop_limit']:.1f}×"
+        of = "–" if r["of_limit"] is None else f"{r['of_limit']:.0%}"
+        tps = "–" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
+        out.append(f"| {what} | {r['L']} | {r['variant']} | {r['keys_read']} | {r['median_ms']:.3f} | {tps} | {up} | "
+                   f"{limit} | {of} | {r['note']} |")
+    return "\n".join(out)
+
+
+def plot(path: Path, rows: list[dict], label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for i, variant in enumerate(("block, per token", "block, scoring step")):
+        rs = [r for r in rows if r["kind"] == "layer" and r["variant"] == variant]
+        if rs:
+            left.plot([r["L"] for r in rs], [r["speedup"] for r in rs], marker="o", color=f"C{i}", label=variant)
+            left.plot([r["L"] for r in rs], [r["flop_limit"] for r in rs], ":", color=f"C{i}",
+                      label=f"{variant}: FLOP limit")
+    left.axhline(1.0, color="k", lw=1)
+    left.set(xscale="log", yscale="log", xlabel="cache length L", ylabel="speed-up over SDPA",
+             title="One attention layer, one decode step")
+    models = [r for r in rows if r["kind"] == "model"]
+    lens = sorted({r["L"] for r in models})
+    for i, variant in enumerate(("sdpa", "block, per token")):
+        rs = sorted((r for r in models if r["variant"] == variant), key=lambda r: r["L"])
+        right.bar([j + (i - 0.5) * 0.4 for j in range(len(rs))], [r["tokens_per_s"] for r in rs], width=0.4,
+                  color=f"C{i + 2}", label="dense (SDPA)" if variant == "sdpa" else "block-sparse")
+    right.set_xticks(range(len(lens)), [f"L={L}" for L in lens])
+    right.set(ylabel="tokens per second (batch 1)", title="Whole model, one token per step")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> list[Path]:
+    dev = resolve_device(s.device)
+    info = dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__,
+                threads=torch.get_num_threads())
+    label = s.describe(info["device_name"])
+    paths = [out / f"decode.{ext}" for ext in ("csv", "json", "md", "png")]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with paths[0].open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        paths[1].write_text(json.dumps({"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
+                                        "rows": rows, "notes": __doc__}, indent=2) + "\n")
+        paths[2].write_text(f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch "
+                            f"{info['torch']}.\n\n{table(rows)}\n")
+        plot(paths[3], rows, label)
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror or e}; pass another folder with --out") from None
+    return paths
+
+
+def build_parser() -> Parser:
+    d = DecodeSettings()
+    p = Parser(prog="python -m src.bench --decode", description=__doc__.splitlines()[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--decode", action="store_true", help="(this benchmark)")
+    p.add_argument("--lens", type=int_list, default=None,
+                   help=f"cache lengths of the layer cells (default {','.join(map(str, d.lens))})")
+    p.add_argument("--model-lens", type=lambda t: () if t.strip() in ("", "none") else int_list(t), default=None,
+                   help=f"contexts of the whole-model cells (default {','.join(map(str, d.model_lens))}; none: skip)")
+    for name in ("d_model", "n_head", "n_layer", "vocab", "budget", "block_size", "d_index"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--min-run-time", type=float, default=d.min_run_time, help="seconds each cell is timed for")
+    p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
+    p.add_argument("--dtype", default=d.dtype, help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/decode_TIMESTAMP)")
+    p.add_argument("--quick", action="store_true", help="L 1024 and 8192, the model at 4096, 0.2 s per cell")
+    return p
+
+
+def settings_from_args(a: argparse.Namespace) -> DecodeSettings:
+    quick = QUICK if a.quick else {}
+    return DecodeSettings(
+        lens=tuple(a.lens or quick.get("lens", DecodeSettings.lens)),
+        model_lens=tuple(a.model_lens if a.model_lens is not None else quick.get("model_lens",
+                                                                                   DecodeSettings.model_lens)),
+        d_model=a.d_model, n_head=a.n_head, n_layer=a.n_layer, vocab=a.vocab, budget=a.budget,
+        block_size=a.block_size, d_index=a.d_index,
+        min_run_time=quick.get("min_run_time", a.min_run_time) if a.min_run_time == DecodeSettings.min_run_time
+        else a.min_run_time,
+        device=a.device, dtype=a.dtype, seed=a.seed, out=str(a.out) if a.out else None, quick=a.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        s = settings_from_args(build_parser().parse_args(argv))
+        check(s)
+        out = Path(s.out) if s.out else Path("outputs/bench") / datetime.now().strftime("decode_%Y-%m-%d_%H-%M-%S")
+        print(f"{s.describe(device_name(resolve_device(s.device)))}; torch {torch.__version__}; writing to {out}/",
+              flush=True)
+        start = time.perf_counter()
+        rows = run(s, log=lambda line: print(line, flush=True))
+        if not rows:
+            raise UserError("every cell was skipped (see above): try shorter --lens / --model-lens")
+        elapsed = time.perf_counter() - start
+        paths = write(rows, s, out, elapsed)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + table(rows))
+    print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
