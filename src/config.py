@@ -160,6 +160,7 @@ class SampleConf:
     model: str = "auto"  # auto: the hybrid when ckpt holds one, else the teacher; hybrid; teacher
     prompt: Optional[str] = None  # text to continue (characters of the model's vocabulary, at most its T); unset: a
     #                                newline
+    prompt_file: Optional[str] = None  # or a file whose text is the prompt (a long context: up to the model's T)
     num_chars: int = 500  # characters to generate
     temperature: float = 0.8  # < 1 sharper, > 1 more random
     top_k: Optional[int] = None  # sample only among the k likeliest characters

@@ -117,11 +117,26 @@ def check_settings(cfg: DictConfig) -> None:
         raise UserError(f"temperature={cfg.temperature} must be above 0 (1: the model's distribution; lower: sharper)")
     if cfg.top_k is not None and cfg.top_k <= 0:
         raise UserError(f"top_k={cfg.top_k} must be 1 or more (or null: every character)")
+    if cfg.prompt is not None and cfg.prompt_file:
+        raise UserError("give the prompt once: prompt=TEXT or prompt_file=PATH, not both")
     if cfg.prompt is not None and cfg.prompt == "":
         raise UserError("the prompt is empty: give some text (prompt='ROMEO:'), or leave prompt unset to start "
                         "from a newline")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={cfg.device} but this machine has no CUDA GPU: use device=cpu")
+
+
+def read_prompt(cfg: DictConfig) -> str | None:
+    """prompt=, or the text of prompt_file= (None: neither)."""
+    if not cfg.prompt_file:
+        return cfg.prompt
+    p = Path(cfg.prompt_file)
+    if not p.is_file():
+        raise UserError(f"prompt_file={p}: no such file")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if not text:
+        raise UserError(f"prompt_file={p} is empty: give a file with some text, or leave it unset")
+    return text
 
 
 def check_prompt(prompt: str | None, vocab, seq_len: int) -> None:
@@ -141,9 +156,10 @@ def generate(cfg: DictConfig) -> Generated:
 
     check_settings(cfg)
     gpt, vocab, attention, source = load(cfg.ckpt, cfg.model, cfg.device)
-    check_prompt(cfg.prompt, vocab, gpt.cfg.seq_len)
+    prompt = read_prompt(cfg)
+    check_prompt(prompt, vocab, gpt.cfg.seq_len)
     torch.manual_seed(cfg.seed)
-    prompt = cfg.prompt or ""
+    prompt = prompt or ""
     start = time.perf_counter()
     texts = sample_text(gpt.eval(), vocab, cfg.num_chars, prompt, cfg.temperature, cfg.top_k, attention,
                         cfg.num_samples)

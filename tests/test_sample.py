@@ -75,6 +75,19 @@ def test_bad_settings_are_one_line(pipeline_run, overrides, message):
         sample(f"ckpt={pipeline_run}", *overrides)
 
 
+def test_prompt_file(pipeline_run, tmp_path):
+    (tmp_path / "prompt.txt").write_text("abcab")
+    out = sample(f"ckpt={pipeline_run}", f"prompt_file={tmp_path}/prompt.txt", "num_chars=3")
+    assert out.texts[0].startswith("abcab") and len(out.texts[0]) == 8
+    with pytest.raises(UserError, match="not both"):
+        sample(f"ckpt={pipeline_run}", f"prompt_file={tmp_path}/prompt.txt", "prompt=ab")
+    with pytest.raises(UserError, match="no such file"):
+        sample(f"ckpt={pipeline_run}", f"prompt_file={tmp_path}/none.txt")
+    (tmp_path / "long.txt").write_text("a" * 40)
+    with pytest.raises(UserError, match="the prompt has 40 characters, more than the model's context of 32"):
+        sample(f"ckpt={pipeline_run}", f"prompt_file={tmp_path}/long.txt")
+
+
 def test_bad_checkpoints_are_one_line(pipeline_run, tmp_path):
     with pytest.raises(UserError, match="holds no checkpoint"):
         sample(f"ckpt={tmp_path}")
