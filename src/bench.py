@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import os
 import platform
 import statistics
@@ -58,11 +56,12 @@ from src import costs
 from src.approximators import APPROXIMATORS, build_approximator
 from src.config import ApproximatorConf, SelectorConf
 from src.errors import UserError
+from src.report import write_report
 from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
 from src.sparse import Budget, Phases, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.flex import is_new_shape
 from src.sparse.gather import chunk_rows
-from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, sync, time_runs, timed
+from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, time_runs, timed
 from src.sparse.tiles import TILE_BYTES
 
 BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
@@ -562,21 +561,11 @@ def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None
     cross = {size_name(d, h): {f"{v}" + ("" if b == "–" else f" @ {b}"): crossover(rows, v, d, h, b)
                                for v, b in series(rows) if v != "sdpa"}
              for d, h in sizes_of(rows)}
-    paths = [out / f"bench.{ext}" for ext in ("csv", "json", "md", "png")]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with paths[0].open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        paths[1].write_text(json.dumps({"machine": info, "settings": settings, "label": label, "elapsed_s": elapsed,
-                                        "rows": rows, "crossover": cross, "notes": NOTES}, indent=2) + "\n")
-        paths[2].write_text(f"# Measured: one attention layer, dense vs sparse\n\n{label}; torch {info['torch']}."
-                            f"\n\n{NOTES}\n\n{table(rows)}")
-        plot(paths[3], rows, label)
-    except OSError as e:
-        raise UserError(f"cannot write to {out}: {e.strerror or e}; pass another folder with --out") from None
-    return paths
+    markdown = (f"# Measured: one attention layer, dense vs sparse\n\n{label}; torch {info['torch']}.\n\n{NOTES}\n\n"
+                f"{table(rows)}")
+    return write_report(out, "bench", rows, markdown, lambda path: plot(path, rows, label),
+                        meta={"machine": info, "settings": settings, "label": label, "elapsed_s": elapsed,
+                              "crossover": cross, "notes": NOTES})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -684,28 +673,38 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     out=str(args.out) if args.out else None, quick=quick)
 
 
+def command_line(parse: Callable, check: Callable, describe: Callable, measure: Callable, write_files: Callable,
+                 show: Callable, prefix: str = "") -> int:
+    """The benchmarks' command line (this one and --decode): settings -> check -> measure, logging each cell ->
+    files in ``--out`` (default outputs/bench/PREFIX + timestamp) -> the table; a bad argument ends with one line
+    ``error: ...`` and status 2."""
+    try:
+        s = parse()
+        check(s)
+        out = Path(s.out) if s.out else Path("outputs/bench") / datetime.now().strftime(f"{prefix}%Y-%m-%d_%H-%M-%S")
+        print(f"{describe(s)}; torch {torch.__version__}; writing to {out}/", flush=True)
+        start = time.perf_counter()
+        rows = measure(s, log=lambda line: print(line, flush=True))
+        if not rows:
+            raise UserError("nothing was measured (every cell was skipped, see above)")
+        elapsed = time.perf_counter() - start
+        paths = write_files(rows, s, out, elapsed)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + show(rows))
+    print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--decode" in argv:  # generation: one decode step against a KV cache (src/decode_bench.py)
         from src import decode_bench
 
         return decode_bench.main(argv)
-    try:
-        s = settings_from_args(build_parser().parse_args(argv))
-        check_settings(s)
-        out = Path(s.out) if s.out else Path("outputs/bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        info = machine_info(s)
-        print(f"{s.describe(info['device_name'])}; torch {info['torch']}; writing to {out}/", flush=True)
-        start = time.perf_counter()
-        rows = run(s, log=lambda line: print(line, flush=True))
-        elapsed = time.perf_counter() - start
-        paths = write(rows, s, out, elapsed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n" + table(rows))
-    print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
-    return 0
+    return command_line(lambda: settings_from_args(build_parser().parse_args(argv)), check_settings,
+                        lambda s: s.describe(machine_info(s)["device_name"]), run, write, table)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,8 @@ row per cell with ``L`` and ``speedup``. Bad arguments end with one line ``error
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
-import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -37,10 +33,11 @@ from torch.utils import benchmark
 
 from src import costs
 from src.approximators import build_approximator
-from src.bench import DTYPES, Parser, device_name, int_list
+from src.bench import DTYPES, Parser, command_line, device_name, int_list
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig, KVCache
+from src.report import write_report
 from src.selectors import build_selector
 from src.sparse import Budget, SparseAttention, SparseDecoder
 from src.sparse.phases import DEVICES, resolve_device
@@ -275,21 +272,10 @@ def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> lis
     info = dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__,
                 threads=torch.get_num_threads())
     label = s.describe(info["device_name"])
-    paths = [out / f"decode.{ext}" for ext in ("csv", "json", "md", "png")]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with paths[0].open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        paths[1].write_text(json.dumps({"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
-                                        "rows": rows, "notes": __doc__}, indent=2) + "\n")
-        paths[2].write_text(f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch "
-                            f"{info['torch']}.\n\n{table(rows)}\n")
-        plot(paths[3], rows, label)
-    except OSError as e:
-        raise UserError(f"cannot write to {out}: {e.strerror or e}; pass another folder with --out") from None
-    return paths
+    markdown = f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch {info['torch']}.\n\n{table(rows)}\n"
+    return write_report(out, "decode", rows, markdown, lambda path: plot(path, rows, label),
+                        meta={"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
+                              "notes": __doc__})
 
 
 def build_parser() -> Parser:
@@ -326,24 +312,8 @@ def settings_from_args(a: argparse.Namespace) -> DecodeSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        s = settings_from_args(build_parser().parse_args(argv))
-        check(s)
-        out = Path(s.out) if s.out else Path("outputs/bench") / datetime.now().strftime("decode_%Y-%m-%d_%H-%M-%S")
-        print(f"{s.describe(device_name(resolve_device(s.device)))}; torch {torch.__version__}; writing to {out}/",
-              flush=True)
-        start = time.perf_counter()
-        rows = run(s, log=lambda line: print(line, flush=True))
-        if not rows:
-            raise UserError("every cell was skipped (see above): try shorter --lens / --model-lens")
-        elapsed = time.perf_counter() - start
-        paths = write(rows, s, out, elapsed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n" + table(rows))
-    print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
-    return 0
+    return command_line(lambda: settings_from_args(build_parser().parse_args(argv)), check,
+                        lambda s: s.describe(device_name(resolve_device(s.device))), run, write, table, "decode_")
 
 
 if __name__ == "__main__":

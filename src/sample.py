@@ -65,6 +65,7 @@ def is_hybrid(ckpt: dict) -> bool:
 
 def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
     """(gpt, vocab, attention overrides or None, source) for ``ckpt`` and ``model`` (auto | hybrid | teacher)."""
+    from src.sparse import decode_problem
     from src.stages.hybrid_module import hybrid_from_checkpoint
     from src.stages.teacher import load_teacher
 
@@ -96,7 +97,9 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
         module = hybrid_from_checkpoint(chosen, path, "python -m src.train").to(device)
         if model == "teacher":
             return module.teacher, module.vocab, None, f"teacher (of the hybrid {path})"
-        problem = next((a.sparse.problem_on(torch.device(device)) for a in module._attention.values()), None)
+        sparse = next(iter(module._attention.values())).sparse
+        problem = (decode_problem(sparse.selector, module.hparams.selector["name"])
+                   or sparse.problem_on(torch.device(device)))
         if problem:
             raise UserError(problem)
         spec = module.spec

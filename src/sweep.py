@@ -11,7 +11,6 @@ Writes DIR/sweep.csv, sweep.json, sweep.md and sweep.png.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 from src import costs
 from src.errors import UserError
 from src.hybrid import approximator_sizes, selector_sizes
+from src.report import write_report
 from src.runs import job_number, register_resolvers
 from src.sparse import Budget
 
@@ -218,15 +218,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_tables(rows: list[dict], root: Path, stem: str, columns, markdown_of, plot_to) -> list[Path]:
     """ROOT/STEM.csv, .json, .md (``markdown_of(rows, root)``) and .png (``plot_to(rows, path)``): the outputs of
     every multirun analysis (``analyze sweep``, ``analyze budget``)."""
-    paths = [root / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
-    with paths[0].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths[1].write_text(json.dumps(rows, indent=2) + "\n")
-    paths[2].write_text(markdown_of(rows, root))
-    plot_to(rows, paths[3])
-    return paths
+    return write_report(root, stem, rows, markdown_of(rows, root), lambda path: plot_to(rows, path), columns=columns,
+                        fix="check the folder's permissions and free space")
 
 
 def write(rows: list[dict], root: Path) -> list[Path]:

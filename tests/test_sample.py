@@ -120,3 +120,21 @@ def test_teacher_folders(tiny_cfg, tmp_path):
     for folder in (tmp_path / "pipeline", tmp_path / "pipeline" / "teacher"):
         gpt, vocab, attention, source = load(str(folder))
         assert attention is None and source == f"teacher {result['checkpoint']}"
+
+
+def test_a_non_causal_selector_cannot_generate(tiny_cfg, tmp_path, monkeypatch):
+    """A block_oracle hybrid (nothing to train: the evaluate stage builds it from the teacher) is refused in one
+    line."""
+    from src.sample import load
+    from src.stages.hybrid_module import HybridModule
+
+    monkeypatch.setattr(src.runs, "OUTPUT_ROOT", tmp_path / "outputs")
+    teacher = train(tiny_cfg(), tmp_path / "teacher")
+    module = HybridModule(model=dict(compose_config(TINY).model), vocab=list(torch.load(
+        teacher["checkpoint"], weights_only=False)["hyper_parameters"]["vocab"]),
+        hybrid={"layers": "all", "heads": "all", "budget": 16}, selector={"name": "block_oracle", "block_size": 8},
+        approximator={"name": "softmax"})
+    path = tmp_path / "oracle.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    with pytest.raises(UserError, match="selector=block_oracle reads the later queries of its block"):
+        load(str(path))
