@@ -171,3 +171,44 @@ class SampleConf:
 
 def register_sample_config() -> None:
     ConfigStore.instance().store(name="sample_schema", node=SampleConf)
+
+
+def check_config(cfg) -> None:
+    """The values a type cannot rule out, checked before any work: one line naming the setting and the fix
+    (src.errors.UserError). A non-positive step count would train forever (-1, Lightning's "no limit") or save random
+    weights as a finished run (0)."""
+    import math
+
+    import torch
+
+    from src.errors import UserError
+
+    def positive(key: str, value, what: str) -> None:
+        if value is None or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+            raise UserError(f"{key}={value} must be {what}")
+
+    t, o = cfg.trainer, cfg.optim
+    if not t.fast_dev_run:
+        positive("trainer.max_steps", t.max_steps, "1 or more optimisation steps")
+    positive("trainer.val_every", t.val_every, "1 or more: validate every this many steps")
+    positive("trainer.log_every", t.log_every, "1 or more: log every this many steps")
+    positive("trainer.limit_val_batches", t.limit_val_batches, "a number of batches (1 or more) or a fraction in (0, 1]")
+    positive("data.batch_size", cfg.data.batch_size, "1 or more sequences per step")
+    positive("optim.lr", o.lr, "a positive learning rate, e.g. 2e-3")
+    if not 0 <= o.min_lr <= o.lr:
+        raise UserError(f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]: the end of the cosine decay")
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+        if o[key] < 0:
+            raise UserError(f"optim.{key}={o[key]} must be 0 or more")
+    for key in ("beta1", "beta2"):
+        if not 0 <= o[key] < 1:
+            raise UserError(f"optim.{key}={o[key]} must be in [0, 1) (AdamW's moment decay)")
+    for part in ("selector", "approximator"):
+        if part in cfg:
+            positive(f"{part}.max_steps", cfg[part].max_steps, "1 or more distillation steps")
+            positive(f"{part}.lr", cfg[part].lr, "a positive learning rate, e.g. 3e-3")
+    accelerator = str(cfg.device.accelerator)
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device.name} but torch sees no CUDA GPU here: use device=cpu (or device=auto)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={cfg.device.name} but MPS is not available here: use device=cpu (or device=auto)")

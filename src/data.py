@@ -103,6 +103,8 @@ def read_text_file(path: str | None) -> str:
     if not path:
         raise UserError("data=text_file needs a file: add data.path=/path/to/text.txt")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"data.path={path} is a folder: give the path of one UTF-8 text file in it")
     if not p.is_file():
         raise UserError(f"data.path={path}: no such file; give the path of an existing UTF-8 text file")
     try:
@@ -233,6 +235,9 @@ class CharDataModule(L.LightningDataModule):
         else:
             raise UserError(f"data.name={self.name!r} is unknown: use shakespeare, python_source, text_file or synthetic")
         self.vocab = self.vocab or Vocab.from_text(text)
+        if len(self.vocab) < 2:
+            raise UserError(f"the {self.name} corpus has a single distinct character ({self.vocab.itos[0]!r}): there "
+                            "is nothing to predict; give a text with at least two different characters")
         return self.vocab.encode(text)
 
     def setup(self, stage: str | None = None) -> None:
@@ -247,7 +252,7 @@ class CharDataModule(L.LightningDataModule):
             raise UserError(
                 f"the {self.name} corpus ({n:,} tokens) is too short for seq_len={self.seq_len}: each of the "
                 f"train/val/test splits ({n_train:,}/{n_val:,}/{n_test:,} tokens) needs at least {need}; "
-                "use a longer text or a smaller model (e.g. model=tiny)"
+                f"use a longer text or a shorter model.seq_len (now {self.seq_len})"
             )
         if n_train - self.seq_len < self.batch_size:  # training drops an incomplete last batch: none would be left
             raise UserError(

@@ -14,21 +14,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import TokensPerSecond
+from src.callbacks import SaveOnInterrupt, StopOnNonFinite, TokensPerSecond
 from src.errors import UserError
 
 OUTPUT_ROOT = Path("outputs")
 
 
+def run_folder(resume: str) -> Path | None:
+    """The run folder ``resume=`` names: RUN or RUN/checkpoints/*.ckpt, where RUN holds .hydra/config.yaml (how it
+    was started); a pipeline's step folder (or a checkpoint in it) names its pipeline. None: no such folder."""
+    p = Path(resume).expanduser()
+    if p.is_file():
+        if p.parent.name != "checkpoints":
+            return None
+        p = p.parent.parent
+    if not p.is_dir():
+        return None
+    return next((f for f in (p, p.parent) if (f / ".hydra" / "config.yaml").is_file()), None)
+
+
 def run_dir_for(resume: str | None, stage: str, model_name: str) -> str:
-    """Hydra resolver behind ``hydra.run.dir``: a new timestamped folder, or the folder of the run to resume."""
-    if resume:
-        p = Path(resume)
-        if p.is_file():  # .../RUN/checkpoints/last.ckpt
-            return str(p.parent.parent)
-        if p.is_dir():
-            return str(p)
-        # no such run: a fresh folder, so that the error (src.runs.resume_checkpoint) creates nothing at that path
+    """Hydra resolver behind ``hydra.run.dir``: a new timestamped folder, or the folder of the run to resume (never
+    a folder that is not a run's: a wrong ``resume=`` gets a fresh folder, where its one-line error is recorded)."""
+    folder = run_folder(resume) if resume else None
+    if folder is not None:
+        return str(folder)
     return str(OUTPUT_ROOT / stage / model_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 
@@ -47,18 +57,70 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b))
 
 
-def resume_checkpoint(resume: str | None) -> str | None:
-    """``resume=RUN_DIR`` or ``resume=.../last.ckpt`` -> the checkpoint to continue from."""
-    if not resume:
-        return None
-    p = Path(resume)
-    ckpt = p if p.is_file() else p / "checkpoints" / "last.ckpt"
+STAGE_STEPS = {"teacher": "trainer.max_steps", "distill_selector": "selector.max_steps",
+               "distill_approximator": "approximator.max_steps"}  # the stages that train, and their step setting
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """``resume=`` must name ``run_dir``, a run of the same stage that has something left to do: an unfinished run,
+    or a finished one asked for more steps. One line otherwise, before anything is written."""
+    given = Path(cfg.resume).expanduser()
+    start_again = f"start a new run without resume=, or give a run folder such as outputs/{cfg.stage}/.../TIMESTAMP"
+    if not given.exists():
+        raise UserError(f"resume={cfg.resume}: no such run folder or checkpoint; {start_again}")
+    if given.is_file() and given.parent.name != "checkpoints":
+        raise UserError(f"resume={cfg.resume} is not a checkpoint of a run folder (RUN/checkpoints/last.ckpt): give "
+                        "the run folder itself")
+    folder = run_folder(cfg.resume) or (given if given.is_dir() else given.parent.parent)
+    if folder.resolve() != run_dir.resolve():
+        raise UserError(f"resume={cfg.resume} names {folder}, but this run writes to {run_dir}: give the run folder "
+                        "itself (and no hydra.run.dir)")
+    again = f"python -m src.train resume={run_dir} {' '.join(original_overrides(run_dir))}".strip()
+    started = run_dir / ".hydra" / "config.yaml"
+    if started.is_file():
+        stage = OmegaConf.load(started).get("stage")
+        if stage != cfg.stage:
+            raise UserError(f"{run_dir} is a {stage} run, but this command runs stage {cfg.stage}: resume it with "
+                            f"the settings it was started with: {again}")
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        try:
+            steps = json.loads(done.read_text()).get("steps")
+        except (OSError, ValueError):
+            steps = None
+        wanted = OmegaConf.select(cfg, STAGE_STEPS[cfg.stage]) if cfg.stage in STAGE_STEPS else None
+        if steps is None or wanted is None or steps >= wanted:
+            more = (f"; to train it longer, give {STAGE_STEPS[cfg.stage]} above {steps}"
+                    if steps is not None and wanted is not None else "")
+            raise UserError(f"{run_dir} is finished (metrics.json): nothing to resume{more}; its results stay as "
+                            "they are")
+
+
+def resume_checkpoint(run_dir: Path, required: bool = True) -> str | None:
+    """The checkpoint a resumed stage continues from: RUN/checkpoints/last.ckpt, checked readable. A pipeline's step
+    that never saved one (``required`` False) starts from the beginning: None."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise UserError(
-            f"resume={resume}: no checkpoint at {ckpt}; give a run folder that holds checkpoints/last.ckpt "
-            "(a run that was started with `python -m src.train` and saved at least one checkpoint)"
-        )
+        if not required:
+            return None
+        raise UserError(f"resume: no checkpoint at {ckpt}; the run saved none (it stopped before its first "
+                        "validation): start it again without resume=")
+    import torch
+
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001  cut short by a crash, not a torch file, ...
+        raise UserError(f"cannot read {ckpt} ({type(e).__name__}): the run cannot continue from it; start it again "
+                        "without resume=") from None
     return str(ckpt)
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, stage: str) -> str | None:
+    """Where ``stage`` continues from, when this command resumes (``resume=``): its last.ckpt -- required when the
+    stage is the command's own, optional when it is a step of a resumed pipeline. None: start."""
+    if not cfg.resume:
+        return None
+    return resume_checkpoint(run_dir, required=cfg.stage == stage)
 
 
 def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> str:
@@ -77,6 +139,16 @@ def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> s
     return "python -m src.train " + " ".join(dict.fromkeys(parts))
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: ``resume=`` its top folder (a pipeline's, for one of its steps) with
+    this command line's overrides."""
+    top, task = run_dir, []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        top, task = Path(hc.runtime.output_dir), [o for o in hc.overrides.task if not o.startswith("resume=")]
+    return " ".join(["python -m src.train", f"resume={top}", *task])
+
+
 def original_overrides(run: Path) -> list[str]:
     """The command-line overrides a run was started with (its .hydra/overrides.yaml), [] when unknown."""
     f = run / ".hydra" / "overrides.yaml"
@@ -93,21 +165,24 @@ def build_trainer(
     mode: str = "min",
     max_steps: int | None = None,
     val_every: int | None = None,
+    lr_setting: str = "optim.lr",
 ) -> L.Trainer:
     """The Trainer of every stage: TensorBoard in RUN/tensorboard, best/last checkpoints in RUN/checkpoints.
 
     ``monitor`` names the validation metric that picks best.ckpt (None: no checkpoints, e.g. evaluation);
-    ``max_steps`` / ``val_every`` override ``trainer.*`` for stages with budgets of their own.
+    ``max_steps`` / ``val_every`` override ``trainer.*`` for stages with budgets of their own; ``lr_setting`` is
+    the learning rate to name when the loss diverges.
     """
     t, d = cfg.trainer, cfg.device
     max_steps = t.max_steps if max_steps is None else max_steps
     val_every = t.val_every if val_every is None else val_every
-    callbacks: list[L.Callback] = [TokensPerSecond(every_n_steps=t.log_every)]
+    callbacks: list[L.Callback] = [TokensPerSecond(every_n_steps=t.log_every), StopOnNonFinite(lr_setting)]
     logger = False
     if not t.fast_dev_run:
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         if monitor:
+            callbacks.append(SaveOnInterrupt(run_dir, resume_command(run_dir)))
             callbacks.append(
                 ModelCheckpoint(
                     dirpath=run_dir / "checkpoints",
@@ -151,9 +226,20 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+def finite(data):
+    """``data`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def saved_checkpoint(trainer: L.Trainer, run_dir: Path) -> str:
@@ -231,7 +317,8 @@ def stage_spec(cfg: DictConfig, stage: str) -> dict:
 
 def find_run(stage: str, spec: dict, root: Path | None = None, teacher: str | None = None) -> str | None:
     """The checkpoint of the newest finished run of ``stage`` under outputs/ whose spec equals ``spec`` (and, with
-    ``teacher``, that was distilled from that teacher checkpoint)."""
+    ``teacher``, that was distilled from that teacher checkpoint). A teacher without a finite validation loss (it
+    diverged, or never validated) is no teacher."""
     root = root or OUTPUT_ROOT
     found = []
     for f in root.glob("**/metrics.json"):
@@ -242,6 +329,8 @@ def find_run(stage: str, spec: dict, root: Path | None = None, teacher: str | No
         ckpt = m.get("checkpoint")
         if teacher is not None and m.get("teacher_ckpt") != teacher:
             continue
+        if stage == "teacher" and not isinstance(m.get("best_val_loss"), (int, float)):
+            continue
         if m.get("stage") == stage and m.get("spec") == spec and not m.get("fast_dev_run") and ckpt and Path(ckpt).is_file():
             found.append((Path(ckpt).stat().st_mtime, ckpt))
     return max(found)[1] if found else None
@@ -251,7 +340,8 @@ def find_run(stage: str, spec: dict, root: Path | None = None, teacher: str | No
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, one line per job (finished or failed) and how to gather them."""
+    """Hydra callback: at the end of a multirun, one line per job (finished or failed) and how to gather them; the
+    multirun exits with status 1 when a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         root = Path(config.hydra.sweep.dir)
@@ -265,6 +355,8 @@ class SweepSummary(Callback):
                 error = "see its log"
             print(f"  failed: {p.name}: {error}", flush=True)
         print(f"gather the results: python -m src.analyze sweep {root}", flush=True)
+        if failed:  # the sweep's exit status says so, for scripts and CI
+            raise SystemExit(1)
 
 
 def job_number(path: Path) -> tuple[int, str]:

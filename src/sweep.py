@@ -106,8 +106,11 @@ def job_status(job: Path) -> tuple[dict, dict | None]:
     if error:
         return {"status": "failed", "error": str(error.get("error") or "").splitlines()[0] if error.get("error")
                 else ""}, None
-    if not metrics or "evaluate" not in metrics:
+    if not metrics:
         return {"status": "unfinished", "error": "no metrics.json: the job was stopped or is still running"}, None
+    if "evaluate" not in metrics:
+        return {"status": "not a pipeline", "error": f"a finished {metrics.get('stage', 'other')} run: no hybrid to "
+                                                     "compare"}, None
     return {"status": "ok"}, metrics
 
 
@@ -131,7 +134,15 @@ def job_row(job: Path) -> dict:
 
 
 def gather(root: Path) -> list[dict]:
-    return [job_row(job) for job in job_folders(root)]
+    """One row per job; a sweep without a single pipeline job (e.g. teachers only) has nothing to compare: one line
+    saying where its results are."""
+    rows = [job_row(job) for job in job_folders(root)]
+    if rows and all(r["status"] in ("not a pipeline", "unfinished", "failed") for r in rows) and any(
+            r["status"] == "not a pipeline" for r in rows):
+        raise UserError(f"{root} holds no pipeline job (hybrid against teacher): `analyze sweep` compares hybrids; "
+                        f"each job's results are in its metrics.json, and TensorBoard compares them: tensorboard "
+                        f"--logdir {root}")
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------

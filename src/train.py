@@ -17,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src.config import register_configs
+from src.config import check_config, register_configs
 from src.errors import UserError
-from src.runs import register_resolvers, write_json
+from src.runs import check_resume, register_resolvers, write_json
 
 log = logging.getLogger("src.train")
 
@@ -56,6 +56,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     table = stages()
     if cfg.stage not in table:
         raise UserError(f"stage={cfg.stage!r} is unknown: use one of {', '.join(table)} (or +experiment=NAME)")
+    check_config(cfg)
+    if cfg.resume:
+        check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return table[cfg.stage](cfg, run_dir)
 
@@ -89,6 +92,14 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
+def to_log_file(text: str) -> None:
+    """Append ``text`` to the run's train.log (Hydra's file handler) only: the console has its own line."""
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -98,15 +109,18 @@ def main(cfg: DictConfig) -> float | None:
         result = train(cfg, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        to_log_file(f"error: {e}")
         write_json(run_dir / "error.json", {"error": str(e), "stage": cfg.stage})
         if multirun:  # one bad job must not stop the sweep
             return None
         sys.exit(2)
-    except Exception as e:  # a bug or a crash (e.g. out of memory): keep the traceback, and the sweep going
+    except Exception as e:  # a bug or a crash (e.g. out of memory): the traceback in the log, the sweep going on
         if not multirun:
+            to_log_file(traceback.format_exc())
             raise
-        log.exception("job %s failed", hc.job.num)
-        print(f"error: job {hc.job.num} ({run_dir}) failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        to_log_file(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
+        print(f"error: job {hc.job.num} ({run_dir}) failed: {type(e).__name__}: {e} (traceback in its train.log)",
+              file=sys.stderr, flush=True)
         write_json(run_dir / "error.json", {"error": f"{type(e).__name__}: {e}", "stage": cfg.stage,
                                             "traceback": traceback.format_exc()})
         return None

@@ -93,8 +93,11 @@ def test_best_val_loss_is_on_the_whole_validation_split(tiny_cfg, tmp_path):
 def test_resume_missing_checkpoint(tiny_cfg, tmp_path):
     from src.errors import UserError
 
-    with pytest.raises(UserError, match="no checkpoint at"):
+    with pytest.raises(UserError, match="nothing: no such run folder or checkpoint"):
         train(tiny_cfg(f"resume={tmp_path}/nothing"), tmp_path)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match="no checkpoint at .*the run saved none"):
+        train(tiny_cfg(f"resume={tmp_path}/run"), tmp_path / "run")
 
 
 def test_load_teacher_errors(tmp_path):

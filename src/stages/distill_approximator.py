@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import build_trainer, find_run, make_command, reads_budget, stage_spec, write_json
+from src.runs import build_trainer, find_run, make_command, reads_budget, resume_point, stage_spec, write_json
 from src.stages.distill_selector import fit_or_measure
 from src.stages.hybrid_module import (
     HybridModule,
@@ -108,8 +108,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
              cfg.selector.name, selector_ckpt or "nothing to load")
     steps = cfg.approximator.max_steps
     trainer = build_trainer(cfg, run_dir, monitor="val/approx_rel_err", mode="min", max_steps=steps,
-                            val_every=max(1, steps // 2))
-    checkpoint, metrics = fit_or_measure(module, module.approximator_learned, trainer, dm, run_dir)
+                            val_every=max(1, steps // 2), lr_setting="approximator.lr")
+    checkpoint, metrics = fit_or_measure(module, module.approximator_learned, trainer, dm, run_dir,
+                                         resume_point(cfg, run_dir, "distill_approximator"))
     result = {
         "stage": "distill_approximator",
         "run_dir": str(run_dir),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from src.errors import UserError
-from src.runs import build_trainer, saved_checkpoint, scalar_metrics, stage_spec, write_json
+from src.runs import build_trainer, resume_point, saved_checkpoint, scalar_metrics, stage_spec, write_json
 from src.sparse import block_attention_mass, causal_mask, causal_topk, n_blocks, selection_mask
 from src.stages.hybrid_module import HybridModule, datamodule_for, hybrid_hparams, resolve_teacher
 
@@ -120,10 +120,12 @@ class SelectorDistillation(HybridModule):
         return self.adamw(self.parts.selectors.parameters())
 
 
-def fit_or_measure(module: HybridModule, trainable: bool, trainer: L.Trainer, dm, run_dir: Path) -> tuple[str, dict]:
-    """Train when there is something to train; measure on the validation split either way; save the checkpoint."""
+def fit_or_measure(module: HybridModule, trainable: bool, trainer: L.Trainer, dm, run_dir: Path,
+                   resume: str | None = None) -> tuple[str, dict]:
+    """Train when there is something to train (continuing from the checkpoint ``resume``); measure on the
+    validation split either way; save the checkpoint."""
     if trainable:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
     checkpoint = saved_checkpoint(trainer, run_dir) if trainable else None
     metrics = trainer.validate(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
     if not trainable:  # nothing learned: the checkpoint is the teacher plus the fixed parts
@@ -142,8 +144,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
              module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.budget, teacher_ckpt)
     steps = cfg.selector.max_steps
     trainer = build_trainer(cfg, run_dir, monitor="val/mass_recall", mode="max", max_steps=steps,
-                            val_every=max(1, steps // 2))
-    checkpoint, metrics = fit_or_measure(module, module.selector_learned, trainer, dm, run_dir)
+                            val_every=max(1, steps // 2), lr_setting="selector.lr")
+    checkpoint, metrics = fit_or_measure(module, module.selector_learned, trainer, dm, run_dir,
+                                         resume_point(cfg, run_dir, "distill_selector"))
     result = {
         "stage": "distill_selector",
         "run_dir": str(run_dir),

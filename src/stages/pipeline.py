@@ -1,6 +1,8 @@
 """All five steps in one command: train the teacher -> (teacher signals, batch by batch) -> distil the selector
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
-checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher. With ``pipeline.reuse=true``
+checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher. ``resume=RUN`` continues an
+interrupted pipeline: the steps that finished are not run again, the one that was cut short continues from its
+last checkpoint. With ``pipeline.reuse=true``
 (a sweep over budgets, ``+experiment=budget_curve``) the newest finished teacher of the same model and data under
 outputs/ is reused, and so is a selector distilled from that teacher with the same settings (a selector trained
 with KL or CE does not depend on the budget): each is trained once, by the first job that needs it.
@@ -47,6 +49,16 @@ def finished_result(checkpoint: str) -> dict:
     return json.loads((Path(checkpoint).parent.parent / "metrics.json").read_text())
 
 
+def step(name: str, run, cfg: DictConfig, folder: Path) -> dict:
+    """One step of the pipeline in ``folder``; when the pipeline is resumed (``resume=``) a step that finished
+    before (its metrics.json) is not run again, and one that was cut short continues from its last.ckpt."""
+    done = folder / "metrics.json"
+    if cfg.resume and done.is_file():
+        log.info("[resume] %s finished before: %s", name, folder)
+        return json.loads(done.read_text())
+    return run(cfg, folder)
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Bad hybrid settings (K, layers, heads) or parts fail now, not after minutes of teacher training."""
     model = teacher.gpt_config(OmegaConf.to_container(cfg.model), vocab_size=2)
@@ -69,7 +81,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             summary["teacher"] = finished_result(teacher_ckpt)
     if not teacher_ckpt:
         log.info("[1/4] training the teacher")
-        t = teacher.run(cfg, run_dir / "teacher")
+        t = step("the teacher", teacher.run, cfg, run_dir / "teacher")
         teacher_ckpt = t["checkpoint"]
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
@@ -80,13 +92,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         s = finished_result(reused)
     else:
         log.info("[2/4] distilling the %s selector from %s", cfg.selector.name, teacher_ckpt)
-        s = distill_selector.run(cfg, run_dir / "selector")
+        s = step("the selector", distill_selector.run, cfg, run_dir / "selector")
     cfg = with_overrides(cfg, selector__ckpt=s["checkpoint"])
     log.info("[3/4] distilling the %s approximator", cfg.approximator.name)
-    a = distill_approximator.run(cfg, run_dir / "approximator")
+    a = step("the approximator", distill_approximator.run, cfg, run_dir / "approximator")
     cfg = with_overrides(cfg, approximator__ckpt=a["checkpoint"])
     log.info("[4/4] evaluating the hybrid against the teacher")
-    e = evaluate.run(cfg, run_dir / "evaluate")
+    e = step("the evaluation", evaluate.run, cfg, run_dir / "evaluate")
     summary.update(selector=s, approximator=a, evaluate=e, checkpoint=a["checkpoint"])
     if cfg.pipeline.measure_speed:
         log.info("[+] timing one attention layer: SDPA against %s + %s", cfg.selector.name, cfg.approximator.name)

@@ -24,7 +24,7 @@ from torchmetrics.text import Perplexity
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.model import GPT, GPTConfig
-from src.runs import (build_trainer, original_overrides, resume_checkpoint, saved_checkpoint, scalar_metrics,
+from src.runs import (build_trainer, original_overrides, resume_point, saved_checkpoint, scalar_metrics,
                       stage_spec, write_json)
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def check_resumable(ckpt_path: str, module: TeacherLM, run_dir: Path) -> None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resume_checkpoint(cfg.resume)
+    ckpt_path = resume_point(cfg, run_dir, "teacher")
     dm = build_datamodule(cfg)
     log.info("data %s", dm.summary())
     module = TeacherLM(
