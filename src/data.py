@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from src.errors import UserError
 
@@ -177,6 +177,25 @@ class RandomWindows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
+class StepBatches(Sampler):
+    """Training batches drawn per optimisation step: the batch of step i holds ``batch_size`` window offsets drawn
+    uniformly (with replacement, as nanoGPT's get_batch) by a generator seeded with (seed, rank, i). A step's batch
+    is the same however the run got there, so a run resumed at step s goes on exactly as it would have without the
+    interruption; each process of a multi-device run draws its own. ``step()`` gives the step an epoch starts at."""
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0):
+        self.n, self.batch_size, self.seed, self.step, self.rank = n_windows, batch_size, seed, step, rank
+
+    def __len__(self) -> int:  # an "epoch": as many steps as one pass over the windows would take
+        return max(1, self.n // self.batch_size)
+
+    def __iter__(self):
+        start = self.step()
+        for i in range(start, start + len(self)):
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + i)
+            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+
+
 class ConsecutiveWindows(RandomWindows):
     """Non-overlapping windows covering the split once: for validation and test."""
 
@@ -271,19 +290,19 @@ class CharDataModule(L.LightningDataModule):
         return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}"
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        cls = RandomWindows if shuffle else ConsecutiveWindows
-        # a resumed run reshuffles from its step, so it does not replay the batches it has already seen
-        step = self.trainer.global_step if self.trainer is not None else 0
-        g = torch.Generator().manual_seed(self.seed + step)
-        return DataLoader(
-            cls(self.splits[split], self.seq_len),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=g if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle,
-        )
+        """Training: random windows, a batch per step (StepBatches: resume is exact). Validation and test: every
+        window once, in order, shared out between the processes of a multi-device run."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:
+            windows = RandomWindows(self.splits[split], self.seq_len)
+            step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
+            return DataLoader(windows, batch_sampler=StepBatches(len(windows), self.batch_size, self.seed, step, rank),
+                              **workers)
+        windows = ConsecutiveWindows(self.splits[split], self.seq_len)
+        sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return DataLoader(windows, batch_size=self.batch_size, sampler=sampler, **workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

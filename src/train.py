@@ -35,7 +35,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts(
 
 register_configs()
 register_resolvers()
-# a resumed run reshuffles its training windows from the restored step (src/data.py), which is what we want
+# a resumed run draws the batches of the steps it has left (src/data.py StepBatches): resume is exact, whatever
+# Lightning assumes of a loader without a state_dict
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 

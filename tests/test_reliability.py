@@ -149,7 +149,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_continues(tiny_cfg, tmp_path, mon
     assert "interrupted at step 3: saved" in err and f"continue with: python -m src.train resume={run}" in err
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     monkeypatch.setattr("src.stages.teacher.build_trainer", build)
-    assert train(tiny_cfg("trainer.max_steps=8", "trainer.val_every=8", f"resume={run}"), run)["steps"] == 8
+    resumed = train(tiny_cfg("trainer.max_steps=8", "trainer.val_every=8", f"resume={run}"), run)
+    assert resumed["steps"] == 8
+    # exact: the same numbers as the same run without the interruption (each step's batch depends on the step only)
+    whole = train(tiny_cfg("trainer.max_steps=8", "trainer.val_every=8"), tmp_path / "whole")
+    assert (resumed["best_val_loss"], resumed["test/loss"]) == (whole["best_val_loss"], whole["test/loss"])
 
 
 def test_resume_a_pipeline_skips_its_finished_steps(tiny_cfg, tmp_path, monkeypatch):
