@@ -54,7 +54,7 @@ import torch.nn as nn
 
 from src import costs
 from src.approximators import APPROXIMATORS, build_approximator
-from src.config import ApproximatorConf, SelectorConf
+from src.config import SelectorConf
 from src.errors import UserError
 from src.report import write_report
 from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
@@ -97,10 +97,9 @@ def build(variant: str, d_model: int, n_head: int, T: int, budget: Budget,
         return lambda x, q, k, v, phases=None: naive_attention(q, k, v)
     selector_name, approximator_name, kernel = pair_of(variant)
     hs = d_model // n_head
-    selector = build_selector(selector_name, n_head, d_model, hs, T, hidden=SelectorConf.hidden,
-                              d_index=SelectorConf.d_index, block_size=block_size, sinks=SelectorConf.sinks)
-    slots = keys_read(variant, T, budget, block_size)
-    approximator = build_approximator(approximator_name, n_head, hs, slots, hidden=ApproximatorConf.hidden)
+    selector = build_selector(selector_name, n_head, d_model, hs, T, block_size=block_size)  # the other sizes:
+    slots = keys_read(variant, T, budget, block_size)  # src/config.py's defaults
+    approximator = build_approximator(approximator_name, n_head, hs, slots)
     return SparseAttention(selector, approximator, budget, kernel)
 
 

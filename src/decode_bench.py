@@ -102,9 +102,8 @@ def room(L: int, block_size: int) -> int:
 def sparse_layer(s: DecodeSettings, max_len: int, device, dtype) -> SparseAttention:
     """Every head sparse: the block selector (random weights) + exact softmax, under the budget."""
     hs = s.d_model // s.n_head
-    selector = build_selector("block", s.n_head, s.d_model, hs, max_len, hidden=64, d_index=s.d_index,
-                              block_size=s.block_size, sinks=0)
-    approximator = build_approximator("softmax", s.n_head, hs, s.budget, hidden=64)
+    selector = build_selector("block", s.n_head, s.d_model, hs, max_len, d_index=s.d_index, block_size=s.block_size)
+    approximator = build_approximator("softmax", s.n_head, hs, s.budget)
     return SparseAttention(selector, approximator, Budget.parse(s.budget)).to(device, dtype)
 
 

@@ -77,10 +77,9 @@ class SparseParts(nn.Module):
     def __init__(self, spec: HybridSpec, model: GPTConfig, selector: dict, approximator: dict):
         super().__init__()
         h, sel, app = len(spec.heads), selector_sizes(selector), approximator_sizes(approximator)
+        settings = {k: v for k, v in sel.items() if k != "name"}
         self.selectors = nn.ModuleDict({
-            str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len,
-                                       hidden=sel["hidden"], d_index=sel["d_index"], block_size=sel["block_size"],
-                                       sinks=sel["sinks"], recent=sel["recent"])
+            str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len, **settings)
             for layer in spec.layers
         })
         first = next(iter(self.selectors.values()))
@@ -88,7 +87,8 @@ class SparseParts(nn.Module):
         slots = (spec.budget.blocks(model.seq_len, first.block_size) * first.block_size if first.picks_blocks
                  else spec.budget.keys(model.seq_len))
         self.approximators = nn.ModuleDict({
-            str(layer): build_approximator(app["name"], h, model.head_dim, slots, hidden=app["hidden"])
+            str(layer): build_approximator(app["name"], h, model.head_dim, slots,
+                                           **{k: v for k, v in app.items() if k != "name"})
             for layer in spec.layers
         })
         problem = kernel_problem(spec.kernel, first, next(iter(self.approximators.values())), sel["name"],

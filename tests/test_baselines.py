@@ -203,7 +203,7 @@ def test_masked_kernel_equals_gather(mass):
     for p in sel.parameters():
         torch.nn.init.normal_(p, std=2.0)
     x, q, k, v = torch.randn(2, T, 16), torch.randn(2, H, T, 8), torch.randn(2, H, T, 8), torch.randn(2, H, T, 8)
-    out = {kernel: SparseAttention(sel, build_approximator("softmax", H, 8, 6, 8), Budget(6, mass), kernel,
+    out = {kernel: SparseAttention(sel, build_approximator("softmax", H, 8, 6), Budget(6, mass), kernel,
                                    chunk=7)(x, q, k, v) for kernel in ("gather", "masked")}
     torch.testing.assert_close(out["masked"], out["gather"], atol=1e-5, rtol=1e-5)
 

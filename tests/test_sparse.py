@@ -157,7 +157,7 @@ def test_flex_tiles_and_gather_give_the_same_output(T, bs, n):
     _, q, k, v = qkv(2, T)
     choice = random_choice(2, T, bs, n)
     ref = exact_on_choice(q, k, v, choice)
-    softmax = build_approximator("softmax", H, HS, 0, 0)
+    softmax = build_approximator("softmax", H, HS, 0)
     with torch.no_grad():
         gathered = gather_attention(choice.keys, softmax, q, k, v, chunk=7)
         flex = flex_block_attention(q, k, v, choice)
@@ -225,18 +225,18 @@ def block_attention(kernel: str, bs: int = 16, budget: float | int = 1.0, approx
     torch.manual_seed(1)
     selector = build_selector("block", H, D, HS, 64, hidden=8, d_index=4, block_size=bs, sinks=4)
     slots = Budget.parse(budget).blocks(64, bs) * bs
-    return SparseAttention(selector, build_approximator(approximator, H, HS, slots, 8), Budget.parse(budget), kernel)
+    return SparseAttention(selector, build_approximator(approximator, H, HS, slots, hidden=8), Budget.parse(budget), kernel)
 
 
 def test_auto_kernel():
     _, q, *_ = qkv(1, 32)
     assert block_attention("auto").kernel_for(q) == "tiles"  # a CPU: the tiles kernel
     assert block_attention("auto", approximator="mlp").kernel_for(q) == "gather"
-    indexer = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16, 4),
-                              build_approximator("softmax", H, HS, 4, 8), Budget(4), "auto")
+    indexer = SparseAttention(build_selector("indexer", H, D, HS, 64, hidden=8, d_index=4),
+                              build_approximator("softmax", H, HS, 4), Budget(4), "auto")
     assert indexer.kernel_for(q) == "masked"  # a token selector with softmax: the mask over the scores
-    mlp = SparseAttention(build_selector("indexer", H, D, HS, 64, 8, 4, 16, 4),
-                          build_approximator("mlp", H, HS, 4, 8), Budget(4), "auto")
+    mlp = SparseAttention(build_selector("indexer", H, D, HS, 64, hidden=8, d_index=4),
+                          build_approximator("mlp", H, HS, 4, hidden=8), Budget(4), "auto")
     assert mlp.kernel_for(q) == "gather"
 
 
@@ -269,8 +269,8 @@ def test_nested_phases_are_exclusive():
     ("masked", "indexer", "mlp", "hybrid.kernel=masked computes exact softmax attention, but approximator=mlp"),
 ])
 def test_kernel_that_cannot_serve(kernel, selector, approximator, msg):
-    sel = build_selector(selector, H, D, HS, 64, 8, 4, 16, 4)
-    app = build_approximator(approximator, H, HS, 16, 8)
+    sel = build_selector(selector, H, D, HS, 64, hidden=8, d_index=4, block_size=16)
+    app = build_approximator(approximator, H, HS, 16, hidden=8)
     problem = kernel_problem(kernel, sel, app, selector, approximator)
     assert msg in problem and "\n" not in problem
     with pytest.raises(ValueError):

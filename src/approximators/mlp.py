@@ -12,8 +12,11 @@ import math
 import torch
 import torch.nn as nn
 
+from src.approximators import Approximator
 
-class MLPApproximator(nn.Module):
+
+class MLPApproximator(Approximator):
+    name = "mlp"
     trainable = True
     reads_keys = False  # only the selected values: the gather path need not copy the keys
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 
-import torch.nn as nn
+
+from src.approximators import Approximator
 
 
-class SoftmaxApproximator(nn.Module):
+class SoftmaxApproximator(Approximator):
+    name = "softmax"
     trainable = False
     exact_softmax = True  # a block-sparse kernel (src/sparse/flex.py, tiles.py) may compute it instead
 

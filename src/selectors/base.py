@@ -21,9 +21,26 @@ from src.sparse.selection import Selection, causal_topk
 
 CHOOSE_CHUNK = 1024  # query blocks scored at a time by ``BlockKeySelector.choose``
 
+SELECTORS: dict[str, type] = {}  # name -> class: every selector class with a ``name``, registered as it is defined
+
+
+def register(cls) -> None:
+    if cls.__dict__.get("name"):
+        if cls.name in SELECTORS and SELECTORS[cls.name] is not cls:
+            raise TypeError(f"two selectors are named {cls.name!r}: {SELECTORS[cls.name].__qualname__} and "
+                            f"{cls.__qualname__}")
+        SELECTORS[cls.name] = cls
+
 
 class KeySelector(nn.Module):
-    """Token-level selector. Subclasses implement ``prepare`` and ``score_rows``."""
+    """Token-level selector. Subclasses set ``name`` (selector=NAME, conf/selector/NAME.yaml) and implement
+    ``prepare`` and ``score_rows``."""
+
+    name: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register(cls)
 
     trainable = True  # False for selectors with nothing to learn (the oracles, the window baselines)
     default_loss = "kl"  # the distillation loss used when selector.loss is not set
@@ -54,7 +71,14 @@ class KeySelector(nn.Module):
 
 
 class BlockKeySelector(nn.Module):
-    """Block-level selector over blocks of ``block_size`` keys and queries. Subclasses implement ``block_scores``."""
+    """Block-level selector over blocks of ``block_size`` keys and queries. Subclasses set ``name`` and implement
+    ``block_scores``."""
+
+    name: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register(cls)
 
     trainable = True
     default_loss = "kl"

@@ -42,6 +42,7 @@ from src.sparse.choice import n_blocks
 
 
 class BlockSelector(BlockKeySelector):
+    name = "block"
     default_loss = "kl"
 
     def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):

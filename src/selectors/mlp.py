@@ -17,6 +17,7 @@ from src.selectors.base import KeySelector
 
 
 class MLPSelector(KeySelector):
+    name = "mlp"
     default_loss = "ce"
 
     def __init__(self, n_heads: int, head_dim: int, seq_len: int, hidden: int):

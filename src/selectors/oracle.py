@@ -21,6 +21,7 @@ from src.sparse.mass import block_attention_mass
 
 
 class OracleSelector(KeySelector):
+    name = "oracle"
     trainable = False
 
     def prepare(self, x, q, k):
@@ -32,6 +33,7 @@ class OracleSelector(KeySelector):
 
 
 class BlockOracleSelector(BlockKeySelector):
+    name = "block_oracle"
     trainable = False
     causal = False  # a query block's choice reads all of its queries
 

@@ -23,6 +23,7 @@ def with_sinks(scores, sinks: int):
 
 
 class SinkWindowSelector(KeySelector):
+    name = "sink_window"
     trainable = False
     predicts_mass = False
 
@@ -41,6 +42,7 @@ class SinkWindowSelector(KeySelector):
 
 
 class BlockSinkWindowSelector(BlockKeySelector):
+    name = "block_sink_window"
     trainable = False
     predicts_mass = False
 

@@ -20,6 +20,7 @@ def positions(B: int, h: int, R: int, n: int, device) -> torch.Tensor:
 
 
 class WindowSelector(KeySelector):
+    name = "window"
     trainable = False
     predicts_mass = False
 
@@ -36,6 +37,7 @@ class WindowSelector(KeySelector):
 
 
 class BlockWindowSelector(BlockKeySelector):
+    name = "block_window"
     trainable = False
     predicts_mass = False
 
