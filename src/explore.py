@@ -111,12 +111,15 @@ def logged_images(tb_dir: Path) -> dict[str, bytes]:
     return {t: acc.Images(t)[-1].encoded_image_string for t in acc.Tags()["images"] if acc.Images(t)}
 
 
+THROUGHPUT = ("time", "batches", "samples", "lengths")  # Lightning's ThroughputMonitor's running totals: no curves
+
+
 def curve_groups(tags) -> dict[str, list[str]]:
     """train/ and val/ tags (means only, not per head) grouped by metric: 'loss' -> [train/loss, val/loss]."""
     groups: dict[str, list[str]] = {}
     for t in sorted(tags):
         parts = t.split("/")
-        if len(parts) == 2 and parts[0] in ("train", "val") and parts[1] != "tokens_per_sec":
+        if len(parts) == 2 and parts[0] in ("train", "val") and parts[1] not in THROUGHPUT:
             groups.setdefault(parts[1], []).append(t)
     return groups
 

@@ -8,13 +8,13 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import SaveOnInterrupt, StopOnNonFinite, TokensPerSecond
+from src.callbacks import SaveOnInterrupt, StopOnNonFinite
 from src.errors import UserError
 
 OUTPUT_ROOT = Path("outputs")
@@ -176,9 +176,12 @@ def build_trainer(
     t, d = cfg.trainer, cfg.device
     max_steps = t.max_steps if max_steps is None else max_steps
     val_every = t.val_every if val_every is None else val_every
-    callbacks: list[L.Callback] = [TokensPerSecond(every_n_steps=t.log_every), StopOnNonFinite(lr_setting)]
+    callbacks: list[L.Callback] = [StopOnNonFinite(lr_setting)]
     logger = False
     if not t.fast_dev_run:
+        # train/device/items_per_sec: tokens per second, over the last log_every steps (data loading included)
+        callbacks.append(ThroughputMonitor(batch_size_fn=lambda batch: batch[0].size(0),
+                                           length_fn=lambda batch: batch[0].numel(), window_size=max(2, t.log_every)))
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         if monitor:
