@@ -407,6 +407,44 @@ def crossover_seq_len(pair: str, d_model: int, n_head: int, seq_lens: Iterable[i
 
 
 # --------------------------------------------------------------------------------------------------------------
+# a run's hybrid, from its config (the sweep's table, the pipeline's TensorBoard hparams)
+
+
+def count_sparse(value, n: int) -> int:
+    if value == "all":
+        return n
+    return len(set(value)) if isinstance(value, (list, tuple)) else 1
+
+
+def flops_columns(cfg: dict) -> dict:
+    """Full-accounting FLOPs of a run's hybrid (only its sparse heads are sparse), one sequence, forward, from its
+    config (a plain dict); {} when the config lacks a size or names a pair without a cost formula."""
+    from src.hybrid import approximator_sizes, selector_sizes
+    from src.sparse import Budget
+
+    m, hyb = cfg.get("model", {}), cfg.get("hybrid", {})
+    sel, app = cfg.get("selector", {}).get("name"), cfg.get("approximator", {}).get("name")
+    pair = f"{sel}+{app}"
+    try:
+        d, nh, T, n_layer = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"]
+        k = Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"]).keys(T)
+        sel_cfg, app_cfg = selector_sizes(cfg["selector"]), approximator_sizes(cfg["approximator"])
+        sizes = ComponentSizes(selector_hidden=sel_cfg["hidden"], approximator_hidden=app_cfg["hidden"],
+                               d_index=sel_cfg["d_index"], block=sel_cfg["block_size"])
+        dense, sparse = dense_layer(d, nh, T, sizes).flops, sparse_layer(pair, d, nh, T, k, sizes).flops
+    except (KeyError, TypeError, ValueError):
+        return {}
+    rest = rest_of_layer(d, T).flops
+    layers, heads = count_sparse(hyb.get("layers"), n_layer), count_sparse(hyb.get("heads"), nh)
+    hybrid_layer = rest + (sparse // nh) * heads + (dense // nh) * (nh - heads)
+    dense_model = n_layer * (rest + dense)
+    sparse_model = layers * hybrid_layer + (n_layer - layers) * (rest + dense)
+    return {"sparse_heads": layers * heads, "attn_flops_speedup": dense / sparse,
+            "dense_model_flops": dense_model, "sparse_model_flops": sparse_model,
+            "model_flops_speedup": dense_model / sparse_model}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # decoding: one new token against a cache of L keys (python -m src.bench --decode)
 
 

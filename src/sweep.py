@@ -17,12 +17,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src import costs
+from src.costs import flops_columns
 from src.errors import UserError
-from src.hybrid import approximator_sizes, selector_sizes
 from src.report import write_report
 from src.runs import job_number, register_resolvers
-from src.sparse import Budget
 
 COLUMNS = (
     "job", "status", "model", "d_model", "n_head", "n_layer", "seq_len", "top_k", "selector", "approximator",
@@ -68,36 +66,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def count_sparse(value, n: int) -> int:
-    if value == "all":
-        return n
-    return len(set(value)) if isinstance(value, (list, tuple)) else 1
-
-
-def flops_columns(cfg: dict) -> dict:
-    """Full-accounting FLOPs of the job's hybrid (only its sparse heads are sparse), one sequence, forward."""
-    m, hyb = cfg.get("model", {}), cfg.get("hybrid", {})
-    sel, app = cfg.get("selector", {}).get("name"), cfg.get("approximator", {}).get("name")
-    pair = f"{sel}+{app}"
-    try:
-        d, nh, T, n_layer = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"]
-        k = Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"]).keys(T)
-        sel_cfg, app_cfg = selector_sizes(cfg["selector"]), approximator_sizes(cfg["approximator"])
-        sizes = costs.ComponentSizes(selector_hidden=sel_cfg["hidden"], approximator_hidden=app_cfg["hidden"],
-                                     d_index=sel_cfg["d_index"], block=sel_cfg["block_size"])
-        dense, sparse = costs.dense_layer(d, nh, T, sizes).flops, costs.sparse_layer(pair, d, nh, T, k, sizes).flops
-    except (KeyError, TypeError, ValueError):
-        return {}
-    rest = costs.rest_of_layer(d, T).flops
-    layers, heads = count_sparse(hyb.get("layers"), n_layer), count_sparse(hyb.get("heads"), nh)
-    sparse_layer = rest + (sparse // nh) * heads + (dense // nh) * (nh - heads)
-    dense_model = n_layer * (rest + dense)
-    sparse_model = layers * sparse_layer + (n_layer - layers) * (rest + dense)
-    return {"sparse_heads": layers * heads, "attn_flops_speedup": dense / sparse,
-            "dense_model_flops": dense_model, "sparse_model_flops": sparse_model,
-            "model_flops_speedup": dense_model / sparse_model}
 
 
 def job_status(job: Path) -> tuple[dict, dict | None]:

@@ -67,7 +67,7 @@ def test_flops_of_a_partly_sparse_hybrid():
     cfg = {"model": {"d_model": 256, "n_head": 4, "seq_len": 128, "n_layer": 4},
            "hybrid": {"layers": [0], "heads": [0, 1], "top_k": 16},
            "selector": {"name": "indexer", "d_index": 16}, "approximator": {"name": "softmax"}}
-    got = sweep.flops_columns(cfg)
+    got = costs.flops_columns(cfg)
     dense = costs.dense_layer(256, 4, 128).flops
     sparse = costs.sparse_layer("indexer+softmax", 256, 4, 128, 16).flops
     rest = costs.rest_of_layer(256, 128).flops

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.costs import flops_columns
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts
 from src.runs import find_run, stage_spec, write_json
@@ -161,8 +162,6 @@ def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
         value = OmegaConf.select(cfg, key)
         plain = isinstance(value, (int, float, str, bool))
         hparams[key] = value if plain else str(value if value is None else list(value))
-    from src.sweep import flops_columns
-
     flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs.py)
     metrics = {f"hparams/{k}": float(flops[k]) for k in ("attn_flops_speedup", "model_flops_speedup") if k in flops}
     for name, (part, key) in HPARAM_METRICS.items():
