@@ -173,10 +173,10 @@ def run_config(run: Path) -> dict | None:
 
 
 def own_checkpoint(folder: Path) -> str | None:
-    for name in ("best.ckpt", "last.ckpt"):
-        if (folder / "checkpoints" / name).is_file():
-            return str(folder / "checkpoints" / name)
-    return None
+    from src.checkpoints import run_checkpoints
+
+    found = run_checkpoints(folder)
+    return str(found[0]) if found else None
 
 
 def attention_sample(run: Path, layer: int | None = None, head: int | None = None, sample: int = 0):

@@ -105,13 +105,9 @@ def resume_checkpoint(run_dir: Path, required: bool = True) -> str | None:
             return None
         raise UserError(f"resume: no checkpoint at {ckpt}; the run saved none (it stopped before its first "
                         "validation): start it again without resume=")
-    import torch
+    from src.checkpoints import read_checkpoint
 
-    try:
-        torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # noqa: BLE001  cut short by a crash, not a torch file, ...
-        raise UserError(f"cannot read {ckpt} ({type(e).__name__}): the run cannot continue from it; start it again "
-                        "without resume=") from None
+    read_checkpoint(ckpt, make="the run cannot continue from it; start it again without resume=")
     return str(ckpt)
 
 

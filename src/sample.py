@@ -19,6 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from src.checkpoints import is_hybrid, read_checkpoint, run_checkpoints
 from src.config import register_sample_config
 from src.errors import UserError
 
@@ -40,29 +41,6 @@ class Generated:
         return self.tokens / max(self.seconds, 1e-9)
 
 
-def candidates(p: Path) -> list[Path]:
-    """The checkpoints a run folder may hold, the hybrid's first: a pipeline's approximator/ and teacher/, or the
-    run's own checkpoints/ (best.ckpt before last.ckpt)."""
-    folders = (p / "approximator" / "checkpoints", p / "checkpoints", p / "teacher" / "checkpoints")
-    return [f / name for f in folders for name in ("best.ckpt", "last.ckpt") if (f / name).is_file()]
-
-
-def read_checkpoint(p: Path) -> dict:
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated file, not a torch file, ...
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}): give one written by this project, "
-                        f"or {TRAIN}") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "vocab" not in hp or "model" not in hp or "state_dict" not in ckpt:
-        raise UserError(f"{p} is not a checkpoint of this project: {TRAIN}")
-    return ckpt
-
-
-def is_hybrid(ckpt: dict) -> bool:
-    return "hybrid" in ckpt["hyper_parameters"]
-
-
 def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
     """(gpt, vocab, attention overrides or None, source) for ``ckpt`` and ``model`` (auto | hybrid | teacher)."""
     from src.sparse import decode_problem
@@ -75,21 +53,19 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
         raise UserError("no checkpoint given: python -m src.sample ckpt=outputs/pipeline/<run> (or a .ckpt file)")
     p = Path(ckpt)
     if p.is_dir():
-        files = candidates(p)
+        files = run_checkpoints(p, ("approximator", "", "teacher"))
         if not files:
             raise UserError(f"{p} holds no checkpoint (approximator/, checkpoints/ or teacher/checkpoints/): give a "
                             f"pipeline, approximator or teacher run folder or a .ckpt file, or {TRAIN}")
-        loaded = [(f, read_checkpoint(f)) for f in files]
+        loaded = [(f, read_checkpoint(f, make=TRAIN)) for f in files]
         hybrids = [(f, c) for f, c in loaded if is_hybrid(c)]
         teachers = [(f, c) for f, c in loaded if not is_hybrid(c)]
         if model == "hybrid" and not hybrids:
             raise UserError(f"{p} holds no distilled hybrid (only a teacher): sample it with model=teacher, or "
                             "distil one with `python -m src.train` (the default pipeline)")
         path, chosen = (hybrids or teachers)[0] if model != "teacher" else (teachers or hybrids)[0]
-    elif not p.is_file():
-        raise UserError(f"no checkpoint at {p}: give a run folder or a .ckpt file, or {TRAIN}")
     else:
-        path, chosen = p, read_checkpoint(p)
+        path, chosen = p, read_checkpoint(p, make=TRAIN)
         if model == "hybrid" and not is_hybrid(chosen):
             raise UserError(f"{p} is a teacher's checkpoint: sample it with model=teacher (or model=auto), or give "
                             "a hybrid's (a pipeline's approximator/checkpoints/best.ckpt)")

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from src.checkpoints import HYBRID_KEYS, read_checkpoint
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
@@ -217,17 +218,7 @@ def hybrid_hparams(cfg: DictConfig, teacher: TeacherLM, teacher_ckpt: str, lr: f
 
 def load_stage_checkpoint(path: str | Path, stage: str, make_command: str) -> dict:
     """A distillation checkpoint as a dict, with one clear message when it is missing or of another kind."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"no {stage} checkpoint at {p}: make one with `{make_command}`")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not {"hybrid", "selector", "approximator", "vocab", "model"} <= hp.keys():
-        raise UserError(f"{p} is not a {stage} checkpoint of this project: make one with `{make_command}`")
-    return ckpt
+    return read_checkpoint(path, stage, f"make one with `{make_command}`", keys=HYBRID_KEYS)
 
 
 def hybrid_from_checkpoint(ckpt: dict, path: str | Path, make_command: str, cls: type | None = None,

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from src.checkpoints import read_checkpoint
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.model import GPT, GPTConfig
@@ -166,17 +167,9 @@ def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDat
 def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
     """A trained teacher from its checkpoint, with one clear message when the file is missing or not a teacher."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"no teacher checkpoint at {p}: train one with `python -m src.train +experiment=teacher`")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated file, not a torch file, ...
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}): give a teacher checkpoint "
-                        "written by this project, or train one with `python -m src.train +experiment=teacher`") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     make = "train one with `python -m src.train +experiment=teacher`"
-    if "vocab" not in hp or "model" not in hp or "state_dict" not in ckpt:
-        raise UserError(f"{p} is not a teacher checkpoint of this project: {make}")
+    ckpt = read_checkpoint(p, "teacher", make, map_location)
+    hp = ckpt["hyper_parameters"]
     others = sorted(set(hp) - set(inspect.signature(TeacherLM.__init__).parameters))
     if others:
         kind = "a selector or hybrid" if "hybrid" in hp else "another stage's"
@@ -189,7 +182,7 @@ def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
 
 def check_resumable(ckpt_path: str, module: TeacherLM, run_dir: Path) -> None:
     """A resumed run must have the model and vocabulary it was started with, or its weights do not fit."""
-    hp = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    hp = read_checkpoint(ckpt_path)["hyper_parameters"]
     wanted, now = hp.get("model") or {}, dict(module.hparams["model"])
     diff = [f"model.{k}={wanted[k]} (now {now.get(k)})" for k in wanted if wanted[k] != now.get(k)]
     if hp.get("vocab") is not None and list(hp["vocab"]) != list(module.hparams["vocab"]):
