@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -18,15 +17,12 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import build_trainer, find_run, make_command, reads_budget, resume_point, stage_spec, write_json
-from src.stages.distill_selector import fit_or_measure
+from src.runs import find_run, make_command, reads_budget, stage_spec
 from src.stages.hybrid_module import (
     HybridModule,
     check_same,
-    datamodule_for,
-    hybrid_hparams,
+    distil,
     load_stage_checkpoint,
-    resolve_teacher,
 )
 
 log = logging.getLogger(__name__)
@@ -80,48 +76,30 @@ def selector_command(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    L.seed_everything(cfg.seed, workers=True)
-    teacher, teacher_ckpt = resolve_teacher(cfg)
-    dm = datamodule_for(cfg, teacher.vocab, f"teacher {teacher_ckpt}")
-    hp = hybrid_hparams(cfg, teacher, teacher_ckpt, cfg.approximator.lr, cfg.approximator.max_steps)
-    module = ApproximatorDistillation(**hp)
-    module.teacher.load_state_dict(teacher.gpt.state_dict())
-    selector_ckpt = None
-    if module.selector_learned or cfg.selector.ckpt:
-        selector_ckpt = cfg.selector.ckpt or find_run("distill_selector", stage_spec(cfg, "distill_selector"))
-        if not selector_ckpt:
-            raise UserError(
-                f"no trained {cfg.selector.name} selector for these settings under outputs/: make one with "
-                f"`{selector_command(cfg)}` (same hybrid.* settings), or name one with selector.ckpt=PATH"
-            )
-        ckpt = load_stage_checkpoint(selector_ckpt, "distill_selector", selector_command(cfg))
-        check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
-                   selector_command(cfg), budget=reads_budget(hp["selector"]))
-        selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
-                     if k.startswith("parts.selectors.")}
-        try:
-            module.parts.selectors.load_state_dict(selectors)
-        except RuntimeError:
-            raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
-                            f"version (made by an older one?): make a new one with `{selector_command(cfg)}`") from None
-    log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name, module.spec.budget,
-             cfg.selector.name, selector_ckpt or "nothing to load")
-    steps = cfg.approximator.max_steps
-    trainer = build_trainer(cfg, run_dir, monitor="val/approx_rel_err", mode="min", max_steps=steps,
-                            val_every=max(1, steps // 2), lr_setting="approximator.lr")
-    checkpoint, metrics = fit_or_measure(module, module.approximator_learned, trainer, dm, run_dir,
-                                         resume_point(cfg, run_dir, "distill_approximator"))
-    result = {
-        "stage": "distill_approximator",
-        "run_dir": str(run_dir),
-        "checkpoint": checkpoint,
-        "teacher_ckpt": teacher_ckpt,
-        "selector_ckpt": selector_ckpt,
-        "spec": stage_spec(cfg, "distill_approximator"),
-        "fast_dev_run": bool(cfg.trainer.fast_dev_run),
-        "steps": trainer.global_step,
-        **metrics,
-    }
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", result)
-    return result
+    def load_selector(module: ApproximatorDistillation, hp: dict) -> dict:
+        """The trained selector this approximator learns to work with (nothing to load for a parameter-free one)."""
+        selector_ckpt = None
+        if module.selector_learned or cfg.selector.ckpt:
+            selector_ckpt = cfg.selector.ckpt or find_run("distill_selector", stage_spec(cfg, "distill_selector"))
+            if not selector_ckpt:
+                raise UserError(
+                    f"no trained {cfg.selector.name} selector for these settings under outputs/: make one with "
+                    f"`{selector_command(cfg)}` (same hybrid.* settings), or name one with selector.ckpt=PATH"
+                )
+            ckpt = load_stage_checkpoint(selector_ckpt, "distill_selector", selector_command(cfg))
+            check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
+                       selector_command(cfg), budget=reads_budget(hp["selector"]))
+            selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
+                         if k.startswith("parts.selectors.")}
+            try:
+                module.parts.selectors.load_state_dict(selectors)
+            except RuntimeError:
+                raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
+                                f"version (made by an older one?): make a new one with `{selector_command(cfg)}`"
+                                ) from None
+        log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name,
+                 module.spec.budget, cfg.selector.name, selector_ckpt or "nothing to load")
+        return {"selector_ckpt": selector_ckpt}
+
+    return distil(cfg, run_dir, "distill_approximator", ApproximatorDistillation, "approximator",
+                  "val/approx_rel_err", "min", load_selector)

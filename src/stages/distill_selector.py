@@ -14,15 +14,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from src.errors import UserError
-from src.runs import build_trainer, resume_point, saved_checkpoint, scalar_metrics, stage_spec, write_json
 from src.sparse import block_attention_mass, causal_mask, causal_topk, n_blocks, selection_mask
-from src.stages.hybrid_module import HybridModule, datamodule_for, hybrid_hparams, resolve_teacher
+from src.stages.hybrid_module import HybridModule, distil
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +118,12 @@ class SelectorDistillation(HybridModule):
         return self.adamw(self.parts.selectors.parameters())
 
 
-def fit_or_measure(module: HybridModule, trainable: bool, trainer: L.Trainer, dm, run_dir: Path,
-                   resume: str | None = None) -> tuple[str, dict]:
-    """Train when there is something to train (continuing from the checkpoint ``resume``); measure on the
-    validation split either way; save the checkpoint."""
-    if trainable:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    checkpoint = saved_checkpoint(trainer, run_dir) if trainable else None
-    metrics = trainer.validate(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
-    if not trainable:  # nothing learned: the checkpoint is the teacher plus the fixed parts
-        checkpoint = str(run_dir / "checkpoints" / "best.ckpt")
-        trainer.save_checkpoint(checkpoint)
-    return checkpoint, scalar_metrics(metrics[0] if metrics else {})
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    L.seed_everything(cfg.seed, workers=True)
-    teacher, teacher_ckpt = resolve_teacher(cfg)
-    dm = datamodule_for(cfg, teacher.vocab, f"teacher {teacher_ckpt}")
-    module = SelectorDistillation(**hybrid_hparams(cfg, teacher, teacher_ckpt, cfg.selector.lr, cfg.selector.max_steps))
-    module.teacher.load_state_dict(teacher.gpt.state_dict())
-    log.info("selector %s (loss %s) for layers %s heads %s, budget %s; teacher %s", cfg.selector.name,
-             module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.budget, teacher_ckpt)
-    steps = cfg.selector.max_steps
-    trainer = build_trainer(cfg, run_dir, monitor="val/mass_recall", mode="max", max_steps=steps,
-                            val_every=max(1, steps // 2), lr_setting="selector.lr")
-    checkpoint, metrics = fit_or_measure(module, module.selector_learned, trainer, dm, run_dir,
-                                         resume_point(cfg, run_dir, "distill_selector"))
-    result = {
-        "stage": "distill_selector",
-        "run_dir": str(run_dir),
-        "checkpoint": checkpoint,
-        "teacher_ckpt": teacher_ckpt,
-        "spec": stage_spec(cfg, "distill_selector"),
-        "fast_dev_run": bool(cfg.trainer.fast_dev_run),
-        "steps": trainer.global_step,
-        **metrics,
-    }
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", result)
-    return result
+    def describe(module: SelectorDistillation, hp: dict) -> dict:
+        log.info("selector %s (loss %s) for layers %s heads %s, budget %s; teacher %s", cfg.selector.name,
+                 module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.budget,
+                 hp["teacher_ckpt"])
+        return {}
+
+    return distil(cfg, run_dir, "distill_selector", SelectorDistillation, "selector", "val/mass_recall", "max",
+                  describe)

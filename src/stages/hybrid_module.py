@@ -24,7 +24,8 @@ from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.metrics import SQRT_METRICS, PerHeadRatio, selection_stats
 from src.model import GPT, AttentionSignals
 from src.plots import attention_figure
-from src.runs import SELECTOR_ARCH, find_run, hybrid_arch, make_command, model_mismatch, stage_spec
+from src.runs import (SELECTOR_ARCH, build_trainer, find_run, hybrid_arch, make_command, model_mismatch,
+                      resume_point, saved_checkpoint, scalar_metrics, stage_spec, write_json)
 from src.sparse import Selection, gather_rows, selection_mask
 from src.stages.teacher import TeacherLM, build_datamodule, gpt_config, load_teacher, warmup_cosine
 
@@ -167,6 +168,49 @@ class HybridModule(L.LightningModule):
 
 
 # ------------------------------------------------------------------------------------------- teachers and checkpoints
+
+
+# ------------------------------------------------------------------------------------------- the distillation run
+
+
+def fit_or_measure(module: HybridModule, trainable: bool, trainer: L.Trainer, dm, run_dir: Path,
+                   resume: str | None = None) -> tuple[str, dict]:
+    """Train when there is something to train (continuing from the checkpoint ``resume``); measure on the
+    validation split either way; save the checkpoint."""
+    if trainable:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    checkpoint = saved_checkpoint(trainer, run_dir) if trainable else None
+    metrics = trainer.validate(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
+    if not trainable:  # nothing learned: the checkpoint is the teacher plus the fixed parts
+        checkpoint = str(run_dir / "checkpoints" / "best.ckpt")
+        trainer.save_checkpoint(checkpoint)
+    return checkpoint, scalar_metrics(metrics[0] if metrics else {})
+
+
+def distil(cfg: DictConfig, run_dir: Path, stage: str, cls: type, part: str, monitor: str, mode: str,
+           prepare=None) -> dict:
+    """The run of a distillation stage, which trains the ``part`` ("selector" or "approximator", with ``part``.lr
+    and .max_steps) of the hybrid module ``cls``: the teacher and its data, ``prepare(module, hparams)`` -- what the
+    stage starts from, returning more result fields --, training (or, with nothing to learn, measuring), the
+    checkpoint that ``monitor`` picks, and RUN/metrics.json."""
+    L.seed_everything(cfg.seed, workers=True)
+    teacher, teacher_ckpt = resolve_teacher(cfg)
+    dm = datamodule_for(cfg, teacher.vocab, f"teacher {teacher_ckpt}")
+    settings = cfg[part]
+    hp = hybrid_hparams(cfg, teacher, teacher_ckpt, settings.lr, settings.max_steps)
+    module = cls(**hp)
+    module.teacher.load_state_dict(teacher.gpt.state_dict())
+    extra = prepare(module, hp) if prepare else {}
+    trainable = module.selector_learned if part == "selector" else module.approximator_learned
+    trainer = build_trainer(cfg, run_dir, monitor=monitor, mode=mode, max_steps=settings.max_steps,
+                            val_every=max(1, settings.max_steps // 2), lr_setting=f"{part}.lr")
+    checkpoint, metrics = fit_or_measure(module, trainable, trainer, dm, run_dir, resume_point(cfg, run_dir, stage))
+    result = {"stage": stage, "run_dir": str(run_dir), "checkpoint": checkpoint, "teacher_ckpt": teacher_ckpt, **extra,
+              "spec": stage_spec(cfg, stage), "fast_dev_run": bool(cfg.trainer.fast_dev_run),
+              "steps": trainer.global_step, **metrics}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", result)
+    return result
 
 
 def teacher_command(cfg: DictConfig) -> str:
