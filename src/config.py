@@ -6,10 +6,12 @@ The YAML files under ``conf/`` hold the values; these dataclasses hold the types
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+
+from src.model import GPTConfig
 
 
 @dataclass
@@ -25,16 +27,11 @@ class DataConf:
     num_workers: int = 0  # DataLoader workers; 0 is fastest for in-memory character data
 
 
-@dataclass
-class ModelConf:
-    name: str = "baby"  # the preset's name, for run folders and summaries
-    seq_len: int = 128  # context length T
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    pos: str = "learned"  # learned | rope (src/model.py)
+# model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,
+# defaulted and explained once; the vocabulary size comes from the data, not from here
+ModelConf = make_dataclass("ModelConf", [("name", str, field(default="baby"))] + [
+    (f.name, get_type_hints(GPTConfig)[f.name], field(default=f.default)) for f in fields(GPTConfig)
+    if f.name != "vocab_size"])
 
 
 @dataclass

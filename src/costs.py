@@ -19,6 +19,7 @@ Shapes: T sequence length, d = d_model, nh heads, hs = d // nh head size, k keys
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 from src.config import ApproximatorConf, SelectorConf
@@ -62,15 +63,22 @@ class ModelSize:
         return self.d_model // self.n_head
 
 
-# The prototype's size grid, as conf/model/*.yaml (a test checks they agree): heads of 64, T doubling with width.
-GRID = (
-    ModelSize("tiny", 128, 2, 64),
-    ModelSize("small", 256, 4, 128),
-    ModelSize("base", 512, 8, 256),
-    ModelSize("medium", 768, 12, 512),
-    ModelSize("large", 1024, 16, 1024),
-    ModelSize("xl", 1280, 20, 2048),
-)
+GRID_NAMES = ("tiny", "small", "base", "medium", "large", "xl")  # the prototype's size grid: heads of 64, T doubling
+
+
+def model_grid(names: Iterable[str] = GRID_NAMES) -> tuple[ModelSize, ...]:
+    """The sizes of the model presets ``names``, read from conf/model/NAME.yaml (their one definition)."""
+    from omegaconf import OmegaConf
+
+    folder = Path(__file__).resolve().parents[1] / "conf" / "model"
+    sizes = []
+    for name in names:
+        m = OmegaConf.load(folder / f"{name}.yaml")
+        sizes.append(ModelSize(name, int(m.d_model), int(m.n_head), int(m.seq_len)))
+    return tuple(sizes)
+
+
+GRID = model_grid()
 
 
 # --------------------------------------------------------------------------------------------------------------
