@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from src import costs
+from src.cli import Parser, positive_int
 from src.costs import GRID, ComponentSizes
 from src.costs import LEARNED_PAIRS as PAIRS
 from src.errors import UserError
@@ -236,16 +237,6 @@ def plot_compute_scaling(path: Path, rows: list[costs.PairCost], k: int | None, 
 # subcommand: costs
 
 
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
-
-
 def add_costs_arguments(p: argparse.ArgumentParser) -> None:
     default = ComponentSizes()
     p.add_argument("--out", type=Path, default=Path("outputs/analysis/costs"), help="folder for the files")
@@ -331,13 +322,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "budget": Subcommand("quality against key budget of a budget_curve multirun: table and plot, one line per "
                          "selector", add_sweep_arguments, run_budget),
 }
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises UserError (one line, exit 2) instead of printing the usage."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see python -m src.analyze --help)")
 
 
 def build_parser() -> Parser:

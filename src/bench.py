@@ -54,6 +54,7 @@ import torch.nn as nn
 
 from src import costs
 from src.approximators import APPROXIMATORS, build_approximator
+from src.cli import Parser, int_list
 from src.config import SelectorConf
 from src.errors import UserError
 from src.report import write_report
@@ -569,23 +570,6 @@ def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None
 
 # --------------------------------------------------------------------------------------------------------------
 # the command line
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises UserError (one line, exit 2) instead of printing the usage."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see python -m src.bench --help)")
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def budget_list(text: str) -> tuple:

@@ -33,7 +33,8 @@ from torch.utils import benchmark
 
 from src import costs
 from src.approximators import build_approximator
-from src.bench import DTYPES, Parser, command_line, device_name, int_list
+from src.bench import DTYPES, command_line, device_name
+from src.cli import Parser, int_list
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig, KVCache

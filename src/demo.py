@@ -17,7 +17,6 @@ import time
 
 STARTED = time.perf_counter()  # the demo's time counts its imports (torch, Lightning) too
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -26,6 +25,7 @@ from pathlib import Path  # noqa: E402
 
 from src import costs  # noqa: E402
 from src.analyze import markdown_table, prototype_markdown, times  # noqa: E402
+from src.cli import Parser  # noqa: E402
 from src.errors import UserError  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -143,10 +143,14 @@ def quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.demo", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m src.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="run folder (default outputs/demo/<timestamp>)")
     parser.add_argument("--tiny", action="store_true", help="shrink every part to seconds (for tests)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     quiet()
     out = args.out or Path("outputs/demo") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if args.tiny:

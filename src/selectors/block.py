@@ -43,7 +43,6 @@ from src.sparse.choice import n_blocks
 
 class BlockSelector(BlockKeySelector):
     name = "block"
-    default_loss = "kl"
 
     def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
         super().__init__(block_size, recent)

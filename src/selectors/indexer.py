@@ -29,7 +29,6 @@ def index_vectors(w: nn.Linear, x: torch.Tensor, n_heads: int, d_index: int) -> 
 
 class IndexerSelector(KeySelector):
     name = "indexer"
-    default_loss = "kl"
 
     def __init__(self, n_heads: int, d_model: int, d_index: int):
         super().__init__()
