@@ -4,7 +4,9 @@ The benchmark only measures: every variant is the library's own code (src/sparse
 src/approximators/), built with random weights (speed does not depend on training), exactly as the hybrid model
 runs it. What is timed: the forward pass of one attention layer, all heads, from q, k, v (B, nh, T, hs) and the
 layer input x (B, T, C) to the heads' outputs (B, nh, T, hs); the Q/K/V and output projections are the same for
-every variant and left out. Under torch.no_grad, median of ``--repeats`` runs after ``--warmup`` runs.
+every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by torch.utils.benchmark
+(src/sparse/phases.py ``time_runs``): the median of blocked autorange's blocks for a call under 50 ms, else of
+``--repeats`` single calls.
 
 * ``sdpa``  F.scaled_dot_product_attention(is_causal=True): the baseline of every speed-up;
 * ``naive`` the materialised causal softmax(QKᵀ/√hs)V;
@@ -317,7 +319,8 @@ class Settings:
     def describe(self, device: str) -> str:
         budgets = ", ".join(str(parse_budget(b)) for b in self.budgets)
         return (f"measured, {device}, {self.dtype}, batch {self.batch}, budgets {budgets} per query, block "
-                f"{self.block_size}, median of {self.repeats} after {self.warmup} warm-up, "
+                f"{self.block_size}, torch.utils.benchmark (blocks under 50 ms, else {self.repeats} calls) after "
+                f"{self.warmup} warm-up, "
                 f"{torch.get_num_threads()} threads")
 
 

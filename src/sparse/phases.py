@@ -78,14 +78,28 @@ def timed(fn, args, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+BLOCKED_BELOW = 0.05  # time_runs: calls faster than this (seconds) are timed in blocks by blocked_autorange
+
+
 def time_runs(fn, args, device: torch.device, repeats: int = 5, warmup: int = 1,
               max_seconds: float | None = MAX_SECONDS) -> list[float]:
-    """Seconds of ``repeats`` calls after ``warmup`` untimed ones; fewer when ``max_seconds`` is spent (at least 1).
-    The one timing loop of the project: the benchmark, the pipeline's speed step and the demo use it."""
+    """Seconds per call of fn(*args), ``repeats`` measurements after ``warmup`` untimed calls: the one repeated-timing
+    loop of the project (benchmark, evaluation, pipeline, demo), on torch.utils.benchmark's Timer at this process's
+    thread count (CUDA's queued work included). A call faster than BLOCKED_BELOW is measured by blocked_autorange
+    (blocks of calls, each long enough for the timer's resolution; one per-call mean per block); a slower one call
+    by call, fewer when ``max_seconds`` is spent (at least one)."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads())
     start = time.perf_counter()
+    first = None
     for _ in range(warmup):
-        timed(fn, args, device)
+        first = timed(fn, args, device)
+    if first is not None and first < BLOCKED_BELOW and device.type != "mps":
+        budget = repeats * max(first, 0.01) * 10
+        m = timer.blocked_autorange(min_run_time=min(budget, max_seconds or budget, 2.0))
+        return list(m.times)
     times: list[float] = []
     while len(times) < repeats and (not times or max_seconds is None or time.perf_counter() - start < max_seconds):
-        times.append(timed(fn, args, device))
+        times.append(timer.timeit(1).median if device.type != "mps" else timed(fn, args, device))
     return times
