@@ -31,20 +31,37 @@ def isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(src.runs, "OUTPUT_ROOT", tmp_path / "outputs")
 
 
+@pytest.fixture(scope="module")
+def trained_parts(teacher_ckpt, tmp_path_factory):
+    """A selector (2 steps) and an approximator on it (2 steps) per selector + approximator pair, each trained once
+    for the whole file: ``trained_parts(parts) -> (selector ckpt, approximator ckpt)``."""
+    from tests.conftest import TINY, compose_config
+
+    cache: dict = {}
+
+    def get(parts: tuple[str, ...]) -> tuple[str, str]:
+        if parts not in cache:
+            root = tmp_path_factory.mktemp("parts")
+            common = [*TINY, f"teacher.ckpt={teacher_ckpt}", *parts]
+            sel = train(compose_config([*common, "+experiment=distill_selector", "selector.max_steps=2"]), root / "s")
+            app = train(compose_config([*common, "+experiment=distill_approximator", "approximator.max_steps=2",
+                                        f"selector.ckpt={sel['checkpoint']}"]), root / "a")
+            cache[parts] = sel["checkpoint"], app["checkpoint"]
+        return cache[parts]
+
+    return get
+
+
 @pytest.mark.parametrize("experiment", ["distill_selector", "distill_approximator", "evaluate"])
 @pytest.mark.parametrize("selector,approximator", [("indexer", "softmax"), ("oracle", "softmax"), ("mlp", "mlp")])
-def test_stage_fast_dev_run(tiny_cfg, tmp_path, teacher_ckpt, experiment, selector, approximator):
+def test_stage_fast_dev_run(tiny_cfg, tmp_path, teacher_ckpt, trained_parts, experiment, selector, approximator):
     parts = [f"selector={selector}", f"approximator={approximator}", "hybrid.layers=all", "hybrid.top_k=4"]
     cfg = tiny_cfg(f"+experiment={experiment}", f"teacher.ckpt={teacher_ckpt}", "trainer.fast_dev_run=true", *parts)
     if experiment != "distill_selector" and selector != "oracle":  # needs the selector stage's output first
-        sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", *parts,
-                             "selector.max_steps=2"), tmp_path / "outputs" / "s")
-        cfg.selector.ckpt = sel["checkpoint"]
+        selector_ckpt, approximator_ckpt = trained_parts(tuple(parts))
+        cfg.selector.ckpt = selector_ckpt
         if experiment == "evaluate":
-            a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", *parts,
-                               "approximator.max_steps=2", f"selector.ckpt={sel['checkpoint']}"),
-                      tmp_path / "outputs" / "a")
-            cfg.approximator.ckpt = a["checkpoint"]
+            cfg.approximator.ckpt = approximator_ckpt
     result = train(cfg, tmp_path / "run")
     assert result["stage"] == experiment
     if experiment == "evaluate":
