@@ -11,7 +11,6 @@ it. Bad arguments end with one line ``error: ...`` and exit status 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Callable
 
 from src import costs
 from src.cli import Parser, positive_int
+from src.report import markdown_table, write_csv
 from src.costs import GRID, ComponentSizes
 from src.costs import LEARNED_PAIRS as PAIRS
 from src.errors import UserError
@@ -40,19 +40,6 @@ def megabytes(x: float) -> str:
 def times(x: float) -> str:
     """2.2857 -> '2.29×'."""
     return f"{x:.2f}×"
-
-
-def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
-    """align: one 'l' or 'r' per column."""
-    rule = ["---:" if a == "r" else "---" for a in align]
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, rule, *rows])
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from src.approximators import APPROXIMATORS, build_approximator
 from src.cli import Parser, int_list
 from src.config import SelectorConf
 from src.errors import UserError
-from src.report import write_report
+from src.report import markdown_table, write_report
 from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
 from src.sparse import Budget, Phases, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.flex import is_new_shape
@@ -477,10 +477,7 @@ def table(rows: list[dict]) -> str:
     """One markdown table per size, then the measured crossover of each variant and budget."""
     out = []
     for d, h in sizes_of(rows):
-        out += [f"**{size_name(d, h)}** (head size {d // h})", "",
-                "| T | variant | budget | keys read | median ms | speed-up vs SDPA | FLOP limit | of limit | "
-                "select / mask / kernel ms | peak MB | note |",
-                "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
+        cells = []
         for r in rows:
             if (r["d_model"], r["n_head"]) == (d, h):
                 up = "–" if r["speedup"] is None else f"{r['speedup']:.2f}×"
@@ -491,9 +488,11 @@ def table(rows: list[dict]) -> str:
                 split = ("–" if r["kernel_ms"] is None
                          else f"{r['selection_ms']:.1f} / {r['mask_ms']:.1f} / {r['kernel_ms']:.1f}")
                 limit = "–" if r["variant"] in DENSE else f"{r['flop_limit']:.2f}×"
-                out.append(f"| {r['T']} | {r['variant']} | {r['budget']} | {r['keys_read']} | "
-                           f"{fmt(r['median_ms'], '.2f')} | {up} | {limit} | {fmt(r['of_limit'], '.0%')} | {split} | "
-                           f"{megabytes(r['peak_mb'])} | {note.strip()} |")
+                cells.append([r["T"], r["variant"], r["budget"], r["keys_read"], fmt(r["median_ms"], ".2f"), up, limit,
+                              fmt(r["of_limit"], ".0%"), split, megabytes(r["peak_mb"]), note.strip()])
+        out += [f"**{size_name(d, h)}** (head size {d // h})", "", markdown_table(
+            ["T", "variant", "budget", "keys read", "median ms", "speed-up vs SDPA", "FLOP limit", "of limit",
+             "select / mask / kernel ms", "peak MB", "note"], cells, "rllrrrrrlrl")]
         out += ["", "Measured crossover T (faster than SDPA from this T on, at every larger measured T):", ""]
         out += [f"- {v}" + ("" if b == "–" else f", budget {b}") + f": {crossover_text(rows, v, d, h, b)}"
                 for v, b in series(rows) if v != "sdpa"]

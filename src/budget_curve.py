@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from src.errors import UserError
+from src.report import markdown_table
 from src.selectors import BLOCK_SELECTORS
 from src.sparse import Budget
 from src.sweep import job_config, job_folders, job_status, write_tables
@@ -102,17 +103,15 @@ def markdown(rows: list[dict], root: Path) -> str:
         lines += [
             f"## data={data}, model={group[0]['model']} (T={group[0]['seq_len']})",
             "",
-            "| selector | level | budget | dynamic mass | density | loss change | mass recall | KL | speed-up "
-            "(kernel) | hybrid tokens/s | teacher tokens/s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            markdown_table(
+                ["selector", "level", "budget", "dynamic mass", "density", "loss change", "mass recall", "KL",
+                 "speed-up (kernel)", "hybrid tokens/s", "teacher tokens/s"],
+                [[r["selector"], r["level"], f"{fraction_text(r['budget'])} ({r['budget_keys']})", num(r["mass"], ".2f"),
+                  f"{num(r['density'], '.4f')} ± {num(r['density_std'], '.4f')}", f"{num(r['loss_change_pct'], '+.2f')}%",
+                  num(r["mass_recall"], ".4f"), num(r["kl"], ".4f"), f"{num(r['speedup'], '.2f')}× ({r['kernel'] or '–'})",
+                  num(r["hybrid_tokens_per_s"], ",.0f"), num(r["teacher_tokens_per_s"], ",.0f")] for r in group],
+                "llrrrrrrrrr"),
         ]
-        for r in group:
-            lines.append(
-                f"| {r['selector']} | {r['level']} | {fraction_text(r['budget'])} ({r['budget_keys']}) | "
-                f"{num(r['mass'], '.2f')} | {num(r['density'], '.4f')} ± {num(r['density_std'], '.4f')} | "
-                f"{num(r['loss_change_pct'], '+.2f')}% | {num(r['mass_recall'], '.4f')} | {num(r['kl'], '.4f')} | "
-                f"{num(r['speedup'], '.2f')}× ({r['kernel'] or '–'}) | {num(r['hybrid_tokens_per_s'], ',.0f')} | "
-                f"{num(r['teacher_tokens_per_s'], ',.0f')} |")
         lines.append("")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:

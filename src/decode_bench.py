@@ -38,7 +38,7 @@ from src.cli import Parser, int_list
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig, KVCache
-from src.report import write_report
+from src.report import markdown_table, write_report
 from src.selectors import build_selector
 from src.sparse import Budget, SparseAttention, SparseDecoder
 from src.sparse.phases import DEVICES, resolve_device
@@ -221,17 +221,16 @@ def cell_text(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| what | L | variant | keys read | median ms | tokens/s | speed-up vs SDPA | FLOP limit | of limit | note |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    cells = []
     for r in rows:
         what = "1 layer, 1 step" if r["kind"] == "layer" else f"model ({r['n_layer']} layers), 1 token"
         up = "1.00× (baseline)" if r["variant"] == "sdpa" else f"{r['speedup']:.2f}×"
         limit = "–" if r["flop_limit"] is None else f"{r['flop_limit']:.1f}×"
         of = "–" if r["of_limit"] is None else f"{r['of_limit']:.0%}"
         tps = "–" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
-        out.append(f"| {what} | {r['L']} | {r['variant']} | {r['keys_read']} | {r['median_ms']:.3f} | {tps} | {up} | "
-                   f"{limit} | {of} | {r['note']} |")
-    return "\n".join(out)
+        cells.append([what, r["L"], r["variant"], r["keys_read"], f"{r['median_ms']:.3f}", tps, up, limit, of, r["note"]])
+    return markdown_table(["what", "L", "variant", "keys read", "median ms", "tokens/s", "speed-up vs SDPA",
+                           "FLOP limit", "of limit", "note"], cells, "lrlrrrrrrl")
 
 
 def plot(path: Path, rows: list[dict], label: str) -> None:

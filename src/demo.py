@@ -24,9 +24,10 @@ from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src import costs  # noqa: E402
-from src.analyze import markdown_table, prototype_markdown, times  # noqa: E402
+from src.analyze import prototype_markdown, times  # noqa: E402
 from src.cli import Parser  # noqa: E402
 from src.errors import UserError  # noqa: E402
+from src.report import markdown_table  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

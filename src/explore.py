@@ -236,12 +236,14 @@ def flat_metrics(metrics: dict, per_head: bool = False) -> dict[str, float]:
 
 def metrics_markdown(run: Path) -> str:
     """One markdown table per stage: its metrics.json's numbers."""
+    from src.report import markdown_table
+
     out = []
     for stage, folder in stage_folders(run):
         m = flat_metrics(read_json(folder / "metrics.json") or {})
         if m:
-            rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(m.items()))
-            out.append(f"**{stage}** (`{folder / 'metrics.json'}`)\n\n| metric | value |\n|---|---:|\n{rows}")
+            table = markdown_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in sorted(m.items())], "lr")
+            out.append(f"**{stage}** (`{folder / 'metrics.json'}`)\n\n{table}")
     error = read_json(run / "error.json")
     if error:
         out.append(f"**failed**: {error.get('error')}")

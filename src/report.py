@@ -1,4 +1,5 @@
-"""The files every benchmark and analysis writes: one table as STEM.csv, STEM.json, STEM.md and STEM.png."""
+"""Tables and their files, for every benchmark, analysis and stage: a markdown table (``markdown_table``), a CSV
+(``write_csv``), and one table as STEM.csv, STEM.json, STEM.md and STEM.png (``write_report``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from typing import Callable
 from src.errors import UserError
 
 
+def markdown_table(header: list[str], rows: list[list], align: str) -> str:
+    """A markdown table; ``align`` has one 'l' (left) or 'r' (right) per column; cells are written with str()."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in [header, rule, *rows])
+
+
+def write_csv(path: Path, rows: list[dict], columns=None) -> None:
+    """One row per dict, the columns ``columns`` or the first row's keys."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_report(out: Path, stem: str, rows: list[dict], markdown: str, plot_to: Callable[[Path], None],
                  meta: dict | None = None, columns=None, fix: str = "pass another folder with --out") -> list[Path]:
     """OUT/STEM.csv (one row per dict, ``columns`` or the first row's keys), .json (``meta`` with the rows under
@@ -18,10 +33,7 @@ def write_report(out: Path, stem: str, rows: list[dict], markdown: str, plot_to:
     paths = [out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with paths[0].open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(paths[0], rows, columns)
         paths[1].write_text(json.dumps(rows if meta is None else {**meta, "rows": rows}, indent=2) + "\n")
         paths[2].write_text(markdown)
         plot_to(paths[3])

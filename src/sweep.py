@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from src.costs import flops_columns
 from src.errors import UserError
-from src.report import write_report
+from src.report import markdown_table, write_report
 from src.runs import job_number, register_resolvers
 
 COLUMNS = (
@@ -137,19 +137,17 @@ def markdown(rows: list[dict], root: Path) -> str:
         "causal, selector included; forward of one sequence); measured: one attention layer's forward, median ms, "
         "SDPA vs the sparse variant, on the job's device (src/bench.py).",
         "",
-        "| job | model | d / heads / T | k | pair | loss change | KL | mass recall | logits rel. err | "
-        "attn FLOPs speed-up | model FLOPs speed-up | SDPA ms | sparse ms | measured speed-up |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table(
+            ["job", "model", "d / heads / T", "k", "pair", "loss change", "KL", "mass recall", "logits rel. err",
+             "attn FLOPs speed-up", "model FLOPs speed-up", "SDPA ms", "sparse ms", "measured speed-up"],
+            [[r["job"], r["model"], f"{r['d_model']} / {r['n_head']} / {r['seq_len']}", r["top_k"],
+              f"{r['selector']}+{r['approximator']}",
+              f"{r['loss_change_pct']:+.2f}%" if r["loss_change_pct"] is not None else "–", fmt(r["kl"]),
+              fmt(r["mass_recall"]), fmt(r["logits_rel_err"]), f"{fmt(r['attn_flops_speedup'], 3)}×",
+              f"{fmt(r['model_flops_speedup'], 3)}×", fmt(r["sdpa_ms"], 3), fmt(r["sparse_ms"], 3),
+              fmt(r["measured_speedup"], 3) + "×" if r["measured_speedup"] else "–"] for r in ok],
+            "lllrlrrrrrrrrr"),
     ]
-    for r in ok:
-        pct = f"{r['loss_change_pct']:+.2f}%" if r["loss_change_pct"] is not None else "–"
-        lines.append(
-            f"| {r['job']} | {r['model']} | {r['d_model']} / {r['n_head']} / {r['seq_len']} | {r['top_k']} | "
-            f"{r['selector']}+{r['approximator']} | {pct} | {fmt(r['kl'])} | {fmt(r['mass_recall'])} | "
-            f"{fmt(r['logits_rel_err'])} | {fmt(r['attn_flops_speedup'], 3)}× | {fmt(r['model_flops_speedup'], 3)}× | "
-            f"{fmt(r['sdpa_ms'], 3)} | {fmt(r['sparse_ms'], 3)} | "
-            f"{fmt(r['measured_speedup'], 3) + '×' if r['measured_speedup'] else '–'} |"
-        )
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["", "## Failed or unfinished jobs", ""]

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric
 from src.approximators import APPROXIMATORS
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
+from src.report import markdown_table
 from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
 from src.sparse import KERNELS
@@ -192,12 +193,12 @@ def speed_markdown(speed: dict) -> list[str]:
         f"One test batch ({speed['batch']} × {speed['seq_len']} tokens) on {speed['device']}, median of "
         f"{speed['repeats']} forwards after a warm-up, teacher and hybrid timed side by side in one process.",
         "",
-        "| model | kernel | ms per forward | tokens / s | speed-up over the teacher |",
-        "|---|---|---:|---:|---:|",
-        f"| teacher | SDPA | {speed['teacher_ms']:.1f} | {speed['teacher_tokens_per_s']:,.0f} | 1.00× |",
+        markdown_table(["model", "kernel", "ms per forward", "tokens / s", "speed-up over the teacher"],
+                       [["teacher", "SDPA", f"{speed['teacher_ms']:.1f}", f"{speed['teacher_tokens_per_s']:,.0f}",
+                         "1.00×"]] +
+                       [["hybrid", k, f"{speed[f'{k}_ms']:.1f}", f"{speed[f'{k}_tokens_per_s']:,.0f}",
+                         f"{speed[f'{k}_speedup']:.2f}×"] for k in speed["kernels"]], "llrrr"),
     ]
-    lines += [f"| hybrid | {k} | {speed[f'{k}_ms']:.1f} | {speed[f'{k}_tokens_per_s']:,.0f} | "
-              f"{speed[f'{k}_speedup']:.2f}× |" for k in speed["kernels"]]
     return lines + [""]
 
 
@@ -242,35 +243,33 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridEvaluation, source:
         "",
         "## Whole model (test split; validation split beside it)",
         "",
-        "| metric | test | validation |",
-        "|---|---|---|",
-        f"| teacher loss (nats/token) | {r['test/teacher_loss']:.4f} | {val('teacher_loss', '.4f')} |",
-        f"| hybrid loss (nats/token) | {r['test/hybrid_loss']:.4f} | {val('hybrid_loss', '.4f')} |",
-        f"| loss change | {r['test/loss_change_pct']:+.2f}% | {val('loss_change_pct', '+.2f')}% |",
-        f"| teacher / hybrid perplexity | {r['test/teacher_ppl']:.3f} / {r['test/hybrid_ppl']:.3f} | "
-        f"{val('teacher_ppl', '.3f')} / {val('hybrid_ppl', '.3f')} |",
-        f"| KL(teacher ‖ hybrid) per token | {r['test/kl_teacher_hybrid']:.5f} | {val('kl_teacher_hybrid', '.5f')} |",
-        f"| relative error of the final logits | {r['test/logits_rel_err']:.4f} | {val('logits_rel_err', '.4f')} |",
+        markdown_table(["metric", "test", "validation"], [
+            ["teacher loss (nats/token)", f"{r['test/teacher_loss']:.4f}", val("teacher_loss", ".4f")],
+            ["hybrid loss (nats/token)", f"{r['test/hybrid_loss']:.4f}", val("hybrid_loss", ".4f")],
+            ["loss change", f"{r['test/loss_change_pct']:+.2f}%", f"{val('loss_change_pct', '+.2f')}%"],
+            ["teacher / hybrid perplexity", f"{r['test/teacher_ppl']:.3f} / {r['test/hybrid_ppl']:.3f}",
+             f"{val('teacher_ppl', '.3f')} / {val('hybrid_ppl', '.3f')}"],
+            ["KL(teacher ‖ hybrid) per token", f"{r['test/kl_teacher_hybrid']:.5f}", val("kl_teacher_hybrid", ".5f")],
+            ["relative error of the final logits", f"{r['test/logits_rel_err']:.4f}", val("logits_rel_err", ".4f")],
+        ], "lll"),
         "",
-        "| metric (test split) | value |",
-        "|---|---|",
-        f"| attention-mass recall (mean over sparse heads) | {r['test/mass_recall']:.4f} |",
-        f"| density: keys read per query / T (mean ± spread over queries and heads) | "
-        f"{r['test/density']:.4f} ± {r['test/density_std']:.4f} |",
-        f"| recall@K (mean) | {r['test/recall']:.4f} |",
-        f"| selector top-1 accuracy (mean) | {r['test/top1_acc']:.4f} |",
-        f"| approximator relative error (mean) | {r['test/approx_rel_err']:.4f} |",
+        markdown_table(["metric (test split)", "value"], [
+            ["attention-mass recall (mean over sparse heads)", f"{r['test/mass_recall']:.4f}"],
+            ["density: keys read per query / T (mean ± spread over queries and heads)",
+             f"{r['test/density']:.4f} ± {r['test/density_std']:.4f}"],
+            ["recall@K (mean)", f"{r['test/recall']:.4f}"],
+            ["selector top-1 accuracy (mean)", f"{r['test/top1_acc']:.4f}"],
+            ["approximator relative error (mean)", f"{r['test/approx_rel_err']:.4f}"],
+        ], "ll"),
         "",
         *speed_markdown(speed),
         "## Per sparse head (teacher-forced)",
         "",
-        "| head | top-1 acc | recall@K | mass recall | approx MSE | approx rel. error |",
-        "|---|---|---|---|---|---|",
+        markdown_table(["head", "top-1 acc", "recall@K", "mass recall", "approx MSE", "approx rel. error"],
+                       [[p, f"{r[f'test/top1_acc/{p}']:.4f}", f"{r[f'test/recall/{p}']:.4f}",
+                         f"{r[f'test/mass_recall/{p}']:.4f}", f"{r[f'test/approx_mse/{p}']:.5f}",
+                         f"{r[f'test/approx_rel_err/{p}']:.4f}"] for p in module.pair_names], "llllll"),
     ]
-    for p in module.pair_names:
-        lines.append(f"| {p} | {r[f'test/top1_acc/{p}']:.4f} | {r[f'test/recall/{p}']:.4f} | "
-                     f"{r[f'test/mass_recall/{p}']:.4f} | {r[f'test/approx_mse/{p}']:.5f} | "
-                     f"{r[f'test/approx_rel_err/{p}']:.4f} |")
     lines += ["", "## Configuration", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 
