@@ -17,12 +17,12 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import find_run, make_command, reads_budget, stage_spec
+from src.runs import make_command, reads_budget
 from src.stages.hybrid_module import (
     HybridModule,
     check_same,
     distil,
-    load_stage_checkpoint,
+    stage_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         """The trained selector this approximator learns to work with (nothing to load for a parameter-free one)."""
         selector_ckpt = None
         if module.selector_learned or cfg.selector.ckpt:
-            selector_ckpt = cfg.selector.ckpt or find_run("distill_selector", stage_spec(cfg, "distill_selector"))
-            if not selector_ckpt:
-                raise UserError(
-                    f"no trained {cfg.selector.name} selector for these settings under outputs/: make one with "
-                    f"`{selector_command(cfg)}` (same hybrid.* settings), or name one with selector.ckpt=PATH"
-                )
-            ckpt = load_stage_checkpoint(selector_ckpt, "distill_selector", selector_command(cfg))
+            selector_ckpt, ckpt = stage_checkpoint(cfg, "distill_selector", "selector.ckpt",
+                                                   f"{cfg.selector.name} selector", selector_command(cfg))
             check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
                        selector_command(cfg), budget=reads_budget(hp["selector"]))
             selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()

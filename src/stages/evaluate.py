@@ -24,7 +24,7 @@ from src.approximators import APPROXIMATORS
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
 from src.report import markdown_table
-from src.runs import build_trainer, find_run, make_command, model_mismatch, stage_spec, write_json
+from src.runs import build_trainer, make_command, model_mismatch, stage_spec, write_json
 from src.selectors import SELECTORS
 from src.sparse import KERNELS
 from src.sparse.phases import resolve_device, time_runs
@@ -34,7 +34,7 @@ from src.stages.hybrid_module import (
     datamodule_for,
     hybrid_hparams,
     hybrid_from_checkpoint,
-    load_stage_checkpoint,
+    stage_checkpoint,
     resolve_teacher,
 )
 
@@ -119,13 +119,8 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str]:
         module = HybridEvaluation(**hybrid_hparams(cfg, teacher, teacher_ckpt, 0.0, 0))
         module.teacher.load_state_dict(teacher.gpt.state_dict())
         return module, f"teacher {teacher_ckpt}"
-    path = cfg.approximator.ckpt or find_run("distill_approximator", stage_spec(cfg, "distill_approximator"))
-    if not path:
-        raise UserError(
-            f"no trained {cfg.selector.name} + {cfg.approximator.name} hybrid for these settings under outputs/: "
-            f"make one with `{approximator_command(cfg)}`, or name one with approximator.ckpt=PATH"
-        )
-    ckpt = load_stage_checkpoint(path, "distill_approximator", approximator_command(cfg))
+    path, ckpt = stage_checkpoint(cfg, "distill_approximator", "approximator.ckpt",
+                                  f"{cfg.selector.name} + {cfg.approximator.name} hybrid", approximator_command(cfg))
     hp = ckpt["hyper_parameters"]
     diff = model_mismatch(hp.get("model"), cfg)
     if diff:

@@ -265,6 +265,17 @@ def load_stage_checkpoint(path: str | Path, stage: str, make_command: str) -> di
     return read_checkpoint(path, stage, f"make one with `{make_command}`", keys=HYBRID_KEYS)
 
 
+def stage_checkpoint(cfg: DictConfig, stage: str, setting: str, what: str, make: str) -> tuple[str, dict]:
+    """The checkpoint of ``stage`` this run starts from: the path in ``setting`` (e.g. selector.ckpt), else the
+    newest finished run of that stage with these settings under outputs/; one line naming the command that makes
+    one (``make``) when there is none."""
+    path = OmegaConf.select(cfg, setting) or find_run(stage, stage_spec(cfg, stage))
+    if not path:
+        raise UserError(f"no trained {what} for these settings under outputs/: make one with `{make}` (the same "
+                        f"model, data and hybrid.* settings), or name one with {setting}=PATH")
+    return path, load_stage_checkpoint(path, stage, make)
+
+
 def hybrid_from_checkpoint(ckpt: dict, path: str | Path, make_command: str, cls: type | None = None,
                            **hparams) -> HybridModule:
     """The hybrid a distillation checkpoint holds (the teacher's weights and the parts travel in it), as ``cls``
