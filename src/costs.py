@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from src.config import ApproximatorConf, SelectorConf
+from src.approximators import APPROXIMATORS as APPROXIMATOR_CLASSES
 from src.selectors import BLOCK_SELECTORS
+from src.selectors import SELECTORS as SELECTOR_CLASSES
 
 SOFTMAX_OPS = 5  # FLOPs per score element in a softmax: max, subtract, exp, sum, divide
 TOPK_OPS = 1  # FLOPs per candidate score in a top-k (linear-time selection; a full sort would cost more)
@@ -284,23 +286,13 @@ def positional_selector() -> Cost:
     return Cost(macs=0)
 
 
+# each component's formula sits beside its class (its ``cost``), naming the functions above
 SELECTORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, d_model, hs, sizes) -> Cost
-    "mlp": lambda T, d, hs, c: mlp_selector(T, hs, c.selector_hidden, c.topk_ops),
-    "indexer": lambda T, d, hs, c: indexer_selector(T, d, c.d_index, c.topk_ops),
-    "oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),
-    "window": lambda T, d, hs, c: positional_selector(),
-    "sink_window": lambda T, d, hs, c: positional_selector(),
-    "block": lambda T, d, hs, c: indexed_block_selector(T, d, c.d_index, c.block, c.topk_ops),
-    "block_oracle": lambda T, d, hs, c: oracle_selector(T, hs, c.topk_ops),  # the teacher's QK^T, pooled per block
-    "block_window": lambda T, d, hs, c: positional_selector(),
-    "block_sink_window": lambda T, d, hs, c: positional_selector(),
-}
+    name: cls.cost for name, cls in SELECTOR_CLASSES.items() if cls.cost is not None}
 LEARNED_PAIRS = tuple(f"{sel}+{app}" for sel in ("mlp", "indexer", "oracle", "block")  # the cost tables' pairs
                       for app in ("mlp", "softmax"))
 APPROXIMATORS: dict[str, Callable[[int, int, int, ComponentSizes], Cost]] = {  # (T, hs, k, sizes) -> Cost
-    "mlp": lambda T, hs, k, c: mlp_approximator(T, hs, k, c.approximator_hidden),
-    "softmax": lambda T, hs, k, c: softmax_approximator(T, hs, k, c.softmax_ops),
-}
+    name: cls.cost for name, cls in APPROXIMATOR_CLASSES.items() if cls.cost is not None}
 PAIRS = tuple(f"{sel}+{app}" for sel in SELECTORS for app in APPROXIMATORS)  # every selector+approximator pair
 
 

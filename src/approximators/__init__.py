@@ -23,6 +23,7 @@ class Approximator(nn.Module):
     trainable = True  # False: nothing to learn (exact softmax)
     exact_softmax = False  # True: a block-sparse kernel (src/sparse/flex.py, tiles.py) may compute it instead
     reads_keys = True  # False: only the selected values (the gather path need not copy the keys)
+    cost = None  # cost(T, head_dim, k, sizes) -> src.costs.Cost of one head; None: not counted
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -20,6 +20,13 @@ class MLPApproximator(Approximator):
     trainable = True
     reads_keys = False  # only the selected values: the gather path need not copy the keys
 
+    @staticmethod
+    def cost(T: int, head_dim: int, k: int, sizes):
+        """One head over k selected values of every query (src/costs.py mlp_approximator)."""
+        from src import costs
+
+        return costs.mlp_approximator(T, head_dim, k, sizes.approximator_hidden)
+
     def __init__(self, n_heads: int, head_dim: int, top_k: int, hidden: int):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(n_heads, top_k * head_dim, hidden))

@@ -16,6 +16,13 @@ class SoftmaxApproximator(Approximator):
     trainable = False
     exact_softmax = True  # a block-sparse kernel (src/sparse/flex.py, tiles.py) may compute it instead
 
+    @staticmethod
+    def cost(T: int, head_dim: int, k: int, sizes):
+        """One head over k selected keys of every query (src/costs.py softmax_approximator)."""
+        from src import costs
+
+        return costs.softmax_approximator(T, head_dim, k, sizes.softmax_ops)
+
     def forward(self, q, k_sel, v_sel, valid):
         """q (B, h, T, hs); k_sel, v_sel (B, h, T, K, hs); valid (B, h, T, K) -> (B, h, T, hs)."""
         scores = (k_sel @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.size(-1))  # (B, h, T, K)

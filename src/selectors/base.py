@@ -37,6 +37,7 @@ class KeySelector(nn.Module):
     ``prepare`` and ``score_rows``."""
 
     name: str | None = None
+    cost = None  # cost(T, d_model, head_dim, sizes) -> src.costs.Cost of one head's scoring; None: not counted
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -75,6 +76,7 @@ class BlockKeySelector(nn.Module):
     ``block_scores``."""
 
     name: str | None = None
+    cost = None  # as KeySelector's
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

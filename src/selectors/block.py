@@ -44,6 +44,13 @@ from src.sparse.choice import n_blocks
 class BlockSelector(BlockKeySelector):
     name = "block"
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Scoring every query block of one head, Θ((T/B)²·d_index) (src/costs.py indexed_block_selector)."""
+        from src import costs
+
+        return costs.indexed_block_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops)
+
     def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
         super().__init__(block_size, recent)
         self.n_heads, self.d_index = n_heads, d_index

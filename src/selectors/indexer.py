@@ -30,6 +30,13 @@ def index_vectors(w: nn.Linear, x: torch.Tensor, n_heads: int, d_index: int) -> 
 class IndexerSelector(KeySelector):
     name = "indexer"
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Scoring every query of one head, Θ(T²·d_index) (src/costs.py indexer_selector)."""
+        from src import costs
+
+        return costs.indexer_selector(T, d_model, sizes.d_index, sizes.topk_ops)
+
     def __init__(self, n_heads: int, d_model: int, d_index: int):
         super().__init__()
         self.n_heads, self.d_index = n_heads, d_index

@@ -20,6 +20,13 @@ class MLPSelector(KeySelector):
     name = "mlp"
     default_loss = "ce"
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Scoring every query of one head, Θ(T²·hidden) (src/costs.py mlp_selector)."""
+        from src import costs
+
+        return costs.mlp_selector(T, head_dim, sizes.selector_hidden, sizes.topk_ops)
+
     def __init__(self, n_heads: int, head_dim: int, seq_len: int, hidden: int):
         super().__init__()
         self.seq_len = seq_len

@@ -24,6 +24,13 @@ class OracleSelector(KeySelector):
     name = "oracle"
     trainable = False
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """The teacher's own QK^T for one head (src/costs.py oracle_selector)."""
+        from src import costs
+
+        return costs.oracle_selector(T, head_dim, sizes.topk_ops)
+
     def prepare(self, x, q, k):
         return q, k
 
@@ -36,6 +43,13 @@ class BlockOracleSelector(BlockKeySelector):
     name = "block_oracle"
     trainable = False
     causal = False  # a query block's choice reads all of its queries
+
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """The teacher's QK^T for one head, pooled per block (src/costs.py oracle_selector)."""
+        from src import costs
+
+        return costs.oracle_selector(T, head_dim, sizes.topk_ops)
 
     def block_scores(self, x, q, k, rows):
         mass = block_attention_mass(q, k, self.block_size)[:, :, rows]  # (B, h, R, nb); zero after the own block

@@ -27,6 +27,13 @@ class SinkWindowSelector(KeySelector):
     trainable = False
     predicts_mass = False
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Positions only: nothing counted (src/costs.py positional_selector)."""
+        from src import costs
+
+        return costs.positional_selector()
+
     def __init__(self, n_heads: int, sinks: int):
         super().__init__()
         if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
@@ -45,6 +52,13 @@ class BlockSinkWindowSelector(BlockKeySelector):
     name = "block_sink_window"
     trainable = False
     predicts_mass = False
+
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Positions only: nothing counted (src/costs.py positional_selector)."""
+        from src import costs
+
+        return costs.positional_selector()
 
     def __init__(self, n_heads: int, block_size: int, sinks: int):
         super().__init__(block_size)

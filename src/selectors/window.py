@@ -24,6 +24,13 @@ class WindowSelector(KeySelector):
     trainable = False
     predicts_mass = False
 
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Positions only: nothing counted (src/costs.py positional_selector)."""
+        from src import costs
+
+        return costs.positional_selector()
+
     def __init__(self, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
@@ -40,6 +47,13 @@ class BlockWindowSelector(BlockKeySelector):
     name = "block_window"
     trainable = False
     predicts_mass = False
+
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Positions only: nothing counted (src/costs.py positional_selector)."""
+        from src import costs
+
+        return costs.positional_selector()
 
     def __init__(self, n_heads: int, block_size: int):
         super().__init__(block_size)
