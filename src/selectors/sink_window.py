@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from src.selectors.base import BlockKeySelector, KeySelector
-from src.selectors.window import positions
+from src.selectors.window import positional_cost, positions
 from src.sparse.choice import n_blocks
 
 
@@ -27,12 +27,7 @@ class SinkWindowSelector(KeySelector):
     trainable = False
     predicts_mass = False
 
-    @staticmethod
-    def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Positions only: nothing counted (src/costs.py positional_selector)."""
-        from src import costs
-
-        return costs.positional_selector()
+    cost = staticmethod(positional_cost)
 
     def __init__(self, n_heads: int, sinks: int):
         super().__init__()
@@ -53,12 +48,7 @@ class BlockSinkWindowSelector(BlockKeySelector):
     trainable = False
     predicts_mass = False
 
-    @staticmethod
-    def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Positions only: nothing counted (src/costs.py positional_selector)."""
-        from src import costs
-
-        return costs.positional_selector()
+    cost = staticmethod(positional_cost)
 
     def __init__(self, n_heads: int, block_size: int, sinks: int):
         super().__init__(block_size)

@@ -14,6 +14,13 @@ from src.selectors.base import BlockKeySelector, KeySelector
 from src.sparse.choice import n_blocks
 
 
+def positional_cost(T: int, d_model: int, head_dim: int, sizes):
+    """The cost of choosing by position: nothing counted (src/costs.py positional_selector)."""
+    from src import costs
+
+    return costs.positional_selector()
+
+
 def positions(B: int, h: int, R: int, n: int, device) -> torch.Tensor:
     """(B, h, R, n): score c for column c -- the later, the better."""
     return torch.arange(n, dtype=torch.float32, device=device).expand(B, h, R, n)
@@ -24,12 +31,7 @@ class WindowSelector(KeySelector):
     trainable = False
     predicts_mass = False
 
-    @staticmethod
-    def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Positions only: nothing counted (src/costs.py positional_selector)."""
-        from src import costs
-
-        return costs.positional_selector()
+    cost = staticmethod(positional_cost)
 
     def __init__(self, n_heads: int):
         super().__init__()
@@ -48,12 +50,7 @@ class BlockWindowSelector(BlockKeySelector):
     trainable = False
     predicts_mass = False
 
-    @staticmethod
-    def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Positions only: nothing counted (src/costs.py positional_selector)."""
-        from src import costs
-
-        return costs.positional_selector()
+    cost = staticmethod(positional_cost)
 
     def __init__(self, n_heads: int, block_size: int):
         super().__init__(block_size)
