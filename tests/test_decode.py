@@ -43,6 +43,7 @@ CASES = [  # selector, approximator, heads, hybrid settings: summaries (block, i
     ("block_window", "softmax", [0], {"budget": 16}),
     ("block_sink_window", "softmax", "all", {"budget": 16}),
     ("indexer", "softmax", [2], {"budget": 8}),
+    ("indexer", "softmax", "all", {"budget": 0.25, "mass": 0.8}),
     ("window", "softmax", "all", {"budget": 8}),
     ("oracle", "softmax", [1], {"budget": 8}),
     ("mlp", "mlp", [0, 1], {"top_k": 8}),
