@@ -514,44 +514,10 @@ NOTES = (
 
 
 def plot(path: Path, rows: list[dict], label: str) -> None:
-    import matplotlib
+    """Time, speed-up over SDPA and peak memory against T, one line per variant and budget (src/plots.py)."""
+    from src.plots import bench_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 7.5))
-    lines = series(rows)
-    colors = {line: f"C{i % 10}" for i, line in enumerate(lines)}
-    styles = ["-", "--", ":", "-."]
-    for j, (d, h) in enumerate(sizes_of(rows)):
-        for v, b in lines:
-            rs = [r for r in rows if (r["d_model"], r["n_head"], r["variant"], r["budget"]) == (d, h, v, b)
-                  and r["status"] == "ok"]
-            name = f"{v}{'' if b == '–' else f' @ {b}'}, {size_name(d, h)}"
-            ups = [r for r in rs if r["speedup"] is not None]
-            if ups and v != "sdpa":
-                left.plot([r["T"] for r in ups], [r["speedup"] for r in ups], styles[j % 4], marker="o",
-                          color=colors[v, b], label=f"{name} (crossover {crossover_text(rows, v, d, h, b)})")
-            mem = [r for r in rs if r["peak_mb"]]
-            if mem:
-                right.plot([r["T"] for r in mem], [r["peak_mb"] for r in mem], styles[j % 4], marker="o",
-                           color=colors[v, b], label=name)
-    ts = sorted({r["T"] for r in rows})
-    left.axhline(1.0, color="k", lw=1)
-    left.text(ts[-1], 1.0, "1× = SDPA ", ha="right", va="bottom", fontsize=8)
-    left.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="speed-up over SDPA (median time ratio)",
-             title="Speed-up over SDPA vs T (above 1: faster)")
-    right.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="peak memory of one forward (MB)",
-              title="Peak memory vs T (above the inputs)")
-    for ax in (left, right):
-        ax.set_xticks(ts, [str(t) for t in ts], rotation=30)
-        ax.minorticks_off()
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-    fig.suptitle(label, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(bench_figure([r for r in rows if r["status"] == "ok"], label), path)
 
 
 def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None) -> list[Path]:

@@ -1,4 +1,6 @@
-"""Figures logged to TensorBoard: the teacher's attention map beside the keys a selector picked."""
+"""Every figure in one place: the teacher's attention beside the keys a selector picked (TensorBoard, the notebook),
+training curves, and the benchmark's, sweep's and cost model's line panels -- drawn from rows (dicts), so that a tool
+writing its PNG and the notebook showing a run folder draw the same figure."""
 
 from __future__ import annotations
 
@@ -6,7 +8,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
+
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+SPEEDUPS = ("flops_speedup", "attn_flops_speedup", "model_flops_speedup", "measured_speedup")  # sweep columns
 
 
 def attention_figure(probs: torch.Tensor, chosen: torch.Tensor, title: str):
@@ -22,5 +30,168 @@ def attention_figure(probs: torch.Tensor, chosen: torch.Tensor, title: str):
     for ax in axes:
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=9, wrap=True)
     return fig
+
+
+def column(rows: list[dict], *names: str) -> str | None:
+    """The first of ``names`` that some row has a number in."""
+    return next((n for n in names if any(isinstance(r.get(n), (int, float)) for r in rows)), None)
+
+
+THROUGHPUT = ("time", "batches", "samples", "lengths")  # Lightning's ThroughputMonitor's running totals: no curves
+
+
+def curve_groups(tags) -> dict[str, list[str]]:
+    """train/ and val/ tags (means only, not per head) grouped by metric: 'loss' -> [train/loss, val/loss]."""
+    groups: dict[str, list[str]] = {}
+    for t in sorted(tags):
+        parts = t.split("/")
+        if len(parts) == 2 and parts[0] in ("train", "val") and parts[1] not in THROUGHPUT:
+            groups.setdefault(parts[1], []).append(t)
+    return groups
+
+
+def curves_figure(stage: str, data: dict[str, tuple[list[int], list[float]]], ncols: int = 3) -> Figure | None:
+    groups = curve_groups(data)
+    if not groups:
+        return None
+    nrows = math.ceil(len(groups) / ncols)
+    fig = Figure(figsize=(4.2 * min(ncols, len(groups)), 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, min(ncols, len(groups)), squeeze=False).ravel()
+    for ax, (name, tags) in zip(axes, groups.items()):
+        for t in tags:
+            steps, values = data[t]
+            ax.plot(steps, values, "o-" if len(steps) < 20 else "-", ms=3, label=t)
+        ax.set(title=name, xlabel="step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{stage}: training curves")
+    return fig
+
+
+def save(fig: Figure | None, path) -> None:
+    """Write a figure as PNG (nothing to draw: an empty figure saying so, so that the file always exists)."""
+    if fig is None:
+        fig = Figure(figsize=(6, 2))
+        fig.text(0.5, 0.5, "nothing measured to plot", ha="center", va="center")
+    fig.savefig(path, dpi=110)
+
+
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    if hasattr(fig, "number"):  # a pyplot figure (src/plots.py): free it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _lines(ax, rows: list[dict], x: str, y: str, by: tuple[str, ...], style: str = "o-", label: str = "") -> bool:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)):
+            groups.setdefault(" @ ".join(str(r.get(b)) for b in by if r.get(b) not in (None, "", "–")), []).append(r)
+    colors = __import__("matplotlib").colormaps["tab20" if len(groups) > 10 else "tab10"]
+    for i, (g, rs) in enumerate(sorted(groups.items())):
+        rs.sort(key=lambda r: r[x])
+        ax.plot([r[x] for r in rs], [r[y] for r in rs], style, ms=4, color=colors(i % colors.N),
+                label=" ".join(p for p in (label, g) if p))
+    return bool(groups)
+
+
+def _readable_ticks(ax) -> None:
+    """Log axes with plain numbers: x ticks at the data's values (a few sizes), y labelled 0.5, 1, 20."""
+    from matplotlib.ticker import LogFormatter, NullLocator
+
+    if ax.get_xscale() == "log":
+        xs = sorted({float(x) for line in ax.get_lines() if not line.get_label().startswith("_")
+                     for x in line.get_xdata()})
+        if 0 < len(xs) <= 16:
+            ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 4 else 0)
+            ax.xaxis.set_minor_locator(NullLocator())
+    if ax.get_yscale() == "log":
+        class Plain(LogFormatter):  # LogFormatter picks which ticks to label; print them as 0.5, not 5e-01
+            def _num_to_string(self, x, vmin, vmax):
+                return f"{x:g}"
+
+        ax.yaxis.set_major_formatter(Plain())
+        ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
+def _panel(rows: list[dict], x: str, ys: tuple[str, ...], by: tuple[str, ...], ylabel: str, logy: bool = True,
+           one: bool = False):
+    """A draw(ax) -> bool for _grid_figure: each y column against x (log), one line per group of ``by``."""
+    def draw(ax) -> bool:
+        drawn = False
+        present = [y for y in ys if column(rows, y)]  # ys lists a column's names across versions, or several columns
+        for y, style in zip(present, ("o-", "s--", "^:", "d-.")):
+            drawn |= _lines(ax, rows, x, y, by, style, y if len(present) > 1 else "")
+        if drawn:
+            ax.set(xscale="log", yscale="log" if logy else "linear", xlabel=x, ylabel=ylabel)
+            if one:
+                ax.axhline(1.0, color="k", lw=1)
+        return drawn
+
+    return draw
+
+
+def _grid_figure(panels: list, title: str) -> Figure | None:
+    """panels: (title, draw(ax) -> bool) side by side; the ones that draw nothing are left out; None if all are."""
+    fig = Figure(figsize=(4.6 * max(1, len(panels)), 3.8), layout="constrained")
+    used = 0
+    for i, (name, draw) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        if draw(ax):
+            used += 1
+            _readable_ticks(ax)
+            ax.set_title(name)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        else:
+            fig.delaxes(ax)
+    if not used:
+        return None
+    fig.suptitle(title, fontsize=9, wrap=True)
+    return fig
+
+
+def sweep_figure(rows: list[dict], title: str | None = None) -> Figure | None:
+    """Speed-ups, loss change and mass recall of a sweep's finished jobs against seq_len (or d_model)."""
+    ok = [r for r in rows if r.get("status") in (None, "ok")]
+    x = "seq_len" if len({r.get("seq_len") for r in ok}) > 1 or not column(ok, "d_model") else "d_model"
+    by = ("selector", "approximator")
+    return _grid_figure([
+        ("speed-up over dense (×)", _panel(ok, x, SPEEDUPS, by, "×", one=True)),
+        ("loss change vs teacher", _panel(ok, x, ("loss_change_pct",), by, "%", logy=False)),
+        ("attention-mass recall", _panel(ok, x, ("mass_recall",), by, "recall", logy=False)),
+    ], title or f"sweep: {len(ok)} of {len(rows)} jobs finished")
+
+
+def bench_figure(rows: list[dict], title: str = "benchmark (src/bench.py)") -> Figure | None:
+    """bench.csv (src/bench.py): time, speed-up and peak memory against T (or seq_len), one line per variant."""
+    x = column(rows, "T", "seq_len")
+    if x is None:
+        return None
+    budgets = {r.get("budget") for r in rows} - {None, "", "–"}
+    by = ("variant", "budget") if len(budgets) > 1 else ("variant",)
+    return _grid_figure([
+        ("forward time", _panel(rows, x, ("median_ms", "ms"), by, "median ms")),
+        ("speed-up over SDPA", _panel(rows, x, ("speedup",), by, "×", one=True)),
+        ("peak memory", _panel(rows, x, ("peak_mb", "peak_memory_mb"), by, "MB")),
+    ], title)
+
+
+def costs_figure(full: list[dict], prototype: list[dict] | None = None) -> Figure | None:
+    """costs_full.csv (with costs_prototype.csv's line): FLOPs speed-up of each pair across the model grid."""
+    x = "d_model" if column(full, "d_model") else "seq_len"
+    proto = [{x: r.get(x), "attn_speedup": r.get("speedup"), "pair": "prototype accounting (one head)"}
+             for r in prototype or []]
+    unit = "× over dense (FLOPs)"
+    return _grid_figure([
+        ("attention speed-up", _panel(full + proto, x, ("attn_speedup",), ("pair",), unit, one=True)),
+        ("whole-model speed-up", _panel(full, x, ("model_speedup",), ("pair",), unit, one=True)),
+    ], "analytic cost model (python -m src.analyze costs)")

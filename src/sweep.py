@@ -156,40 +156,13 @@ def markdown(rows: list[dict], root: Path) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """Speed-ups, loss change and mass recall of the finished jobs against T (src/plots.py, as the notebook)."""
+    from src.plots import save, sweep_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["seq_len"] or 0, r["d_model"] or 0))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    labels = [f"{r['model']}\n{r['d_model']}d/T={r['seq_len']}" for r in ok]
-    x = range(len(ok))
-    left.plot(x, [r["loss_change_pct"] for r in ok], "o-", label="loss change vs teacher (%)")
-    left.set(ylabel="test loss change (%)", title="Quality of the hybrid against its teacher")
-    twin = left.twinx()
-    twin.plot(x, [r["mass_recall"] for r in ok], "s--", color="tab:green", label="attention-mass recall")
-    twin.set(ylabel="attention-mass recall", ylim=(0, 1.05))
-    left.legend(loc="upper left", fontsize=8)
-    twin.legend(loc="lower right", fontsize=8)
-    for name, style, label in (("attn_flops_speedup", "o-", "attention FLOPs (full accounting)"),
-                               ("model_flops_speedup", "s-", "whole-model FLOPs (full accounting)"),
-                               ("measured_speedup", "^-", "measured, one attention layer vs SDPA")):
-        ys = [r[name] for r in ok]
-        if any(y is not None for y in ys):
-            right.plot(x, [y if y is not None else float("nan") for y in ys], style, label=label)
-    right.axhline(1.0, color="k", lw=1)
-    right.set(yscale="log", ylabel="speed-up over dense (×)", title="Speed-up of the sparse configuration")
-    right.legend(fontsize=8)
-    for ax in (left, right):
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.grid(True, alpha=0.3)
-    devices = sorted({str(r["device"]) for r in ok if r["device"]})
-    fig.suptitle(f"sweep {path.parent.name}: {len(ok)} of {len(rows)} jobs finished"
-                 + (f"; measured on {', '.join(devices)}" if devices else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ok = [r for r in rows if r["status"] == "ok"]
+    devices = sorted({str(r["device"]) for r in ok if r.get("device")})
+    save(sweep_figure(rows, f"sweep {path.parent.name}: {len(ok)} of {len(rows)} jobs finished"
+                            + (f"; measured on {', '.join(devices)}" if devices else "")), path)
 
 
 def write_tables(rows: list[dict], root: Path, stem: str, columns, markdown_of, plot_to) -> list[Path]:
