@@ -120,44 +120,10 @@ def markdown(rows: list[dict], root: Path) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """Loss change, mass recall and speed-up against density, one line per selector, a row per corpus."""
+    from src.plots import budget_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    datas = list(dict.fromkeys(r["data"] for r in ok)) or ["–"]
-    fig, axes = plt.subplots(len(datas), 3, figsize=(17, 4.6 * len(datas)), squeeze=False)
-    selectors = list(dict.fromkeys(r["selector"] for r in ok))
-    colors = dict(zip(selectors, plt.get_cmap("tab10").colors))
-    panels = (("loss_change_pct", "test loss change vs teacher (%)", "symlog"),
-              ("mass_recall", "teacher's attention mass on the kept keys", "linear"),
-              ("speedup", "whole-model forward speed-up over the teacher (×)", "linear"))
-    for row_axes, data in zip(axes, datas):
-        group = [r for r in ok if r["data"] == data]
-        for ax, (key, label, scale) in zip(row_axes, panels):
-            for sel in selectors:
-                fixed = sorted((r for r in group if r["selector"] == sel and r["mass"] is None and r[key] is not None),
-                               key=lambda r: r["density"] or 0)
-                dynamic = [r for r in group if r["selector"] == sel and r["mass"] is not None and r[key] is not None]
-                style = "--" if sel.startswith("block") else "-"
-                if fixed:
-                    ax.plot([r["density"] for r in fixed], [r[key] for r in fixed], style, marker="o",
-                            color=colors[sel], label=sel)
-                for r in dynamic:
-                    ax.plot([r["density"]], [r[key]], marker="*", markersize=13, color=colors[sel], linestyle="none",
-                            label=f"{sel}, mass {r['mass']:.2f}")
-            if key == "speedup":
-                ax.axhline(1.0, color="k", lw=1)
-            ax.set_xscale("log", base=2)
-            if scale == "symlog":
-                ax.set_yscale("symlog", linthresh=1.0)
-            ax.set(xlabel="density: keys read per query / T", ylabel=label, title=f"{label}\ndata={data}")
-            ax.grid(True, alpha=0.3)
-        row_axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(budget_figure([r for r in rows if r["status"] == "ok"]), path)
 
 
 def write(rows: list[dict], root: Path) -> list[Path]:

@@ -234,36 +234,9 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(path: Path, rows: list[dict], label: str) -> None:
-    import matplotlib
+    from src.plots import decode_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for i, variant in enumerate(("block, per token", "block, scoring step")):
-        rs = [r for r in rows if r["kind"] == "layer" and r["variant"] == variant]
-        if rs:
-            left.plot([r["L"] for r in rs], [r["speedup"] for r in rs], marker="o", color=f"C{i}", label=variant)
-            left.plot([r["L"] for r in rs], [r["flop_limit"] for r in rs], ":", color=f"C{i}",
-                      label=f"{variant}: FLOP limit")
-    left.axhline(1.0, color="k", lw=1)
-    left.set(xscale="log", yscale="log", xlabel="cache length L", ylabel="speed-up over SDPA",
-             title="One attention layer, one decode step")
-    models = [r for r in rows if r["kind"] == "model"]
-    lens = sorted({r["L"] for r in models})
-    for i, variant in enumerate(("sdpa", "block, per token")):
-        rs = sorted((r for r in models if r["variant"] == variant), key=lambda r: r["L"])
-        right.bar([j + (i - 0.5) * 0.4 for j in range(len(rs))], [r["tokens_per_s"] for r in rs], width=0.4,
-                  color=f"C{i + 2}", label="dense (SDPA)" if variant == "sdpa" else "block-sparse")
-    right.set_xticks(range(len(lens)), [f"L={L}" for L in lens])
-    right.set(ylabel="tokens per second (batch 1)", title="Whole model, one token per step")
-    for ax in (left, right):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(label, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(decode_figure(rows, label), path)
 
 
 def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> list[Path]:

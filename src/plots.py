@@ -195,3 +195,70 @@ def costs_figure(full: list[dict], prototype: list[dict] | None = None) -> Figur
         ("attention speed-up", _panel(full + proto, x, ("attn_speedup",), ("pair",), unit, one=True)),
         ("whole-model speed-up", _panel(full, x, ("model_speedup",), ("pair",), unit, one=True)),
     ], "analytic cost model (python -m src.analyze costs)")
+
+
+def budget_figure(ok: list[dict]) -> Figure:
+    """A budget curve (src/budget_curve.py): loss change, attention-mass recall and whole-model speed-up against the
+    density each line used, one line per selector (dashed: block level; stars: the dynamic budget), a row per corpus."""
+    import matplotlib
+
+    datas = list(dict.fromkeys(r["data"] for r in ok)) or ["–"]
+    fig = Figure(figsize=(17, 4.6 * len(datas)), layout="tight")
+    axes = fig.subplots(len(datas), 3, squeeze=False)
+    selectors = list(dict.fromkeys(r["selector"] for r in ok))
+    colors = dict(zip(selectors, matplotlib.colormaps["tab10"].colors))
+    panels = (("loss_change_pct", "test loss change vs teacher (%)", "symlog"),
+              ("mass_recall", "teacher's attention mass on the kept keys", "linear"),
+              ("speedup", "whole-model forward speed-up over the teacher (×)", "linear"))
+    for row_axes, data in zip(axes, datas):
+        group = [r for r in ok if r["data"] == data]
+        for ax, (key, label, scale) in zip(row_axes, panels):
+            for sel in selectors:
+                fixed = sorted((r for r in group if r["selector"] == sel and r["mass"] is None and r[key] is not None),
+                               key=lambda r: r["density"] or 0)
+                dynamic = [r for r in group if r["selector"] == sel and r["mass"] is not None and r[key] is not None]
+                style = "--" if sel.startswith("block") else "-"
+                if fixed:
+                    ax.plot([r["density"] for r in fixed], [r[key] for r in fixed], style, marker="o",
+                            color=colors[sel], label=sel)
+                for r in dynamic:
+                    ax.plot([r["density"]], [r[key]], marker="*", markersize=13, color=colors[sel], linestyle="none",
+                            label=f"{sel}, mass {r['mass']:.2f}")
+            if key == "speedup":
+                ax.axhline(1.0, color="k", lw=1)
+            ax.set_xscale("log", base=2)
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=1.0)
+            ax.set(xlabel="density: keys read per query / T", ylabel=label, title=f"{label}\ndata={data}")
+            ax.grid(True, alpha=0.3)
+        row_axes[0].legend(fontsize=7, ncol=2)
+    return fig
+
+
+def decode_figure(rows: list[dict], label: str) -> Figure:
+    """The decode benchmark (src/decode_bench.py): one layer's speed-up over SDPA against L beside its FLOP limit;
+    the whole model's tokens per second, dense and block-sparse."""
+    fig = Figure(figsize=(13, 5.5), layout="tight")
+    left, right = fig.subplots(1, 2)
+    for i, variant in enumerate(("block, per token", "block, scoring step")):
+        rs = [r for r in rows if r["kind"] == "layer" and r["variant"] == variant]
+        if rs:
+            left.plot([r["L"] for r in rs], [r["speedup"] for r in rs], marker="o", color=f"C{i}", label=variant)
+            left.plot([r["L"] for r in rs], [r["flop_limit"] for r in rs], ":", color=f"C{i}",
+                      label=f"{variant}: FLOP limit")
+    left.axhline(1.0, color="k", lw=1)
+    left.set(xscale="log", yscale="log", xlabel="cache length L", ylabel="speed-up over SDPA",
+             title="One attention layer, one decode step")
+    models = [r for r in rows if r["kind"] == "model"]
+    lens = sorted({r["L"] for r in models})
+    for i, variant in enumerate(("sdpa", "block, per token")):
+        rs = sorted((r for r in models if r["variant"] == variant), key=lambda r: r["L"])
+        right.bar([j + (i - 0.5) * 0.4 for j in range(len(rs))], [r["tokens_per_s"] for r in rs], width=0.4,
+                  color=f"C{i + 2}", label="dense (SDPA)" if variant == "sdpa" else "block-sparse")
+    right.set_xticks(range(len(lens)), [f"L={L}" for L in lens])
+    right.set(ylabel="tokens per second (batch 1)", title="Whole model, one token per step")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(label, fontsize=9)
+    return fig
