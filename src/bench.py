@@ -26,8 +26,8 @@ is predicted (time ∝ T², from the variant's previous T) to take longer than `
 cell's repeats), when ``--max-total-seconds`` is spent, or when a fixed budget exceeds T.
 
 Peak memory (MB = 10⁶ bytes) is the most memory allocated at once during one forward, above what was live before
-it (inputs and weights excluded; intermediates and the output counted), from a separate, untimed run: on CUDA
-torch.cuda.max_memory_allocated; on CPU the profiler's allocator events (torch.profiler, profile_memory=True),
+it (inputs and weights excluded; intermediates and the output counted), from a separate, untimed run: on an
+accelerator torch.accelerator's max_memory_allocated; on CPU the profiler's allocator events (torch.profiler, profile_memory=True),
 which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers included.
 
 ``--decode`` measures generation instead -- one decode step against a KV cache of L keys, and whole-model tokens
@@ -64,7 +64,7 @@ from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
 from src.sparse import Budget, Phases, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.flex import is_new_shape
 from src.sparse.gather import chunk_rows
-from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, time_runs, timed
+from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, sync, time_runs, timed
 from src.sparse.tiles import TILE_BYTES
 
 BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
@@ -180,16 +180,18 @@ def quiet_stderr():
 
 
 def peak_bytes(fn, args, device: torch.device) -> int | None:
-    """Most bytes allocated at once during one call of fn(*args), above what was live before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn(*args)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
+    """Most bytes allocated at once during one call of fn(*args), above what was live before it: on an accelerator
+    (CUDA, MPS, ...) by torch.accelerator's public memory statistics; on the CPU, which has no such statistics in
+    torch 2.13, from the profiler's allocator events."""
     if device.type != "cpu":
-        return None
+        if not torch.accelerator.is_available():
+            return None
+        sync(device)
+        torch.accelerator.reset_peak_memory_stats(device)
+        base = torch.accelerator.memory_allocated(device)
+        fn(*args)
+        sync(device)
+        return torch.accelerator.max_memory_allocated(device) - base
     from torch._C._autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
