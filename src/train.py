@@ -38,6 +38,8 @@ register_resolvers()
 # a resumed run draws the batches of the steps it has left (src/data.py StepBatches): resume is exact, whatever
 # Lightning assumes of a loader without a state_dict
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+# ThroughputMonitor logs tokens per second; FLOPs per second would need a flops_per_batch the stages do not define
+warnings.filterwarnings("ignore", message=".*you need to define a `flops_per_batch`.*")
 
 
 def stages() -> dict:
