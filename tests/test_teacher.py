@@ -46,7 +46,8 @@ def test_checkpoint_round_trip_and_logs(tiny_cfg, tmp_path):
 
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     tags = events.Tags()
-    assert {"train/loss", "val/loss", "val/ppl", "train/device/items_per_sec"} <= set(tags["scalars"])
+    assert {"train/loss", "val/loss", "val/ppl", "train/device/items_per_sec", "train/device/flops_per_sec"} <= set(
+        tags["scalars"])
     assert any(t.startswith("lr") for t in tags["scalars"])
     assert any("sample" in t for t in tags["tensors"])  # text samples are stored as tensors
 

@@ -116,6 +116,20 @@ class TeacherLM(L.LightningModule):
         self.train(was_training)
         return text
 
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Training FLOPs of one batch -- forward + backward ~ 3 x the forward's, counted by src/costs.py (causal
+        attention, projections and MLP of every layer, the lm_head) -- from which Lightning's ThroughputMonitor logs
+        train/device/flops_per_sec."""
+        from src import costs
+
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return None
+        m = self.gpt.cfg
+        layer = costs.dense_layer(m.d_model, m.n_head, m.seq_len).flops + costs.rest_of_layer(m.d_model, m.seq_len).flops
+        return 3 * dm.batch_size * (m.n_layer * layer + 2 * m.seq_len * m.d_model * m.vocab_size)
+
     def configure_optimizers(self):
         o = self.hparams.optim
         decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices and embeddings
