@@ -23,7 +23,7 @@ def test_max_seconds_stops_the_repeats_after_one():
     assert len(times) == 1
 
 
-def test_phases_add_up_and_nest():
+def test_phases_add_up_and_nest():  # (the kernels' own phases: tests/test_sparse.py)
     phases = Phases(CPU)
     with phases("kernel"):
         time.sleep(0.02)
