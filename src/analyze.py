@@ -156,68 +156,32 @@ SCALING_SIZE = GRID[4]  # the right panel varies T at this width (1024 d_model, 
 SCALING_SEQ_LENS = tuple(2**i for i in range(4, 17))  # 16 ... 65,536
 
 
-def plot_compute_scaling(path: Path, rows: list[costs.PairCost], k: int | None, sizes: ComponentSizes) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 8))
-    colors = dict(zip(PAIRS, plt.get_cmap("tab10").colors[1:]))
-
-    # left: per-layer cost against the grid's sizes, both accountings
-    d = [s.d_model for s in GRID]
+def compute_scaling_series(rows: list[costs.PairCost], k: int | None, sizes: ComponentSizes) -> dict:
+    """What the compute-scaling figure draws (src/plots.py ``compute_scaling_figure``): per-layer costs across the
+    model grid in both accountings, and each pair's attention speed-up against T at SCALING_SIZE's width."""
+    s, Ts = SCALING_SIZE, SCALING_SEQ_LENS
     proto = costs.prototype_compute_rows()
-    left.plot(d, [r.dense_macs for r in proto], "k--", marker="s", ms=10, mfc="none",
-              label="dense — prototype accounting: all heads, no causal mask (MACs)")
-    left.plot(d, [r.sparse_macs for r in proto], "--", color=colors["mlp+mlp"], marker="s",
-              label="mlp+mlp, k=8, h=128 — prototype accounting: one head (MACs)")
     by_pair = {p: [r for r in rows if r.pair == p] for p in PAIRS}
     first = by_pair[PAIRS[0]]
-    left.plot(d, [r.dense_attn.flops for r in first], "k-", marker="o", lw=2,
-              label="dense SDPA — full accounting: all heads, causal (FLOPs)")
-    for p, rs in by_pair.items():
-        left.plot(d, [r.sparse_attn.flops for r in rs], "-", color=colors[p], marker="o",
-                  label=f"{p} — full accounting: all heads, causal (FLOPs)")
-    left.plot(d, [r.rest.flops for r in first], ":", color="grey", lw=2,
-              label="projections + MLP, unchanged — full accounting (FLOPs)")
-    left.set(xscale="log", yscale="log", xlabel="model size (d_model / T)", ylabel="per layer, one sequence",
-             title="Cost per layer vs model size\nprototype accounting (dashed) vs full accounting (solid)")
-    left.set_xticks(d, [f"{s.d_model}d/{s.seq_len}" for s in GRID], rotation=30)
-    left.minorticks_off()
-    left.grid(True, which="major", alpha=0.3)
-    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    return {
+        "pairs": list(PAIRS), "grid": [(g.d_model, g.seq_len) for g in GRID], "k": k,
+        "proto_dense": [r.dense_macs for r in proto], "proto_sparse": [r.sparse_macs for r in proto],
+        "dense": [r.dense_attn.flops for r in first], "rest": [r.rest.flops for r in first],
+        "sparse": {p: [r.sparse_attn.flops for r in rs] for p, rs in by_pair.items()},
+        "width": (s.d_model, s.n_head), "seq_lens": list(Ts),
+        "proto_speedup": [costs.prototype_dense_macs(T, s.d_model) / costs.prototype_sparse_macs(T) for T in Ts],
+        "speedup": {p: [costs.dense_layer(s.d_model, s.n_head, T, sizes).flops
+                        / costs.sparse_layer(p, s.d_model, s.n_head, T, k, sizes).flops for T in Ts] for p in PAIRS},
+        "crossover": {p: costs.crossover_seq_len(p, s.d_model, s.n_head, k=k, sizes=sizes) for p in PAIRS},
+    }
 
-    # right: attention speed-up against T at one width, crossover marked
-    s = SCALING_SIZE
-    Ts = SCALING_SEQ_LENS
-    right.plot(Ts, [costs.prototype_dense_macs(T, s.d_model) / costs.prototype_sparse_macs(T) for T in Ts],
-               "--", color=colors["mlp+mlp"], marker="s",
-               label="mlp+mlp, k=8, h=128 — prototype accounting (one head)")
-    for p in PAIRS:
-        ups = [costs.dense_layer(s.d_model, s.n_head, T, sizes).flops
-               / costs.sparse_layer(p, s.d_model, s.n_head, T, k, sizes).flops for T in Ts]
-        cross = costs.crossover_seq_len(p, s.d_model, s.n_head, k=k, sizes=sizes)
-        right.plot(Ts, ups, "-", color=colors[p], marker="o",
-                   label=f"{p} — full accounting (crossover T: {crossover_text(cross)})")
-        if cross in Ts:
-            up = ups[Ts.index(cross)]
-            right.plot([cross], [up], marker="*", ms=18, color=colors[p], mec="k", zorder=5)
-            right.annotate(f"T={cross:,}", (cross, up), textcoords="offset points", xytext=(6, -14), fontsize=8)
-    right.axhline(1.0, color="k", lw=1)
-    right.text(Ts[-1], 0.92, "1× = dense", fontsize=8, ha="right", va="top")
-    right.set(xscale="log", yscale="log", xlabel="sequence length T",
-              ylabel="attention-core speed-up over dense (FLOPs ratio)",
-              title=f"Attention speed-up vs T at d_model={s.d_model}, {s.n_head} heads\n"
-                    f"full accounting: all heads, causal, k = {'T/8' if k is None else k} (★ = crossover)")
-    right.set_xticks(Ts, [f"{T:,}" for T in Ts], rotation=30)
-    right.minorticks_off()
-    right.grid(True, which="major", alpha=0.3)
-    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot_compute_scaling(path: Path, rows: list[costs.PairCost], k: int | None, sizes: ComponentSizes) -> None:
+    from src.plots import compute_scaling_figure, save
+
+    series = compute_scaling_series(rows, k, sizes)
+    series["crossover_text"] = {p: crossover_text(T) for p, T in series["crossover"].items()}
+    save(compute_scaling_figure(series), path)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def save(fig: Figure | None, path) -> None:
     if fig is None:
         fig = Figure(figsize=(6, 2))
         fig.text(0.5, 0.5, "nothing measured to plot", ha="center", va="center")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends below the axes included
 
 
 def png(fig) -> bytes:
@@ -261,4 +261,53 @@ def decode_figure(rows: list[dict], label: str) -> Figure:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(label, fontsize=9)
+    return fig
+
+
+def compute_scaling_figure(d: dict) -> Figure:
+    """The cost model's scaling (python -m src.analyze costs; ``analyze.compute_scaling_series`` makes ``d``): cost per
+    layer across the model grid, prototype accounting (dashed) against the full one (solid); attention speed-up
+    against T at one width, each pair's crossover starred."""
+    import matplotlib
+
+    fig = Figure(figsize=(15, 8), layout="tight")
+    left, right = fig.subplots(1, 2)
+    colors = dict(zip(d["pairs"], matplotlib.colormaps["tab10"].colors[1:]))
+    x = [g[0] for g in d["grid"]]
+    left.plot(x, d["proto_dense"], "k--", marker="s", ms=10, mfc="none",
+              label="dense — prototype accounting: all heads, no causal mask (MACs)")
+    left.plot(x, d["proto_sparse"], "--", color=colors["mlp+mlp"], marker="s",
+              label="mlp+mlp, k=8, h=128 — prototype accounting: one head (MACs)")
+    left.plot(x, d["dense"], "k-", marker="o", lw=2, label="dense SDPA — full accounting: all heads, causal (FLOPs)")
+    for p, ys in d["sparse"].items():
+        left.plot(x, ys, "-", color=colors[p], marker="o", label=f"{p} — full accounting: all heads, causal (FLOPs)")
+    left.plot(x, d["rest"], ":", color="grey", lw=2, label="projections + MLP, unchanged — full accounting (FLOPs)")
+    left.set(xscale="log", yscale="log", xlabel="model size (d_model / T)", ylabel="per layer, one sequence",
+             title="Cost per layer vs model size\nprototype accounting (dashed) vs full accounting (solid)")
+    left.set_xticks(x, [f"{dm}d/{T}" for dm, T in d["grid"]], rotation=30)
+    left.minorticks_off()
+    left.grid(True, which="major", alpha=0.3)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.24))
+
+    Ts, (width, heads), k = d["seq_lens"], d["width"], d["k"]
+    right.plot(Ts, d["proto_speedup"], "--", color=colors["mlp+mlp"], marker="s",
+               label="mlp+mlp, k=8, h=128 — prototype accounting (one head)")
+    for p, ups in d["speedup"].items():
+        cross = d["crossover"][p]
+        right.plot(Ts, ups, "-", color=colors[p], marker="o",
+                   label=f"{p} — full accounting (crossover T: {d['crossover_text'][p]})")
+        if cross in Ts:
+            up = ups[Ts.index(cross)]
+            right.plot([cross], [up], marker="*", ms=18, color=colors[p], mec="k", zorder=5)
+            right.annotate(f"T={cross:,}", (cross, up), textcoords="offset points", xytext=(6, -14), fontsize=8)
+    right.axhline(1.0, color="k", lw=1)
+    right.text(Ts[-1], 0.92, "1× = dense", fontsize=8, ha="right", va="top")
+    right.set(xscale="log", yscale="log", xlabel="sequence length T",
+              ylabel="attention-core speed-up over dense (FLOPs ratio)",
+              title=f"Attention speed-up vs T at d_model={width}, {heads} heads\n"
+                    f"full accounting: all heads, causal, k = {'T/8' if k is None else k} (★ = crossover)")
+    right.set_xticks(Ts, [f"{T:,}" for T in Ts], rotation=30)
+    right.minorticks_off()
+    right.grid(True, which="major", alpha=0.3)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.24))
     return fig
