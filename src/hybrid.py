@@ -131,10 +131,7 @@ class HybridCausalSelfAttention(nn.Module):
             max_len = cache.k.size(-2)
             y[:, :n] = self.sparse(x, q[:, :n], k[:, :n], v[:, :n], length=max_len)
             cache.state = SparseDecoder(self.sparse, x, q[:, :n], cache.k, cache.v)
-        elif x.size(1) != 1:
-            raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
-                             f"{x.size(1)} tokens at position {pos}")
-        else:
+        else:  # one token (GPT.forward allows nothing else)
             y[:, :n] = cache.state.step(x, q[:, :n], cache.k, cache.v, pos)
         return self.attn.merge_heads(y if self.unorder is None else y[:, self.unorder])
 

@@ -162,13 +162,9 @@ class KVCache:
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
     """Causal attention of the new queries q (B, h, Tn, hs) at positions pos..pos+Tn-1 over every cached key so far
-    k, v (B, h, pos + Tn, hs): the prompt (pos 0) is ordinary causal attention, a single new token reads all keys."""
-    if pos == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if q.size(-2) != 1:
-        raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
-                         f"{q.size(-2)} tokens at position {pos}")
-    return F.scaled_dot_product_attention(q, k, v)
+    k, v (B, h, pos + Tn, hs): the prompt (pos 0) is ordinary causal attention, a single new token reads all keys
+    (GPT.forward allows nothing else)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=pos == 0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -295,6 +291,9 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
+        if start and T != 1:
+            raise ValueError(f"a cached forward takes the whole prompt at position 0 or one token at a time, got "
+                             f"{T} tokens at position {start}")
         if start + T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {start + T} is longer than model.seq_len={self.cfg.seq_len}")
         x = self.wte(idx)  # (B, T, C)

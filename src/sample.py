@@ -45,7 +45,7 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
     """(gpt, vocab, attention overrides or None, source) for ``ckpt`` and ``model`` (auto | hybrid | teacher)."""
     from src.sparse import decode_problem
     from src.stages.hybrid_module import hybrid_from_checkpoint
-    from src.stages.teacher import load_teacher
+    from src.stages.teacher import teacher_from_checkpoint
 
     if model not in MODELS:
         raise UserError(f"model={model!r} is unknown: use one of {', '.join(MODELS)}")
@@ -53,17 +53,18 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
         raise UserError("no checkpoint given: python -m src.sample ckpt=outputs/pipeline/<run> (or a .ckpt file)")
     p = Path(ckpt)
     if p.is_dir():
-        files = run_checkpoints(p, ("approximator", "", "teacher"))
+        order = ("teacher", "", "approximator") if model == "teacher" else ("approximator", "", "teacher")
+        files = run_checkpoints(p, order)  # the likeliest first: each is read only when the one before does not fit
         if not files:
             raise UserError(f"{p} holds no checkpoint (approximator/, checkpoints/ or teacher/checkpoints/): give a "
                             f"pipeline, approximator or teacher run folder or a .ckpt file, or {TRAIN}")
-        loaded = [(f, read_checkpoint(f, make=TRAIN)) for f in files]
-        hybrids = [(f, c) for f, c in loaded if is_hybrid(c)]
-        teachers = [(f, c) for f, c in loaded if not is_hybrid(c)]
-        if model == "hybrid" and not hybrids:
-            raise UserError(f"{p} holds no distilled hybrid (only a teacher): sample it with model=teacher, or "
-                            "distil one with `python -m src.train` (the default pipeline)")
-        path, chosen = (hybrids or teachers)[0] if model != "teacher" else (teachers or hybrids)[0]
+        path, chosen = files[0], read_checkpoint(files[0], make=TRAIN)  # model=teacher: a hybrid's carries its teacher
+        if model == "hybrid" and not is_hybrid(chosen):
+            found = next(((f, c) for f in files[1:] if is_hybrid(c := read_checkpoint(f, make=TRAIN))), None)
+            if found is None:
+                raise UserError(f"{p} holds no distilled hybrid (only a teacher): sample it with model=teacher, or "
+                                "distil one with `python -m src.train` (the default pipeline)")
+            path, chosen = found
     else:
         path, chosen = p, read_checkpoint(p, make=TRAIN)
         if model == "hybrid" and not is_hybrid(chosen):
@@ -82,7 +83,7 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
         return (module.teacher, module.vocab, module._attention,
                 f"hybrid {path} ({module.hparams.selector['name']} selector, budget {spec.budget}, "
                 f"{len(spec.pairs())} sparse heads)")
-    teacher = load_teacher(path, map_location=device).to(device)
+    teacher = teacher_from_checkpoint(chosen, path).to(device)
     return teacher.gpt, teacher.vocab, None, f"teacher {path}"
 
 

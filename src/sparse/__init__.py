@@ -12,7 +12,7 @@ from src.sparse.attention import BLOCK_KERNELS, KERNELS, SparseAttention, kernel
 from src.sparse.block_mask import block_mask
 from src.sparse.budget import Budget
 from src.sparse.choice import BlockChoice, causal_block_topk, concat_choices, n_blocks
-from src.sparse.decode import SparseDecoder, decode_problem, gather_cached
+from src.sparse.decode import SparseDecoder, decode_problem
 from src.sparse.dense import naive_attention, sdpa_attention
 from src.sparse.flex import compiled_flex, flex_block_attention, flex_unavailable
 from src.sparse.gather import gather_attention, gather_rows
@@ -25,6 +25,6 @@ __all__ = [
     "BLOCK_KERNELS", "KERNELS", "BlockChoice", "Budget", "Phases", "Selection", "SparseAttention", "SparseDecoder",
     "block_attention_mass",
     "block_mask", "causal_block_topk", "causal_mask", "causal_topk", "compiled_flex", "concat_choices", "decode_problem",
-    "flex_block_attention", "flex_unavailable", "gather_attention", "gather_cached", "gather_rows", "kernel_problem", "n_blocks",
+    "flex_block_attention", "flex_unavailable", "gather_attention", "gather_rows", "kernel_problem", "n_blocks",
     "naive_attention", "sdpa_attention", "selection_mask", "tiled_block_attention",
 ]

@@ -17,9 +17,9 @@ the keys:
 A block choice is copied out of the cache once per query block, as one tile of n · block_size keys and values (the
 own block first, its rows filled in as its queries arrive): the block's later steps copy nothing and run one
 attention over the tile (SDPA for exact softmax; the MLP approximator where it applies). A token selector's keys
-are gathered from the cache at every step, as the gather path does for one query (src/sparse/gather.py). The budget is counted at the
-cache's length (the model's T), as in the hybrid's forward pass over a whole sequence, so that prefill + decode give
-the same outputs as that pass (tests). Non-causal selectors (``block_oracle`` reads the later queries of its block)
+are gathered from the cache at every step, as the gather path does for one query (src/sparse/gather.py). The budget
+is counted at the cache's length (the model's T), as in the hybrid's forward pass over a whole sequence, so that
+prefill + decode give the same outputs as that pass (tests). Non-causal selectors (``block_oracle`` reads the later queries of its block)
 cannot generate.
 """
 
@@ -29,16 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from src.sparse.choice import causal_block_topk, n_blocks
+from src.sparse.gather import gather_rows
 from src.sparse.selection import causal_topk
-
-
-def gather_cached(cache: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows of a whole cache buffer (B, nh, max_len, hs) at idx (B, h, R, K) of its *first* h heads -> (B, h, R, K,
-    hs): no copy of the cache (a head subset or a prefix of positions would be one), only of the K chosen rows."""
-    B, nh, L, hs = cache.shape
-    h = idx.size(1)
-    row0 = ((torch.arange(B, device=idx.device) * nh)[:, None] + torch.arange(h, device=idx.device)) * L  # (B, h)
-    return cache.view(B * nh * L, hs).index_select(0, (idx + row0[..., None, None]).reshape(-1)).view(*idx.shape, hs)
 
 
 def gather_blocks(cache: torch.Tensor, idx: torch.Tensor, block_size: int,
@@ -58,7 +50,7 @@ def gather_blocks(cache: torch.Tensor, idx: torch.Tensor, block_size: int,
         torch.index_select(flat, 0, rows, out=out.view(B * h * n, block_size * hs))
         return out
     tok = (idx[..., None] * block_size + torch.arange(block_size, device=idx.device)).clamp(max=L - 1)
-    tile = gather_cached(cache, tok.flatten(-2))[:, :, 0]
+    tile = gather_rows(cache, tok.flatten(-2))[:, :, 0]
     return tile if out is None else out.copy_(tile)
 
 
@@ -153,7 +145,7 @@ class SparseDecoder:
         self.append(x_t, q_t, t)
         if self.blocks:
             bs = self.selector.block_size
-            if t % bs == 0 or self.tile is None:
+            if t % bs == 0:  # a new block of queries (one begun by the prompt has its tile from __init__)
                 self.start_block(x_t, t, t, k, v)
             else:  # the own block is the tile's first: its row t % bs is the new token's
                 j = t % bs
@@ -169,4 +161,4 @@ class SparseDecoder:
             scores = self.selector.score_rows(ctx, row)
         sel = causal_topk(F.pad(scores, (0, self.max_len - scores.size(-1))), self.top_k, row,
                           self.sparse.budget.mass)
-        return self.attend(q_t, gather_cached(k, sel.idx)[:, :, 0], gather_cached(v, sel.idx)[:, :, 0], sel.valid)
+        return self.attend(q_t, gather_rows(k, sel.idx)[:, :, 0], gather_rows(v, sel.idx)[:, :, 0], sel.valid)

@@ -20,14 +20,17 @@ CHUNK_BYTES = 256 * 10**6  # ... or fewer, so that one chunk's scores and gather
 
 
 def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows of t (B, h, T, hs) at idx (B, h, R, K) -> (B, h, R, K, hs), without materialising T × T.
+    """Rows of t (B, nh, T, hs) at idx (B, h, R, K) of its first h heads (h <= nh: all of them, or the served heads
+    at the front of a generation cache, src/sparse/decode.py) -> (B, h, R, K, hs), without materialising T × T.
 
     index_select on the flattened rows copies each key's hs contiguous numbers at once (about 1.5× faster on a CPU
-    than torch.gather's element-by-element indexing); it is differentiable, so the stages train through it.
+    than torch.gather's element-by-element indexing); it is differentiable, so the stages train through it. A
+    contiguous t is only viewed, never copied.
     """
-    B, h, T, hs = t.shape
-    offset = (torch.arange(B * h, device=t.device) * T).view(B, h, 1, 1)  # row of (b, head, 0) in the flat view
-    return t.reshape(B * h * T, hs).index_select(0, (idx + offset).reshape(-1)).view(*idx.shape, hs)
+    B, nh, T, hs = t.shape
+    h = idx.size(1)
+    row0 = ((torch.arange(B, device=t.device) * nh)[:, None] + torch.arange(h, device=t.device)) * T  # (b, head, 0)
+    return t.reshape(B * nh * T, hs).index_select(0, (idx + row0[..., None, None]).reshape(-1)).view(*idx.shape, hs)
 
 
 def chunk_rows(B: int, h: int, T: int, hs: int, slots: int, score_cols: int, elem: int,

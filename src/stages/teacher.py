@@ -178,11 +178,17 @@ def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDat
     return dm
 
 
+TRAIN_TEACHER = "train one with `python -m src.train +experiment=teacher`"
+
+
 def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
     """A trained teacher from its checkpoint, with one clear message when the file is missing or not a teacher."""
-    p = Path(path)
-    make = "train one with `python -m src.train +experiment=teacher`"
-    ckpt = read_checkpoint(p, "teacher", make, map_location)
+    return teacher_from_checkpoint(read_checkpoint(path, "teacher", TRAIN_TEACHER, map_location), path)
+
+
+def teacher_from_checkpoint(ckpt: dict, path: str | Path) -> TeacherLM:
+    """The teacher a checkpoint read by src/checkpoints.py holds (one line if it is another stage's)."""
+    p, make = Path(path), TRAIN_TEACHER
     hp = ckpt["hyper_parameters"]
     others = sorted(set(hp) - set(inspect.signature(TeacherLM.__init__).parameters))
     if others:
