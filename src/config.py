@@ -6,11 +6,14 @@ The YAML files under ``conf/`` hold the values; these dataclasses hold the types
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Optional, get_type_hints
 
+import torch
 from hydra.core.config_store import ConfigStore
 
+from src.errors import UserError
 from src.model import GPTConfig
 
 
@@ -59,7 +62,9 @@ class OptimConf:
 class TrainerConf:
     max_steps: int = 2000  # optimisation steps
     val_every: int = 250  # validate every this many steps
-    limit_val_batches: Any = 20  # batches per periodic validation (int or fraction); the final one uses all
+    limit_val_batches: Any = 20  # batches per periodic validation (int or fraction); the final one: below
+    limit_final_batches: Any = 1.0  # the teacher's final validation and test: 1.0 = the whole splits, an int = that
+    #                                 many batches (a quick look at a large corpus; as evaluate.limit_batches)
     log_every: int = 10  # steps between logged training scalars
     fast_dev_run: bool = False  # one batch of each loop, no checkpoints: a smoke test
     deterministic: bool = False
@@ -79,8 +84,9 @@ class HybridConf:
     top_k: int = 8  # keys each query keeps (the prototype's script uses 3, its analyses 8 and 16)
     budget: Any = None  # keys per query for every selector: an int (512, as NSA's 16 x 64 + window) or a fraction
     #                     of T (0.125); None: top_k keys. Block selectors round it up to whole blocks
-    kernel: str = "auto"  # auto | gather | flex | tiles (src/sparse/attention.py); auto: a block-sparse kernel
-    #                       when the selector picks blocks and the approximator is softmax, else gather
+    kernel: str = "auto"  # auto | gather | flex | tiles | masked (src/sparse/attention.py); auto: a block-sparse
+    #                       kernel when the selector picks blocks and the approximator is softmax (flex on CUDA, tiles
+    #                       elsewhere), masked for a token selector with softmax, else gather
     mass: Optional[float] = None  # dynamic budget: keep the fewest keys / blocks whose predicted attention reaches
     #                               this share (e.g. 0.9), at most the budget; None: always the whole budget
 
@@ -110,6 +116,16 @@ class ApproximatorConf:
     ckpt: Optional[str] = None  # a distill_approximator checkpoint (the whole hybrid); None: the newest compatible one
 
 
+def selector_settings(selector: dict) -> dict:
+    """A selector's settings over SelectorConf's defaults (the one place they are written)."""
+    return {**asdict(SelectorConf()), **selector}
+
+
+def approximator_settings(approximator: dict) -> dict:
+    """An approximator's settings over ApproximatorConf's defaults."""
+    return {**asdict(ApproximatorConf()), **approximator}
+
+
 @dataclass
 class EvaluateConf:
     limit_batches: Any = 1.0  # test (and validation) batches evaluated: 1.0 = the whole splits, an int = that many
@@ -129,10 +145,16 @@ class PipelineConf:
 
 
 @dataclass
+class PathsConf:
+    outputs: str = "outputs"  # the root of every run folder, and where later stages look for earlier runs
+
+
+@dataclass
 class Config:
     stage: str = "teacher"  # which stage `python -m src.train` runs; set by +experiment=...
     seed: int = 1337
     resume: Optional[str] = None  # a run folder or a last.ckpt: continue that run
+    paths: PathsConf = field(default_factory=PathsConf)
     data: DataConf = field(default_factory=DataConf)
     model: ModelConf = field(default_factory=ModelConf)
     device: DeviceConf = field(default_factory=DeviceConf)
@@ -170,15 +192,28 @@ def register_sample_config() -> None:
     ConfigStore.instance().store(name="sample_schema", node=SampleConf)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str, setting: str = "device") -> torch.device:
+    """The torch device ``setting`` names ("gpu" is "cuda"; "auto": CUDA when torch sees a GPU, else the CPU), or one
+    line naming the setting and the fix when it is unknown or not on this machine."""
+    name = {"gpu": "cuda"}.get(str(name), str(name))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in DEVICES:
+        raise UserError(f"{setting}={name!r} is unknown: use one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{setting}={name} but torch sees no CUDA GPU here: use {setting}=cpu (or {setting}=auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{setting}={name} but MPS is not available here: use {setting}=cpu (or {setting}=auto)")
+    return torch.device(name)
+
+
 def check_config(cfg) -> None:
     """The values a type cannot rule out, checked before any work: one line naming the setting and the fix
     (src.errors.UserError). A non-positive step count would train forever (-1, Lightning's "no limit") or save random
     weights as a finished run (0)."""
-    import math
-
-    import torch
-
-    from src.errors import UserError
 
     def positive(key: str, value, what: str) -> None:
         if value is None or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
@@ -189,7 +224,8 @@ def check_config(cfg) -> None:
         positive("trainer.max_steps", t.max_steps, "1 or more optimisation steps")
     positive("trainer.val_every", t.val_every, "1 or more: validate every this many steps")
     positive("trainer.log_every", t.log_every, "1 or more: log every this many steps")
-    positive("trainer.limit_val_batches", t.limit_val_batches, "a number of batches (1 or more) or a fraction in (0, 1]")
+    for key in ("limit_val_batches", "limit_final_batches"):
+        positive(f"trainer.{key}", t[key], "a number of batches (1 or more) or a fraction in (0, 1]")
     positive("data.batch_size", cfg.data.batch_size, "1 or more sequences per step")
     positive("optim.lr", o.lr, "a positive learning rate, e.g. 2e-3")
     if not 0 <= o.min_lr <= o.lr:
@@ -204,8 +240,5 @@ def check_config(cfg) -> None:
         if part in cfg:
             positive(f"{part}.max_steps", cfg[part].max_steps, "1 or more distillation steps")
             positive(f"{part}.lr", cfg[part].lr, "a positive learning rate, e.g. 3e-3")
-    accelerator = str(cfg.device.accelerator)
-    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device.name} but torch sees no CUDA GPU here: use device=cpu (or device=auto)")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device={cfg.device.name} but MPS is not available here: use device=cpu (or device=auto)")
+    if str(cfg.device.accelerator) != "auto":
+        resolve_device(cfg.device.accelerator, "device")

@@ -1,9 +1,9 @@
 """The one-minute tour: ``python -m src.demo`` (about a minute on 2 CPU cores).
 
 1. the cost tables: the prototype's own accounting (its README's numbers, reproduced) beside the full
-   accounting (every head, causal, selector included) — src/costs.py;
+   accounting (every head, causal, selector included) — src/costs/;
 2. a measured forward time of one attention layer, SDPA against sparse variants, at two sequence lengths —
-   src/bench.py;
+   src/bench/layer.py (each cell's timing capped, so the tour stays within a minute);
 3. the prototype's five steps end to end on its own random tokens, with a short budget: teacher -> selector ->
    approximator -> evaluation, printing its "Expected Output" lines with this run's numbers — src/stages/.
 
@@ -23,11 +23,11 @@ import warnings  # noqa: E402
 from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src import costs  # noqa: E402
-from src.analyze import prototype_markdown, times  # noqa: E402
-from src.cli import Parser  # noqa: E402
-from src.errors import UserError  # noqa: E402
-from src.report import markdown_table  # noqa: E402
+from src.analysis.costs import prototype_markdown  # noqa: E402
+from src.costs import accounting as costs  # noqa: E402
+from src.errors import Parser, UserError  # noqa: E402
+from src.report.tables import markdown_table, times  # noqa: E402
+from src.stages.results import expected_output  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -45,7 +45,7 @@ DEMO_PAIRS = ("mlp+mlp", "indexer+softmax", "block+softmax")
 def cost_tables(k: int | None = None) -> str:
     """(a) the prototype's own tables, reproduced; (b) the full accounting of three pairs at the same sizes."""
     rows = []
-    for size in costs.GRID:
+    for size in costs.model_grid():
         cells = [f"{size.name} ({size.d_model}d / {size.n_head}h / T={size.seq_len})"]
         for pair in DEMO_PAIRS:
             c = costs.pair_cost(size, pair, k=k)
@@ -57,7 +57,7 @@ def cost_tables(k: int | None = None) -> str:
         "(a) " + prototype_markdown().lstrip("# "),
         "",
         "(b) Full accounting: speed-up over dense attention in FLOPs (above 1: fewer), every head, causal, the",
-        "selector included, k = T/8, 4 layers (src/costs.py; every pair: python -m src.analyze costs).",
+        "selector included, k = T/8, 4 layers (src/costs/; every pair: python -m src.analyze costs).",
         "",
         markdown_table(header, rows, "l" + "r" * (len(header) - 1)),
         "",
@@ -73,23 +73,28 @@ def ms_text(row: dict) -> str:
     return f"{row['median_ms']:.1f}" if row["median_ms"] is not None else f"skipped: {row['note']}"
 
 
+CELL_SECONDS = 2.0  # each timed cell stops repeating after this long (at least one run): the tour's time cap
+
+
 def timings(seq_lens: tuple[int, ...], d_model: int, n_head: int, variants: tuple[str, ...], repeats: int,
             budget: int | float) -> str:
-    from src import bench
+    from src.bench import layer
 
     rows = []
+    cap = dict(repeats=repeats, memory=False, max_seconds=CELL_SECONDS)
     for T in seq_lens:
-        base = bench.measure("sdpa", T=T, d_model=d_model, n_head=n_head, repeats=repeats, memory=False)
+        base = layer.measure("sdpa", T=T, d_model=d_model, n_head=n_head, **cap)
         rows.append([str(T), "sdpa", ms_text(base), "1.00×", "–"])
         for v in variants:
-            r = bench.measure(v, T=T, d_model=d_model, n_head=n_head, budget=budget, repeats=repeats, memory=False)
+            r = layer.measure(v, T=T, d_model=d_model, n_head=n_head, budget=budget, **cap)
             timed = r["median_ms"] and base["median_ms"]
             rows.append([str(T), v, ms_text(r), times(base["median_ms"] / r["median_ms"]) if timed else "–",
                          times(r["flop_limit"])])
     return "\n".join([
         f"One attention layer, forward, batch 1, d_model {d_model} / {n_head} heads, fp32, a budget of "
-        f"{bench.parse_budget(budget)} per query, selection included; median of {repeats} runs after a warm-up "
-        "(src/bench.py; the full grid: python -m src.bench). FLOP limit: dense causal FLOPs / sparse FLOPs.",
+        f"{layer.parse_budget(budget)} per query, selection included; median of up to {repeats} runs after a warm-up, "
+        f"at most {CELL_SECONDS:g} s each (src/bench/layer.py; the full grid: python -m src.bench). FLOP limit: dense "
+        "causal FLOPs / sparse FLOPs.",
         "",
         markdown_table(["T", "variant", "median ms", "speed-up vs SDPA", "FLOP limit"], rows, "rlrrr"),
     ])
@@ -115,15 +120,11 @@ def prototype_run(run_dir: Path, steps: tuple[int, int, int], extra: list[str]) 
     return src.train.train(cfg, run_dir)
 
 
-def expected_output(result: dict) -> str:
+def summary(result: dict) -> str:
+    """The prototype's "Expected Output" lines with this run's numbers (as results.md has them), and the rest."""
     e = result["evaluate"]
     return "\n".join([
-        f"[result] relative error (final logits, hybrid vs teacher): {e['test/logits_rel_err']:.4f}",
-        f"[result] key selector top-1 accuracy (head 0, layer 0): {e['test/top1_acc']:.3f}",
-        "",
-        "Final Results:",
-        f"- KeySelector top-1 accuracy: {100 * e['test/top1_acc']:.1f}%   (prototype: 9.2%)",
-        f"- Hybrid vs Teacher relative error: {100 * e['test/logits_rel_err']:.1f}%   (prototype: 57.5%)",
+        *expected_output(e, 0, 0, "L0H0"),
         "",
         f"also: teacher test loss {e['test/teacher_loss']:.4f}, hybrid {e['test/hybrid_loss']:.4f} "
         f"({e['test/loss_change_pct']:+.2f}%), attention-mass recall {e['test/mass_recall']:.3f}, "
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         result = prototype_run(out, steps, extra)
         spent["pipeline"] = time.perf_counter() - t
-        print(expected_output(result))
+        print(summary(result))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,19 +7,19 @@ output projections, so only the selector and approximator are new.
 
 Settings (``hybrid.*``, src/config.py): which layers and heads are sparse (a list or ``all``; default layer 0,
 head 0, as in the prototype), the budget (``budget``: keys per query, fixed or a fraction of T; unset: ``top_k``
-keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | tiles``).
+keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | tiles | masked``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from src.approximators import build_approximator
-from src.config import ApproximatorConf, SelectorConf
+from src.config import approximator_settings, selector_settings
 from src.model import GPT, CausalSelfAttention, GPTConfig, LayerCache, cached_attention
 from src.selectors import build_selector
 from src.sparse import KERNELS, Budget, SparseAttention, SparseDecoder, kernel_problem
@@ -31,7 +31,7 @@ class HybridSpec:
     heads: tuple[int, ...]
     top_k: int  # the token selectors' K when no budget is set
     budget: Budget  # keys per query: hybrid.budget, or top_k keys; and the dynamic budget's hybrid.mass
-    kernel: str  # auto | gather | flex | tiles
+    kernel: str  # auto | gather | flex | tiles | masked
 
     @classmethod
     def from_config(cls, model: GPTConfig, layers=(0,), heads=(0,), top_k: int = 8, budget=None,
@@ -62,21 +62,12 @@ class HybridSpec:
         return [(layer, head) for layer in self.layers for head in self.heads]
 
 
-def selector_sizes(selector: dict) -> dict:
-    """A selector config over the defaults of src/config.py (the one place they are written)."""
-    return {**asdict(SelectorConf()), **selector}
-
-
-def approximator_sizes(approximator: dict) -> dict:
-    return {**asdict(ApproximatorConf()), **approximator}
-
-
 class SparseParts(nn.Module):
     """The new modules of a hybrid: one selector and one approximator per sparse layer (each serving its heads)."""
 
     def __init__(self, spec: HybridSpec, model: GPTConfig, selector: dict, approximator: dict):
         super().__init__()
-        h, sel, app = len(spec.heads), selector_sizes(selector), approximator_sizes(approximator)
+        h, sel, app = len(spec.heads), selector_settings(selector), approximator_settings(approximator)
         settings = {k: v for k, v in sel.items() if k != "name"}
         self.selectors = nn.ModuleDict({
             str(layer): build_selector(sel["name"], h, model.d_model, model.head_dim, model.seq_len, **settings)
@@ -84,8 +75,7 @@ class SparseParts(nn.Module):
         })
         first = next(iter(self.selectors.values()))
         # keys each query's approximator reads at the model's length: K, or the budget in whole blocks
-        slots = (spec.budget.blocks(model.seq_len, first.block_size) * first.block_size if first.picks_blocks
-                 else spec.budget.keys(model.seq_len))
+        slots = spec.budget.keys_read(model.seq_len, first.block_size if first.picks_blocks else None)
         self.approximators = nn.ModuleDict({
             str(layer): build_approximator(app["name"], h, model.head_dim, slots,
                                            **{k: v for k, v in app.items() if k != "name"})

@@ -311,9 +311,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 attention: dict[int, nn.Module] | None = None) -> torch.Tensor:
+                 attention: dict[int, nn.Module] | None = None, on_token=None) -> torch.Tensor:
         """Sample max_new_tokens continuations of idx (B, T) with a KV cache (``attention``: as in forward, e.g. a
-        hybrid's sparse layers).
+        hybrid's sparse layers); ``on_token(nxt)`` is called with each step's new tokens (B, 1).
 
         The prompt (its last seq_len tokens) is run once, then one token per step reads the cached keys and values:
         the same logits as running the whole context again for every token (tests), for O(T) work per token
@@ -330,6 +330,8 @@ class GPT(nn.Module):
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
+            if on_token is not None:
+                on_token(nxt)
             if i == max_new_tokens - 1:
                 break
             if cache.pos == T:  # full: slide

@@ -5,7 +5,8 @@ run folder or checkpoint. ``model=auto`` (default) samples the hybrid when PATH 
 ``model=teacher`` the teacher (a hybrid checkpoint carries its teacher's weights), ``model=hybrid`` insists on the
 hybrid. Generation is KV-cached (src/model.py ``GPT.generate``): the prompt once, then one token per step; the
 hybrid's sparse heads read only the blocks their selector picks from its cached summaries (src/sparse/decode.py).
-The last line (on stderr) gives the tokens per second.
+A progress bar runs on a terminal; Ctrl-C prints what was generated so far. The last line (on stderr) gives the
+tokens per second.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from src.checkpoints import is_hybrid, read_checkpoint, run_checkpoints
-from src.config import register_sample_config
+from src.config import register_sample_config, resolve_device
 from src.errors import UserError
+from src.runs.checkpoints import is_hybrid, read_checkpoint, run_checkpoints
 
 register_sample_config()
 
 MODELS = ("auto", "hybrid", "teacher")
-TRAIN = "train one with `python -m src.train` (the default pipeline) or `python -m src.train +experiment=teacher`"
+PIPELINE = "python -m src.train +experiment=pipeline"  # makes a teacher and its distilled hybrid
+TRAIN = f"make one with `{PIPELINE}` (a teacher and its hybrid) or `python -m src.train +experiment=teacher`"
+MAX_CHARS = 1_000_000  # num_chars: about 20 minutes of a small model on a CPU; longer texts in several runs
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Generated:
     seconds: float  # the whole generation: prefill and every step, all samples together
     tokens: int  # characters generated, all samples together
     source: str  # what generated them, e.g. "hybrid outputs/.../best.ckpt"
+    interrupted: bool = False  # Ctrl-C: ``texts`` hold what was generated until then
 
     @property
     def tokens_per_second(self) -> float:
@@ -44,8 +48,8 @@ class Generated:
 def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
     """(gpt, vocab, attention overrides or None, source) for ``ckpt`` and ``model`` (auto | hybrid | teacher)."""
     from src.sparse import decode_problem
-    from src.stages.hybrid_module import hybrid_from_checkpoint
-    from src.stages.teacher import teacher_from_checkpoint
+    from src.stages.hybrid_module import HybridModule
+    from src.stages.teacher import TeacherLM
 
     if model not in MODELS:
         raise UserError(f"model={model!r} is unknown: use one of {', '.join(MODELS)}")
@@ -63,7 +67,7 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
             found = next(((f, c) for f in files[1:] if is_hybrid(c := read_checkpoint(f, make=TRAIN))), None)
             if found is None:
                 raise UserError(f"{p} holds no distilled hybrid (only a teacher): sample it with model=teacher, or "
-                                "distil one with `python -m src.train` (the default pipeline)")
+                                f"distil one from it with `{PIPELINE} teacher.ckpt={files[0]}`")
             path, chosen = found
     else:
         path, chosen = p, read_checkpoint(p, make=TRAIN)
@@ -71,19 +75,19 @@ def load(ckpt: str | None, model: str = "auto", device: str = "cpu"):
             raise UserError(f"{p} is a teacher's checkpoint: sample it with model=teacher (or model=auto), or give "
                             "a hybrid's (a pipeline's approximator/checkpoints/best.ckpt)")
     if is_hybrid(chosen):
-        module = hybrid_from_checkpoint(chosen, path, "python -m src.train").to(device)
+        module = HybridModule.from_checkpoint(chosen, path, PIPELINE).to(device)
         if model == "teacher":
             return module.teacher, module.vocab, None, f"teacher (of the hybrid {path})"
-        sparse = next(iter(module._attention.values())).sparse
+        sparse = module.sparse_layers[0]
         problem = (decode_problem(sparse.selector, module.hparams.selector["name"])
                    or sparse.problem_on(torch.device(device)))
         if problem:
             raise UserError(problem)
         spec = module.spec
-        return (module.teacher, module.vocab, module._attention,
+        return (module.teacher, module.vocab, module.attention,
                 f"hybrid {path} ({module.hparams.selector['name']} selector, budget {spec.budget}, "
                 f"{len(spec.pairs())} sparse heads)")
-    teacher = teacher_from_checkpoint(chosen, path).to(device)
+    teacher = TeacherLM.from_checkpoint(chosen).to(device)
     return teacher.gpt, teacher.vocab, None, f"teacher {path}"
 
 
@@ -91,6 +95,9 @@ def check_settings(cfg: DictConfig) -> None:
     """Bad sampling settings: one line each, before any checkpoint is read."""
     if cfg.num_chars is None or cfg.num_chars <= 0:
         raise UserError(f"num_chars={cfg.num_chars} must be a positive number of characters to generate, e.g. 500")
+    if cfg.num_chars > MAX_CHARS:
+        raise UserError(f"num_chars={cfg.num_chars:,} is more than {MAX_CHARS:,} characters (about 20 minutes here): "
+                        "generate a longer text in several runs")
     if cfg.num_samples is None or cfg.num_samples <= 0:
         raise UserError(f"num_samples={cfg.num_samples} must be 1 or more")
     if cfg.temperature is None or not cfg.temperature > 0:
@@ -102,8 +109,7 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.prompt is not None and cfg.prompt == "":
         raise UserError("the prompt is empty: give some text (prompt='ROMEO:'), or leave prompt unset to start "
                         "from a newline")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device} but this machine has no CUDA GPU: use device=cpu")
+    resolve_device(cfg.device)
 
 
 def read_prompt(cfg: DictConfig) -> str | None:
@@ -132,7 +138,10 @@ def check_prompt(prompt: str | None, vocab, seq_len: int) -> None:
 
 
 def generate(cfg: DictConfig) -> Generated:
-    from src.stages.teacher import sample_text
+    """Check the settings, load the model, generate; Ctrl-C keeps what was generated until then."""
+    from tqdm import tqdm
+
+    from src.stages.common import sample_text
 
     check_settings(cfg)
     gpt, vocab, attention, source = load(cfg.ckpt, cfg.model, cfg.device)
@@ -140,11 +149,25 @@ def generate(cfg: DictConfig) -> Generated:
     check_prompt(prompt, vocab, gpt.cfg.seq_len)
     torch.manual_seed(cfg.seed)
     prompt = prompt or ""
+    steps: list[torch.Tensor] = []  # each step's new tokens (num_samples, 1)
+    bar = tqdm(total=cfg.num_chars, unit="char", file=sys.stderr, disable=None, leave=False)  # on a terminal only
+
+    def on_token(nxt: torch.Tensor) -> None:
+        steps.append(nxt.cpu())
+        bar.update(1)
+
     start = time.perf_counter()
-    texts = sample_text(gpt.eval(), vocab, cfg.num_chars, prompt, cfg.temperature, cfg.top_k, attention,
-                        cfg.num_samples)
+    try:
+        texts = sample_text(gpt.eval(), vocab, cfg.num_chars, prompt, cfg.temperature, cfg.top_k, attention,
+                            cfg.num_samples, on_token)
+        interrupted = False
+    except KeyboardInterrupt:
+        cols = torch.cat(steps, dim=1) if steps else torch.zeros(cfg.num_samples, 0, dtype=torch.long)
+        texts, interrupted = [vocab.decode(row.tolist()) for row in cols], True
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
-    return Generated([prompt + t for t in texts], seconds, cfg.num_chars * cfg.num_samples, source)
+    return Generated([prompt + t for t in texts], seconds, len(steps) * cfg.num_samples, source, interrupted)
 
 
 @hydra.main(version_base="1.3", config_path="../conf/cli", config_name="sample")
@@ -155,8 +178,13 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print("\n---\n".join(out.texts))
+    if out.interrupted:
+        print(f"interrupted: {out.tokens // cfg.num_samples:,} of {cfg.num_chars:,} characters generated (above)",
+              file=sys.stderr)
     print(f"{out.tokens} characters in {out.seconds:.2f} s: {out.tokens_per_second:.1f} tokens/s "
           f"(batch {cfg.num_samples}, prefill included) from the {out.source}", file=sys.stderr)
+    if out.interrupted:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 
 from src.config import check_config, register_configs
 from src.errors import UserError
-from src.runs import check_resume, register_resolvers, write_json
+from src.runs.folders import Snapshot, register_resolvers
+from src.runs.records import write_json
+from src.runs.resume import check_resume
 
 log = logging.getLogger("src.train")
 
@@ -38,7 +40,7 @@ register_resolvers()
 # a resumed run draws the batches of the steps it has left (src/data.py StepBatches): resume is exact, whatever
 # Lightning assumes of a loader without a state_dict
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-# ThroughputMonitor logs tokens per second; FLOPs per second would need a flops_per_batch the stages do not define
+# ThroughputMonitor logs tokens per second; FLOPs per second too where a stage defines flops_per_batch (the teacher)
 warnings.filterwarnings("ignore", message=".*you need to define a `flops_per_batch`.*")
 
 
@@ -108,14 +110,16 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    before = Snapshot.take(run_dir, hc.output_subdir)
     try:
         result = train(cfg, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        to_log_file(f"error: {e}")
-        write_json(run_dir / "error.json", {"error": str(e), "stage": cfg.stage})
-        if multirun:  # one bad job must not stop the sweep
+        if multirun:  # the sweep's own job folder records why the job failed; one bad job must not stop the sweep
+            to_log_file(f"error: {e}")
+            write_json(run_dir / "error.json", {"error": str(e), "stage": cfg.stage})
             return None
+        before.restore(cfg.paths.outputs)  # a refused command leaves no trace: no stub folder, no record, no log line
         sys.exit(2)
     except Exception as e:  # a bug or a crash (e.g. out of memory): the traceback in the log, the sweep going on
         if not multirun:

@@ -43,9 +43,10 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
 
 
 @pytest.fixture
-def tiny_cfg():
+def tiny_cfg(tmp_path):
+    """Tiny configs whose runs look for earlier runs in this test's own outputs folder only (paths.outputs)."""
     def make(*extra: str):
-        return compose_config(TINY + list(extra))
+        return compose_config(TINY + [f"paths.outputs={tmp_path / 'outputs'}", *extra])
 
     return make
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import src.runs
+
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig
 from src.selectors import BlockSelector, build_selector

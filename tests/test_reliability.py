@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-import src.runs
+
 from src.errors import UserError
 from src.runs import find_run, stage_spec, write_json
 from src.train import train

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import src.runs
+
 from src.checkpoints import is_hybrid, read_checkpoint, run_checkpoints
 from src.errors import UserError
 from src.runs import finite, job_number, run_dir_for, run_folder, write_json

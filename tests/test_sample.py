@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-import src.runs
+
 from src.errors import UserError
 from src.sample import generate
 from src.train import train

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import src.runs
+
 from src.errors import UserError
 from src.metrics import selection_stats
 from src.sparse import causal_topk

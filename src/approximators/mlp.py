@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn as nn
 
-from src.approximators import Approximator
+from src.approximators.base import Approximator
+from src.costs import formulas as costs
 
 
 class MLPApproximator(Approximator):
@@ -22,9 +23,7 @@ class MLPApproximator(Approximator):
 
     @staticmethod
     def cost(T: int, head_dim: int, k: int, sizes):
-        """One head over k selected values of every query (src/costs.py mlp_approximator)."""
-        from src import costs
-
+        """One head over k selected values of every query (src/costs/formulas.py mlp_approximator)."""
         return costs.mlp_approximator(T, head_dim, k, sizes.approximator_hidden)
 
     def __init__(self, n_heads: int, head_dim: int, top_k: int, hidden: int):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 
-from src.approximators import Approximator
+from src.approximators.base import Approximator
+from src.costs import formulas as costs
 
 
 class SoftmaxApproximator(Approximator):
@@ -18,9 +19,7 @@ class SoftmaxApproximator(Approximator):
 
     @staticmethod
     def cost(T: int, head_dim: int, k: int, sizes):
-        """One head over k selected keys of every query (src/costs.py softmax_approximator)."""
-        from src import costs
-
+        """One head over k selected keys of every query (src/costs/formulas.py softmax_approximator)."""
         return costs.softmax_approximator(T, head_dim, k, sizes.softmax_ops)
 
     def forward(self, q, k_sel, v_sel, valid):

@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from dataclasses import asdict
 
+from src.config import selector_settings
 from src.selectors.base import SELECTORS, BlockKeySelector, KeySelector
 
 for _module in pkgutil.iter_modules(__path__):  # each module registers the selectors it defines
@@ -33,12 +33,10 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
     """One selector serving ``n_heads`` heads: the class registered as ``name``, given what its ``__init__`` asks for
     among the shapes and ``settings`` (conf/selector/NAME.yaml's keys; the ones not given take src/config.py's
     defaults)."""
-    from src.config import SelectorConf
-
     if name not in SELECTORS:
         raise ValueError(f"selector.name={name!r} is unknown: use one of {', '.join(SELECTORS)}")
     cls = SELECTORS[name]
-    values = {**asdict(SelectorConf()), **settings, "n_heads": n_heads, "d_model": d_model, "head_dim": head_dim,
+    values = {**selector_settings(settings), "n_heads": n_heads, "d_model": d_model, "head_dim": head_dim,
               "seq_len": seq_len}
     wanted = [p for p in inspect.signature(cls.__init__).parameters if p in values]
     return cls(**{p: values[p] for p in wanted})

@@ -37,7 +37,7 @@ class KeySelector(nn.Module):
     ``prepare`` and ``score_rows``."""
 
     name: str | None = None
-    cost = None  # cost(T, d_model, head_dim, sizes) -> src.costs.Cost of one head's scoring; None: not counted
+    cost = None  # cost(T, d_model, head_dim, sizes) -> src.costs.formulas.Cost of one head's scoring; None: not counted
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector
 from src.selectors.distance import DistanceBias
 from src.selectors.indexer import index_vectors
@@ -46,9 +47,7 @@ class BlockSelector(BlockKeySelector):
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Scoring every query block of one head, Θ((T/B)²·d_index) (src/costs.py indexed_block_selector)."""
-        from src import costs
-
+        """Scoring every query block of one head, Θ((T/B)²·d_index) (src/costs/formulas.py indexed_block_selector)."""
         return costs.indexed_block_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops)
 
     def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):

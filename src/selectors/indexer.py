@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
+from src.costs import formulas as costs
 from src.selectors.base import KeySelector
 from src.selectors.distance import DistanceBias
 
@@ -32,9 +33,7 @@ class IndexerSelector(KeySelector):
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Scoring every query of one head, Θ(T²·d_index) (src/costs.py indexer_selector)."""
-        from src import costs
-
+        """Scoring every query of one head, Θ(T²·d_index) (src/costs/formulas.py indexer_selector)."""
         return costs.indexer_selector(T, d_model, sizes.d_index, sizes.topk_ops)
 
     def __init__(self, n_heads: int, d_model: int, d_index: int):

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
+from src.costs import formulas as costs
 from src.selectors.base import KeySelector
 
 
@@ -22,9 +23,7 @@ class MLPSelector(KeySelector):
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
-        """Scoring every query of one head, Θ(T²·hidden) (src/costs.py mlp_selector)."""
-        from src import costs
-
+        """Scoring every query of one head, Θ(T²·hidden) (src/costs/formulas.py mlp_selector)."""
         return costs.mlp_selector(T, head_dim, sizes.selector_hidden, sizes.topk_ops)
 
     def __init__(self, n_heads: int, head_dim: int, seq_len: int, hidden: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector, KeySelector
 from src.sparse.mass import block_attention_mass
 
@@ -26,9 +27,7 @@ class OracleSelector(KeySelector):
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
-        """The teacher's own QK^T for one head (src/costs.py oracle_selector)."""
-        from src import costs
-
+        """The teacher's own QK^T for one head (src/costs/formulas.py oracle_selector)."""
         return costs.oracle_selector(T, head_dim, sizes.topk_ops)
 
     def prepare(self, x, q, k):
@@ -46,9 +45,7 @@ class BlockOracleSelector(BlockKeySelector):
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
-        """The teacher's QK^T for one head, pooled per block (src/costs.py oracle_selector)."""
-        from src import costs
-
+        """The teacher's QK^T for one head, pooled per block (src/costs/formulas.py oracle_selector)."""
         return costs.oracle_selector(T, head_dim, sizes.topk_ops)
 
     def block_scores(self, x, q, k, rows):

@@ -53,7 +53,7 @@ class BlockSinkWindowSelector(BlockKeySelector):
     def __init__(self, n_heads: int, block_size: int, sinks: int):
         super().__init__(block_size)
         SinkWindowSelector(n_heads, sinks)  # the same check of ``sinks``
-        self.n_heads, self.sink_blocks = n_heads, -(-sinks // block_size)  # the blocks holding the sink keys
+        self.n_heads, self.sink_blocks = n_heads, n_blocks(sinks, block_size)  # the blocks holding the sink keys
 
     def block_scores(self, x, q, k, rows):
         nb = n_blocks(x.size(1), self.block_size)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector, KeySelector
 from src.sparse.choice import n_blocks
 
 
 def positional_cost(T: int, d_model: int, head_dim: int, sizes):
-    """The cost of choosing by position: nothing counted (src/costs.py positional_selector)."""
-    from src import costs
-
+    """The cost of choosing by position: nothing counted (src/costs/formulas.py positional_selector)."""
     return costs.positional_selector()
 
 

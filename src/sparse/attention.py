@@ -1,4 +1,4 @@
-"""``SparseAttention``: the sparse heads of one layer, selection to output, on one of three kernels.
+"""``SparseAttention``: the sparse heads of one layer, selection to output, on one of four kernels.
 
 The one entry point that the hybrid model (src/hybrid.py), the distillation stages and the benchmark all run:
 
@@ -18,6 +18,8 @@ For the same choice every kernel gives the same output (tests: 1e-5), and with e
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -27,7 +29,6 @@ from src.sparse.choice import BlockChoice
 from src.sparse.flex import flex_block_attention, flex_unavailable
 from src.sparse.gather import chunk_rows, gather_attention
 from src.sparse.masked import masked_attention
-from src.sparse.phases import no_phases
 from src.sparse.selection import Selection
 from src.sparse.tiles import tiled_block_attention
 
@@ -114,10 +115,10 @@ class SparseAttention(nn.Module):
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 phases=None, length: int | None = None) -> torch.Tensor:
         """x (B, T, C) the layer input; q, k, v (B, h, T, hs) of the served heads -> y (B, h, T, hs). ``phases``: a
-        src.sparse.Phases that receives the time of selection, mask building and kernel. ``length``: the length
+        src.bench.timing.Phases that receives the time of selection, mask building and kernel. ``length``: the length
         the budget is counted at (default T; a prompt's prefill counts it at the model's T, as every later token
         does, src/sparse/decode.py)."""
-        phase = phases or no_phases
+        phase = phases or (lambda name: contextlib.nullcontext())
         B, h, T, hs = q.shape
         kernel = self.kernel_for(q)
         if self.picks_blocks:

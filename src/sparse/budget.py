@@ -56,7 +56,13 @@ class Budget:
 
     def blocks(self, T: int, block_size: int) -> int:
         """Blocks per block of queries: the budget rounded up to whole blocks, own block included, at most all."""
-        return min(n_blocks(T, block_size), max(1, -(-self.keys(T) // block_size)))
+        return min(n_blocks(T, block_size), max(1, n_blocks(self.keys(T), block_size)))
+
+    def keys_read(self, T: int, block_size: int | None = None) -> int:
+        """Keys each query's approximator reads at length T: the budget, or for a selector that keeps whole blocks
+        of ``block_size`` keys the budget in whole blocks (at most T): the one rule of the hybrid, the benchmark and
+        the cost model."""
+        return self.keys(T) if block_size is None else min(T, self.blocks(T, block_size) * block_size)
 
     def check(self, T: int, what: str = "hybrid.budget") -> None:
         """A fixed budget larger than the sequence length is a mistake, not a dense layer: ValueError."""

@@ -20,9 +20,14 @@ import torch.nn.functional as F
 from src.sparse.selection import Selection, finite_scores, within_mass
 
 
+def ceil_div(a: int, b: int) -> int:
+    """a / b rounded up, in integers: the one ceiling division of the project."""
+    return -(-a // b)
+
+
 def n_blocks(T: int, block_size: int) -> int:
     """Blocks of ``block_size`` covering T positions (the last one may be shorter)."""
-    return -(-T // block_size)
+    return ceil_div(T, block_size)
 
 
 @dataclass

@@ -17,13 +17,10 @@ from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs import make_command, reads_budget
-from src.stages.hybrid_module import (
-    HybridModule,
-    check_same,
-    distil,
-    stage_checkpoint,
-)
+from src.runs.commands import command_for
+from src.runs.lookup import checkpoint_for
+from src.stages.distill import distil
+from src.stages.hybrid_module import HybridModule
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +68,21 @@ class ApproximatorDistillation(HybridModule):
         return self.adamw(self.parts.approximators.parameters())
 
 
-def selector_command(cfg: DictConfig) -> str:
-    return make_command("distill_selector", cfg, ("model", "data", "selector", "hybrid"))
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    def load_selector(module: ApproximatorDistillation, hp: dict) -> dict:
-        """The trained selector this approximator learns to work with (nothing to load for a parameter-free one)."""
+    def load_selector(module: ApproximatorDistillation) -> dict:
+        """The trained selector this approximator learns to work with (nothing to load for a parameter-free one):
+        ``selector.ckpt``, or the newest one distilled with these settings from a teacher of the same data."""
         selector_ckpt = None
         if module.selector_learned or cfg.selector.ckpt:
-            selector_ckpt, ckpt = stage_checkpoint(cfg, "distill_selector", "selector.ckpt",
-                                                   f"{cfg.selector.name} selector", selector_command(cfg))
-            check_same(ckpt["hyper_parameters"], hp, ("model", "vocab", "hybrid", "selector"), selector_ckpt,
-                       selector_command(cfg), budget=reads_budget(hp["selector"]))
+            make = command_for("distill_selector", cfg)
+            selector_ckpt, ckpt = checkpoint_for(cfg, "distill_selector", make, vocab=module.vocab.itos)
             selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
                          if k.startswith("parts.selectors.")}
             try:
                 module.parts.selectors.load_state_dict(selectors)
             except RuntimeError:
                 raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
-                                f"version (made by an older one?): make a new one with `{selector_command(cfg)}`"
-                                ) from None
+                                f"version (made by an older one?): make a new one with `{make}`") from None
         log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name,
                  module.spec.budget, cfg.selector.name, selector_ckpt or "nothing to load")
         return {"selector_ckpt": selector_ckpt}

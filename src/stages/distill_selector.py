@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from src.errors import UserError
 from src.sparse import block_attention_mass, causal_mask, causal_topk, n_blocks, selection_mask
-from src.stages.hybrid_module import HybridModule, distil
+from src.stages.distill import distil
+from src.stages.hybrid_module import HybridModule
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,10 @@ class SelectorDistillation(HybridModule):
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    def describe(module: SelectorDistillation, hp: dict) -> dict:
+    def describe(module: SelectorDistillation) -> dict:
         log.info("selector %s (loss %s) for layers %s heads %s, budget %s; teacher %s", cfg.selector.name,
                  module.loss_kind, list(module.spec.layers), list(module.spec.heads), module.spec.budget,
-                 hp["teacher_ckpt"])
+                 module.hparams.teacher_ckpt)
         return {}
 
     return distil(cfg, run_dir, "distill_selector", SelectorDistillation, "selector", "val/mass_recall", "max",

@@ -15,19 +15,22 @@ metrics, so that the jobs of a sweep compare side by side in TensorBoard's HPARA
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import statistics
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.costs import flops_columns
+from src.bench.speed import layer_speed
+from src.config import resolve_device
+from src.costs.accounting import flops_columns
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts
-from src.runs import find_run, stage_spec, write_json
+from src.runs.lookup import find
+from src.runs.records import read_json, write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
+from src.stages.common import gpt_config, plain
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +42,33 @@ def with_overrides(cfg: DictConfig, **dotted) -> DictConfig:
     return new
 
 
-def reusable(stage: str, spec: dict, run_dir: Path, teacher: str | None = None) -> str | None:
+def reusable(cfg: DictConfig, stage: str, run_dir: Path, teacher: str | None = None) -> str | None:
     """A finished run of ``stage`` that fits: among this job's siblings (a sweep's folder) first, then under
-    outputs/."""
-    return find_run(stage, spec, run_dir.parent, teacher) or find_run(stage, spec, teacher=teacher)
+    ``paths.outputs``."""
+    return find(cfg, stage, teacher, roots=(run_dir.parent, Path(cfg.paths.outputs)))
 
 
 def finished_result(checkpoint: str) -> dict:
     """The metrics.json of the finished run a checkpoint (RUN/checkpoints/*.ckpt) belongs to."""
-    return json.loads((Path(checkpoint).parent.parent / "metrics.json").read_text())
+    return read_json(Path(checkpoint).parent.parent / "metrics.json") or {}
 
 
 def step(name: str, run, cfg: DictConfig, folder: Path) -> dict:
     """One step of the pipeline in ``folder``; when the pipeline is resumed (``resume=``) a step that finished
     before (its metrics.json) is not run again, and one that was cut short continues from its last.ckpt."""
-    done = folder / "metrics.json"
-    if cfg.resume and done.is_file():
+    done = read_json(folder / "metrics.json")
+    if cfg.resume and done is not None:
         log.info("[resume] %s finished before: %s", name, folder)
-        return json.loads(done.read_text())
+        return done
     return run(cfg, folder)
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Bad hybrid settings (K, layers, heads) or parts fail now, not after minutes of teacher training."""
-    model = teacher.gpt_config(OmegaConf.to_container(cfg.model), vocab_size=2)
-    hybrid = OmegaConf.to_container(cfg.hybrid, resolve=True)
+    model = gpt_config(plain(cfg, "model"), vocab_size=2)
     try:
-        spec = HybridSpec.from_config(model, **hybrid)
-        SparseParts(spec, model, OmegaConf.to_container(cfg.selector), OmegaConf.to_container(cfg.approximator))
+        spec = HybridSpec.from_config(model, **plain(cfg, "hybrid"))
+        SparseParts(spec, model, plain(cfg, "selector"), plain(cfg, "approximator"))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -76,7 +78,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary: dict = {"stage": "pipeline", "run_dir": str(run_dir)}
     teacher_ckpt = cfg.teacher.ckpt
     if not teacher_ckpt and cfg.pipeline.reuse:
-        teacher_ckpt = reusable("teacher", stage_spec(cfg, "teacher"), run_dir)
+        teacher_ckpt = reusable(cfg, "teacher", run_dir)
         if teacher_ckpt:
             log.info("[1/4] reusing the teacher %s (pipeline.reuse)", teacher_ckpt)
             summary["teacher"] = finished_result(teacher_ckpt)
@@ -86,7 +88,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         teacher_ckpt = t["checkpoint"]
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
-    reused = (reusable("distill_selector", stage_spec(cfg, "distill_selector"), run_dir, teacher_ckpt)
+    reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
     if reused:
         log.info("[2/4] reusing the %s selector %s (pipeline.reuse)", cfg.selector.name, reused)
@@ -113,31 +115,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def measure_speed(cfg: DictConfig) -> dict:
-    """Median forward time of the trained hybrid's first sparse attention layer against the teacher's own layer.
-
-    Both are the modules of the evaluated checkpoint (Q/K/V and output projections included, the same in both),
-    timed by ``src.sparse.phases.time_runs`` in the same process on one random input of this model's shape (batch 1), on
-    the run's device, under torch.no_grad; the hybrid runs the kernel ``hybrid.kernel`` resolves to.
-    """
-    import torch
-
-    from src.sparse.phases import resolve_device, time_runs
-
-    module, _ = evaluate.load_hybrid(cfg)
+    """Median forward time of the trained hybrid's first sparse attention layer against the teacher's own layer:
+    both from the evaluated checkpoint, timed side by side (src/bench/speed.py ``layer_speed``) on one random input
+    of this model's shape (batch 1), on the run's device."""
+    module, _, _ = evaluate.load_hybrid(cfg)
     device = resolve_device(cfg.device.accelerator)
     module = module.to(device).eval()
     layer = module.spec.layers[0]
-    dense, sparse = module.teacher.blocks[layer].attn, module.hybrid_layer(layer)
-    m = cfg.model
-    x = torch.randn(1, m.seq_len, m.d_model, device=device)
-    with torch.no_grad():
-        q = dense.qkv(x)[0]
-        kernel = sparse.sparse.kernel_for(q)
-        times = {name: time_runs(fn, (x,), device, repeats=cfg.pipeline.bench_repeats)
-                 for name, fn in (("sdpa", dense), ("sparse", sparse))}
-    sdpa_ms, sparse_ms = (1e3 * statistics.median(times[n]) for n in ("sdpa", "sparse"))
-    return {"variant": f"{cfg.selector.name}+{cfg.approximator.name}", "kernel": kernel, "layer": layer,
-            "device": str(device), "sdpa_ms": sdpa_ms, "sparse_ms": sparse_ms, "measured_speedup": sdpa_ms / sparse_ms}
+    x = torch.randn(1, cfg.model.seq_len, cfg.model.d_model, device=device)
+    speed = layer_speed(module.teacher.blocks[layer].attn, module.attention[layer], x, cfg.pipeline.bench_repeats)
+    return {"variant": f"{cfg.selector.name}+{cfg.approximator.name}", "layer": layer, **speed}
 
 
 HPARAMS = ("model.name", "model.n_layer", "model.n_head", "model.d_model", "model.seq_len", "data.name",

@@ -6,46 +6,29 @@ a generated text sample in TensorBoard at every validation, best and last checkp
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
-from dataclasses import fields
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from src.checkpoints import read_checkpoint
-from src.data import CharDataModule, Vocab
-from src.errors import UserError
-from src.model import GPT, GPTConfig
-from src.runs import (build_trainer, original_overrides, resume_point, saved_checkpoint, scalar_metrics,
-                      stage_spec, write_json)
+from src.costs.accounting import model_flops
+from src.data import Vocab
+from src.model import GPT
+from src.runs.checkpoints import read_checkpoint
+from src.runs.lookup import spec
+from src.runs.records import scalar_metrics, write_json
+from src.runs.resume import resume_point
+from src.runs.trainer import build_trainer, saved_checkpoint
+from src.stages.common import build_datamodule, gpt_config, plain, sample_text, warmup_cosine
 
 log = logging.getLogger(__name__)
-
-
-def gpt_config(model: dict, vocab_size: int) -> GPTConfig:
-    """Model group of the Hydra config (+ the data's vocabulary size) -> GPTConfig; extra keys ignored."""
-    names = {f.name for f in fields(GPTConfig)}
-    try:
-        return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in model.items() if k in names})
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
-    """Learning rate at ``step``: linear warm-up to lr, then cosine decay to min_lr at ``total`` steps."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
 class TeacherLM(L.LightningModule):
@@ -118,17 +101,21 @@ class TeacherLM(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int | None:
-        """Training FLOPs of one batch -- forward + backward ~ 3 x the forward's, counted by src/costs.py (causal
+        """Training FLOPs of one batch -- forward + backward ~ 3 x the forward's, counted by the cost model (causal
         attention, projections and MLP of every layer, the lm_head) -- from which Lightning's ThroughputMonitor logs
         train/device/flops_per_sec."""
-        from src import costs
-
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return None
         m = self.gpt.cfg
-        layer = costs.dense_layer(m.d_model, m.n_head, m.seq_len).flops + costs.rest_of_layer(m.d_model, m.seq_len).flops
-        return 3 * dm.batch_size * (m.n_layer * layer + 2 * m.seq_len * m.d_model * m.vocab_size)
+        return 3 * dm.batch_size * model_flops(m.d_model, m.n_head, m.n_layer, m.seq_len, m.vocab_size)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> TeacherLM:
+        """The teacher a teacher's checkpoint holds (read and checked by src/runs/checkpoints.py), in eval mode."""
+        module = cls(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval()
 
     def configure_optimizers(self):
         o = self.hparams.optim
@@ -146,104 +133,38 @@ class TeacherLM(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-@torch.no_grad()
-def sample_text(gpt: GPT, vocab: Vocab, num_chars: int, prompt: str = "", temperature: float = 0.8,
-                top_k: int | None = None, attention: dict | None = None, num_samples: int = 1) -> list[str]:
-    """``num_samples`` continuations of ``prompt`` (one batch, KV-cached, src/model.py ``GPT.generate``), each
-    num_chars long; an empty prompt starts from a newline (or token 0). ``attention``: a hybrid's sparse layers."""
-    ids = vocab.encode(prompt) if prompt else torch.tensor([vocab.stoi.get("\n", 0)])
-    device = next(gpt.parameters()).device
-    out = gpt.generate(ids[None].repeat(num_samples, 1).to(device), num_chars, temperature=temperature, top_k=top_k,
-                       attention=attention)
-    return [vocab.decode(row[len(ids):].tolist()) for row in out]
-
-
-def build_datamodule(cfg: DictConfig, vocab: list[str] | None = None) -> CharDataModule:
-    d = cfg.data
-    dm = CharDataModule(
-        name=d.name,
-        seq_len=cfg.model.seq_len,
-        batch_size=d.batch_size,
-        path=d.path,
-        package=d.package,
-        vocab_size=d.vocab_size,
-        num_tokens=d.num_tokens,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        num_workers=d.num_workers,
-        seed=cfg.seed,
-        vocab=vocab,
-    )
-    dm.setup()
-    return dm
-
-
 TRAIN_TEACHER = "train one with `python -m src.train +experiment=teacher`"
 
 
 def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
-    """A trained teacher from its checkpoint, with one clear message when the file is missing or not a teacher."""
-    return teacher_from_checkpoint(read_checkpoint(path, "teacher", TRAIN_TEACHER, map_location), path)
-
-
-def teacher_from_checkpoint(ckpt: dict, path: str | Path) -> TeacherLM:
-    """The teacher a checkpoint read by src/checkpoints.py holds (one line if it is another stage's)."""
-    p, make = Path(path), TRAIN_TEACHER
-    hp = ckpt["hyper_parameters"]
-    others = sorted(set(hp) - set(inspect.signature(TeacherLM.__init__).parameters))
-    if others:
-        kind = "a selector or hybrid" if "hybrid" in hp else "another stage's"
-        raise UserError(f"{p} is {kind} checkpoint (it has {', '.join(others)}), not a teacher's: give the "
-                        f"teacher's checkpoint (a pipeline's teacher/checkpoints/best.ckpt), or {make}")
-    module = TeacherLM(**hp)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval()
-
-
-def check_resumable(ckpt_path: str, module: TeacherLM, run_dir: Path) -> None:
-    """A resumed run must have the model and vocabulary it was started with, or its weights do not fit."""
-    hp = read_checkpoint(ckpt_path)["hyper_parameters"]
-    wanted, now = hp.get("model") or {}, dict(module.hparams["model"])
-    diff = [f"model.{k}={wanted[k]} (now {now.get(k)})" for k in wanted if wanted[k] != now.get(k)]
-    if hp.get("vocab") is not None and list(hp["vocab"]) != list(module.hparams["vocab"]):
-        diff.append(f"its data (a vocabulary of {len(hp['vocab'])} characters; now {len(module.hparams['vocab'])})")
-    if diff:
-        again = " ".join(original_overrides(run_dir)) or "the overrides it was started with"
-        raise UserError(f"{ckpt_path} was trained with {', '.join(diff)}: resume it with the settings it was "
-                        f"started with: python -m src.train resume={run_dir} {again}")
+    """A trained teacher from its checkpoint, with one clear message when the file is missing or not a teacher's."""
+    return TeacherLM.from_checkpoint(read_checkpoint(path, "teacher", TRAIN_TEACHER, map_location, stage="teacher"))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resume_point(cfg, run_dir, "teacher")
-    dm = build_datamodule(cfg)
+    resume = resume_point(cfg, run_dir, "teacher")
+    dm = build_datamodule(cfg, resume)
     log.info("data %s", dm.summary())
-    module = TeacherLM(
-        model=OmegaConf.to_container(cfg.model),
-        vocab=dm.vocab.itos,
-        optim=OmegaConf.to_container(cfg.optim),
-        max_steps=cfg.trainer.max_steps,
-        sample_chars=cfg.trainer.sample_chars,
-    )
-    if ckpt_path:
-        check_resumable(ckpt_path, module, run_dir)
+    module = TeacherLM(model=plain(cfg, "model"), vocab=dm.vocab.itos, optim=plain(cfg, "optim"),
+                       max_steps=cfg.trainer.max_steps, sample_chars=cfg.trainer.sample_chars)
     log.info("model %s: %.2f M parameters", cfg.model.name, module.gpt.num_params() / 1e6)
     trainer = build_trainer(cfg, run_dir, monitor="val/loss")
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume[0] if resume else None)
     checkpoint = saved_checkpoint(trainer, run_dir)
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    if checkpoint and not cfg.trainer.fast_dev_run:  # periodic validations read trainer.limit_val_batches only
-        trainer.limit_val_batches = 1.0
+    if not cfg.trainer.fast_dev_run:  # periodic validations read trainer.limit_val_batches; the final ones this
+        trainer.limit_val_batches = trainer.limit_test_batches = cfg.trainer.limit_final_batches
         val = trainer.validate(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
         if val and "val/loss" in val[0]:
-            log.info("best checkpoint on the whole validation split: val/loss %.4f", val[0]["val/loss"])
+            log.info("best checkpoint on the validation split: val/loss %.4f", val[0]["val/loss"])
             best = val[0]["val/loss"]
     test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
     result = {
         "stage": "teacher",
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
-        "spec": stage_spec(cfg, "teacher"),
+        "spec": spec(cfg, "teacher"),
         "fast_dev_run": bool(cfg.trainer.fast_dev_run),
         "steps": trainer.global_step,
         "best_val_loss": float(best) if best is not None else None,

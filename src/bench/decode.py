@@ -29,19 +29,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark
 
-from src import costs
 from src.approximators import build_approximator
-from src.bench import DTYPES, command_line, device_name
-from src.cli import Parser, int_list
-from src.errors import UserError
+from src.bench.harness import DTYPES, command_line
+from src.bench.timing import machine_info, median_seconds
+from src.config import DEVICES, resolve_device
+from src.costs import formulas as costs
+from src.errors import Parser, UserError, int_list
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig, KVCache
-from src.report import markdown_table, write_report
+from src.report.tables import markdown_table, write_report
 from src.selectors import build_selector
-from src.sparse import Budget, SparseAttention, SparseDecoder
-from src.sparse.phases import DEVICES, resolve_device
+from src.sparse import Budget, SparseAttention, SparseDecoder, n_blocks
 
 QUICK = dict(lens=(1024, 8192), model_lens=(4096,), min_run_time=0.2)  # --quick: well under a minute on 2 cores
 
@@ -86,18 +85,17 @@ def check(s: DecodeSettings) -> None:
     if short:
         raise UserError(f"cache length {short[0]} is shorter than the budget of {s.budget} keys: nothing to skip "
                         "(give longer --lens / --model-lens or a smaller --budget)")
-    resolve_device(s.device)
+    resolve_device(s.device, "--device")
 
 
-def median_seconds(fn, min_run_time: float) -> float:
-    """torch.utils.benchmark's blocked autorange at this process's thread count: the median seconds of one call."""
-    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+def seconds(fn, s: DecodeSettings, device: torch.device) -> float:
+    """Median seconds of one call of ``fn()``: torch.utils.benchmark's blocked autorange over ``s.min_run_time``."""
+    return median_seconds(fn, (), device, warmup=0, min_run_time=s.min_run_time)
 
 
 def room(L: int, block_size: int) -> int:
     """Cache positions for a context of L and one more query block, in whole blocks."""
-    return -(-(L + block_size) // block_size) * block_size
+    return n_blocks(L + block_size, block_size) * block_size
 
 
 def sparse_layer(s: DecodeSettings, max_len: int, device, dtype) -> SparseAttention:
@@ -129,8 +127,7 @@ def layer_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
     k, v = (torch.randn(1, nh, max_len, hs, device=device, dtype=dtype) for _ in range(2))
     q_t = torch.randn(1, nh, 1, hs, device=device, dtype=dtype)
     x_t = torch.randn(1, 1, s.d_model, device=device, dtype=dtype)
-    dense = median_seconds(lambda: F.scaled_dot_product_attention(q_t, k[:, :, :L + 1], v[:, :, :L + 1]),
-                           s.min_run_time)
+    dense = seconds(lambda: F.scaled_dot_product_attention(q_t, k[:, :, :L + 1], v[:, :, :L + 1]), s, device)
     decoder = SparseDecoder(sparse_layer(s, max_len, device, dtype),
                             torch.randn(1, L, s.d_model, device=device, dtype=dtype), k[:, :, :L], k, v)
 
@@ -138,8 +135,8 @@ def layer_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
         for t in range(L, L + bs):
             decoder.step(x_t, q_t, k, v, t)
 
-    per_token = median_seconds(query_block, s.min_run_time) / bs
-    scoring = median_seconds(lambda: decoder.step(x_t, q_t, k, v, L), s.min_run_time)
+    per_token = seconds(query_block, s, device) / bs
+    scoring = seconds(lambda: decoder.step(x_t, q_t, k, v, L), s, device)
     keys = decoder.n_keep * bs
     d = costs.dense_decode(L, s.d_model, nh).flops
     sparse = costs.block_decode(L, s.d_model, nh, keys, bs, s.d_index)
@@ -169,7 +166,7 @@ def model_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
         gpt(token, cache=cache)
         cache.rewind(L)
 
-    dense = median_seconds(dense_token, s.min_run_time)
+    dense = seconds(dense_token, s, device)
     spec = HybridSpec.from_config(cfg, layers="all", heads="all", budget=s.budget)
     parts = SparseParts(spec, cfg, {"name": "block", "block_size": bs, "d_index": s.d_index},
                         {"name": "softmax"}).to(device, dtype)
@@ -183,7 +180,7 @@ def model_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
             gpt(token, attention=attention, cache=cache)
         cache.rewind(L)
 
-    sparse = median_seconds(query_block, s.min_run_time) / bs
+    sparse = seconds(query_block, s, device) / bs
     keys = cache.layers[0].state.n_keep * bs
     per_layer = costs.block_decode(L, s.d_model, s.n_head, keys, bs, s.d_index)
     limit = (costs.decode_model(s.d_model, s.n_layer, s.vocab, costs.dense_decode(L, s.d_model, s.n_head)).flops
@@ -195,7 +192,7 @@ def model_rows(L: int, s: DecodeSettings, device, dtype) -> list[dict]:
 
 def run(s: DecodeSettings, log=print) -> list[dict]:
     check(s)
-    device, dtype = resolve_device(s.device), DTYPES[s.dtype]
+    device, dtype = resolve_device(s.device, "--device"), DTYPES[s.dtype]
     cells = [("layer", L) for L in sorted(s.lens)] + [("model", L) for L in sorted(s.model_lens)]
     rows = []
     for i, (kind, L) in enumerate(cells, 1):
@@ -234,15 +231,13 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(path: Path, rows: list[dict], label: str) -> None:
-    from src.plots import decode_figure, save
+    from src.report.figures import decode_figure, save
 
     save(decode_figure(rows, label), path)
 
 
 def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> list[Path]:
-    dev = resolve_device(s.device)
-    info = dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__,
-                threads=torch.get_num_threads())
+    info = machine_info(resolve_device(s.device, "--device"))
     label = s.describe(info["device_name"])
     markdown = f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch {info['torch']}.\n\n{table(rows)}\n"
     return write_report(out, "decode", rows, markdown, lambda path: plot(path, rows, label),
@@ -250,21 +245,28 @@ def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> lis
                               "notes": __doc__})
 
 
+HELP = {  # the --help text of each size option
+    "d_model": "model width", "n_head": "attention heads (head size d_model / n_head)",
+    "n_layer": "layers of the whole-model cells", "vocab": "vocabulary of the whole-model cells",
+    "budget": "keys each query of the sparse decoder reads (rounded up to whole blocks)",
+    "block_size": "keys per block of the block selector", "d_index": "width of the block selector's index vectors",
+}
+
+
 def build_parser() -> Parser:
     d = DecodeSettings()
-    p = Parser(prog="python -m src.bench --decode", description=__doc__.splitlines()[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--decode", action="store_true", help="(this benchmark)")
+    p = Parser(prog="python -m src.bench --decode", description=__doc__.splitlines()[0])
+    p.add_argument("--decode", action="store_true", help="this benchmark (without it: one layer's forward)")
     p.add_argument("--lens", type=int_list, default=None,
                    help=f"cache lengths of the layer cells (default {','.join(map(str, d.lens))})")
     p.add_argument("--model-lens", type=lambda t: () if t.strip() in ("", "none") else int_list(t), default=None,
                    help=f"contexts of the whole-model cells (default {','.join(map(str, d.model_lens))}; none: skip)")
-    for name in ("d_model", "n_head", "n_layer", "vocab", "budget", "block_size", "d_index"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name, text in HELP.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help=text)
     p.add_argument("--min-run-time", type=float, default=d.min_run_time, help="seconds each cell is timed for")
     p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--dtype", default=d.dtype, help=f"one of {', '.join(DTYPES)}")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random weights and cache contents")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/decode_TIMESTAMP)")
     p.add_argument("--quick", action="store_true", help="L 1024 and 8192, the model at 4096, 0.2 s per cell")
     return p
@@ -285,7 +287,8 @@ def settings_from_args(a: argparse.Namespace) -> DecodeSettings:
 
 def main(argv: list[str] | None = None) -> int:
     return command_line(lambda: settings_from_args(build_parser().parse_args(argv)), check,
-                        lambda s: s.describe(device_name(resolve_device(s.device))), run, write, table, "decode_")
+                        lambda s: s.describe(machine_info(resolve_device(s.device, "--device"))["device_name"]), run,
+                        write, table, "decode_")
 
 
 if __name__ == "__main__":

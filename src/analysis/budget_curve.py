@@ -11,14 +11,17 @@ Writes DIR/budget.csv, budget.json, budget.md and budget.png.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from src.analysis.jobs import job_config, job_status, jobs_of
+from src.analysis.sweep import write_tables
+from src.costs.accounting import run_budget
 from src.errors import UserError
-from src.report import markdown_table
+from src.report.tables import markdown_table, num
 from src.selectors import BLOCK_SELECTORS
 from src.sparse import Budget
-from src.sweep import job_config, job_folders, job_status, write_tables
+
+MAKE = "python -m src.train -m +experiment=budget_curve"  # the multirun this analysis reads
 
 COLUMNS = (
     "job", "status", "data", "model", "seq_len", "selector", "level", "budget", "budget_keys", "mass", "density",
@@ -29,10 +32,9 @@ COLUMNS = (
 
 def budget_fraction(cfg: dict) -> float | None:
     """The job's budget as a fraction of T (1/8 = 0.125), fixed or the dynamic budget's cap."""
-    hyb, T = cfg.get("hybrid", {}), cfg.get("model", {}).get("seq_len")
+    T = cfg.get("model", {}).get("seq_len")
     try:
-        budget = Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"])
-        return budget.keys(T) / T
+        return run_budget(cfg).keys(T) / T
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
 
@@ -69,22 +71,15 @@ def job_row(job: Path) -> dict:
 
 
 def gather(root: Path) -> list[dict]:
-    rows = [job_row(job) for job in job_folders(root)]
+    rows = [job_row(job) for job in jobs_of(root, MAKE)]
     if not any(r["selector"] for r in rows):
-        raise UserError(f"{root} holds no pipeline jobs: give the folder of `python -m src.train -m "
-                        "+experiment=budget_curve`")
+        raise UserError(f"{root} holds no pipeline jobs: give the folder of `{MAKE}`")
     return sorted(rows, key=lambda r: (str(r["data"]), str(r["selector"]), r["mass"] is not None, r["budget"] or 0))
 
 
 def fraction_text(f: float | None) -> str:
-    if not f:
-        return "–"
-    inverse = 1 / f
-    return f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-6 else f"{f:.3g}·T"
-
-
-def num(value, spec: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    """0.125 -> 'T/8' (src/sparse/budget.py's text); '–' when unknown."""
+    return str(Budget(float(f))) if f else "–"
 
 
 def markdown(rows: list[dict], root: Path) -> str:
@@ -121,7 +116,7 @@ def markdown(rows: list[dict], root: Path) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Loss change, mass recall and speed-up against density, one line per selector, a row per corpus."""
-    from src.plots import budget_figure, save
+    from src.report.figures import budget_figure, save
 
     save(budget_figure([r for r in rows if r["status"] == "ok"]), path)
 

@@ -1,14 +1,40 @@
 """Tables and their files, for every benchmark, analysis and stage: a markdown table (``markdown_table``), a CSV
-(``write_csv``), and one table as STEM.csv, STEM.json, STEM.md and STEM.png (``write_report``)."""
+(``write_csv``), one table as STEM.csv, STEM.json, STEM.md and STEM.png (``write_report``), and the number formats
+every table prints with."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
 from src.errors import UserError
+
+
+def num(value, spec: str = ".4g") -> str:
+    """A number as ``format(value, spec)``; '–' for a missing or non-finite one."""
+    if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def millions(x: float) -> str:
+    """67108864 -> '67.1' (units of 10⁶, one decimal, thousands separated)."""
+    return f"{x / 1e6:,.1f}"
+
+
+def megabytes(nbytes: float | None) -> str:
+    """Bytes -> MB (10⁶ bytes), one decimal; three where that would show 0.0; '–' when unknown."""
+    if nbytes is None:
+        return "–"
+    return millions(nbytes) if nbytes >= 0.05e6 else f"{nbytes / 1e6:.3f}"
+
+
+def times(x: float | None) -> str:
+    """2.2857 -> '2.29×'."""
+    return "–" if x is None else f"{x:.2f}×"
 
 
 def markdown_table(header: list[str], rows: list[list], align: str) -> str:

@@ -1,17 +1,20 @@
 """What notebooks/explore.ipynb shows, as small functions: find a run, read its TensorBoard scalars, metrics and
 results, reload a hybrid for its attention picture, and read a sweep's, a benchmark's and the cost model's CSVs --
-glue: the figures are src/plots.py's. Every reader is lenient: a missing file, tag or column means "nothing to
+glue: the figures are src/report/figures.py's. Every reader is lenient: a missing file, tag or column means "nothing to
 show", never an error.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-# the figures the notebook shows are drawn by src/plots.py, as the tools' own PNGs
-from src.plots import bench_figure, column, costs_figure, curve_groups, curves_figure, png, sweep_figure  # noqa: F401
+# the figures the notebook shows are drawn by src/report/figures.py, as the tools' own PNGs
+from src.report.figures import (attention_figure, bench_figure, column, costs_figure, curve_groups,  # noqa: F401
+                                curves_figure, png, sweep_figure)
+from src.runs.checkpoints import run_checkpoints
+from src.runs.folders import job_folders
+from src.runs.records import read_json
 
 STAGES = ("teacher", "selector", "approximator", "evaluate")
 RUN_MARKERS = ("metrics.json", "error.json", ".hydra", "tensorboard", "sweep.csv", "multirun.yaml", "bench.csv",
@@ -47,13 +50,7 @@ def newest_run(root: Path = Path("outputs")) -> Path | None:
 
 
 def sweep_jobs(folder: Path) -> list[Path]:
-    from src.runs import job_number
-
-    if not folder.is_dir():
-        return []
-    markers = (".hydra", "metrics.json", "error.json")
-    return sorted((p for p in folder.iterdir() if p.is_dir() and any((p / m).exists() for m in markers)),
-                  key=job_number)
+    return job_folders(folder)
 
 
 def folder_kind(folder: Path) -> str:
@@ -74,14 +71,6 @@ def stage_folders(run: Path) -> list[tuple[str, Path]]:
         return parts
     stage = (read_json(run / "metrics.json") or {}).get("stage", run.name)
     return [(stage, run)]
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------------- TensorBoard
@@ -121,15 +110,13 @@ def run_config(run: Path) -> dict | None:
             if isinstance(cfg, dict):
                 return cfg
         if (folder / ".hydra" / "config.yaml").is_file():
-            from src.sweep import job_config
+            from src.analysis.jobs import job_config
 
             return job_config(folder)
     return None
 
 
 def own_checkpoint(folder: Path) -> str | None:
-    from src.checkpoints import run_checkpoints
-
     found = run_checkpoints(folder)
     return str(found[0]) if found else None
 
@@ -144,8 +131,8 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
     from omegaconf import OmegaConf
 
     from src.sparse import Selection, selection_mask
+    from src.stages.common import build_datamodule
     from src.stages.evaluate import load_hybrid
-    from src.stages.hybrid_module import datamodule_for
 
     cfg = run_config(run)
     if cfg is None:
@@ -158,9 +145,9 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
         cfg.approximator.ckpt = own_checkpoint(folder)
     if own_checkpoint(run / "teacher"):
         cfg.teacher.ckpt = own_checkpoint(run / "teacher")
-    module, source = load_hybrid(cfg)
+    module, _, checkpoint = load_hybrid(cfg)
     module.eval()
-    dm = datamodule_for(cfg, module.vocab, source)
+    dm = build_datamodule(cfg, checkpoint)
     dm.setup("test")
     windows = dm.test_dataloader().dataset
     x = windows[min(sample, len(windows) - 1)][0][None]
@@ -191,7 +178,7 @@ def flat_metrics(metrics: dict, per_head: bool = False) -> dict[str, float]:
 
 def metrics_markdown(run: Path) -> str:
     """One markdown table per stage: its metrics.json's numbers."""
-    from src.report import markdown_table
+    from src.report.tables import markdown_table
 
     out = []
     for stage, folder in stage_folders(run):
@@ -237,11 +224,11 @@ def find(folder: Path, name: str, limit: int = 20) -> list[Path]:
 
 
 def sweep_rows(folder: Path) -> list[dict]:
-    """sweep.csv, or (not written yet) the same rows gathered from the job folders by src/sweep.py."""
+    """sweep.csv, or (not written yet) the same rows gathered from the job folders by src/analysis/sweep.py."""
     if (folder / "sweep.csv").is_file():
         return read_csv(folder / "sweep.csv")
     try:
-        from src import sweep
+        from src.analysis import sweep
 
         return sweep.gather(folder)
     except Exception:  # noqa: BLE001  an older project without src/sweep.py, or no job folders

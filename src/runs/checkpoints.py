@@ -2,9 +2,8 @@
 
 Every checkpoint of this project is a Lightning checkpoint whose ``hyper_parameters`` carry the model settings and
 the vocabulary (a distillation stage's also the hybrid, selector and approximator settings), so that it can be
-rebuilt without the config it was trained with. The stages build their modules from it (src/stages/teacher.py
-``load_teacher``, src/stages/hybrid_module.py ``hybrid_from_checkpoint``); finding the newest compatible run under
-outputs/ is src/runs.py ``find_run``.
+rebuilt without the config it was trained with (src/stages/common.py builds the modules). Whether a checkpoint fits a
+run, and finding the newest that does, is src/runs/lookup.py.
 """
 
 from __future__ import annotations
@@ -19,22 +18,30 @@ HYBRID_KEYS = {"hybrid", "selector", "approximator"}  # hyper-parameters a hybri
 
 
 def read_checkpoint(path: str | Path, what: str = "", make: str = "", map_location: str = "cpu",
-                    keys: set[str] = frozenset()) -> dict:
+                    stage: str | None = None) -> dict:
     """The checkpoint at ``path`` as a dict, or one line naming the problem: missing, unreadable (cut short, not a
-    torch file) or not this project's (no model, vocabulary and weights, or none of ``keys``). ``what`` names the
-    kind wanted ("teacher"), ``make`` how to make one ("train one with `...`")."""
+    torch file), not this project's (no model, vocabulary and weights) or, with ``stage``, another stage's (a
+    teacher's where a distilled hybrid is wanted, or the other way round). ``what`` names the kind wanted
+    ("teacher"), ``make`` how to make one ("train one with `...`")."""
     p = Path(path)
     fix = f": {make}" if make else ""
+    kind = f"{what} " if what else ""
     if not p.is_file():
-        raise UserError(f"no {what + ' ' if what else ''}checkpoint at {p}{fix}")
+        raise UserError(f"no {kind}checkpoint at {p}{fix}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001  truncated file, not a torch file, ...
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-                        f"{fix}") from None
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {first}){fix}") from None
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not ({"vocab", "model"} | set(keys)) <= hp.keys() or "state_dict" not in ckpt:
-        raise UserError(f"{p} is not a {what + ' ' if what else ''}checkpoint of this project{fix}")
+    if not {"vocab", "model"} <= hp.keys() or "state_dict" not in ckpt:
+        raise UserError(f"{p} is not a {kind}checkpoint of this project{fix}")
+    if stage is not None and is_hybrid(ckpt) != (stage != "teacher"):
+        found = "a distilled selector's or hybrid's" if is_hybrid(ckpt) else "a teacher's"
+        wanted = what or stage
+        raise UserError(f"{p} is {found} checkpoint, not {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}'s{fix}"
+                        + (" (a pipeline's teacher/checkpoints/best.ckpt is its teacher's)" if stage == "teacher"
+                           else ""))
     return ckpt
 
 

@@ -40,31 +40,27 @@ one line ``error: ...`` and exit status 2. Functions for other code: ``time_runs
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from src import costs
 from src.approximators import APPROXIMATORS, build_approximator
-from src.cli import Parser, int_list
-from src.config import SelectorConf
-from src.errors import UserError
-from src.report import markdown_table, write_report
+from src.bench.harness import DTYPES, command_line, name_list
+from src.bench.timing import MAX_SECONDS, Phases, machine_info, peak_bytes, time_runs, timed
+from src.config import DEVICES, SelectorConf, resolve_device
+from src.costs import accounting
+from src.errors import Parser, UserError, int_list
+from src.report.tables import markdown_table, megabytes, num, write_report
 from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
-from src.sparse import Budget, Phases, SparseAttention, n_blocks, naive_attention, sdpa_attention
+from src.sparse import Budget, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.flex import is_new_shape
 from src.sparse.gather import chunk_rows
-from src.sparse.phases import DEVICES, MAX_SECONDS, resolve_device, sync, time_runs, timed
 from src.sparse.tiles import TILE_BYTES
 
 BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
@@ -72,7 +68,6 @@ DEFAULT_VARIANTS = ("sdpa", "naive", "mlp+mlp", "indexer+softmax", "block+softma
 VARIANTS = ("sdpa", "naive", *(f"{s}+{a}" for s, cls in SELECTORS.items() if cls.causal for a in APPROXIMATORS),
             *BLOCK_KERNEL_VARIANTS)  # the causal selectors: the block oracle is a bound, not a model to time
 DENSE = ("sdpa", "naive")  # no budget: measured once per size and T
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 MAX_GB = 8.0  # skip a cell whose estimated memory (inputs, weights, working memory) exceeds this
 QUICK = dict(seq_lens=(256, 1024), repeats=3)  # --quick (512d / 8 heads only): under a minute on 2 CPU cores
@@ -107,12 +102,10 @@ def build(variant: str, d_model: int, n_head: int, T: int, budget: Budget,
 
 
 def keys_read(variant: str, T: int, budget: Budget, block_size: int) -> int:
-    """Keys each query's approximator may read: the budget, or for block variants the budget in whole blocks."""
+    """Keys each query's approximator may read (src/sparse/budget.py ``Budget.keys_read``); all T for SDPA."""
     if variant in DENSE:
         return T
-    if pair_of(variant)[0] in BLOCK_SELECTORS:
-        return min(T, budget.blocks(T, block_size) * block_size)
-    return budget.keys(T)
+    return budget.keys_read(T, block_size if pair_of(variant)[0] in BLOCK_SELECTORS else None)
 
 
 def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int) -> float:
@@ -121,27 +114,13 @@ def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, 
     if variant in DENSE:
         return 1.0
     selector, approximator, _ = pair_of(variant)
-    sizes = costs.ComponentSizes(block=block_size)
-    sparse = costs.sparse_layer(f"{selector}+{approximator}", d_model, n_head, T, budget.keys(T), sizes)
-    return costs.dense_layer(d_model, n_head, T, sizes).flops / sparse.flops
+    sizes = accounting.ComponentSizes(block=block_size)
+    sparse = accounting.sparse_layer(f"{selector}+{approximator}", d_model, n_head, T, budget, sizes)
+    return accounting.dense_layer(d_model, n_head, T, sizes).flops / sparse.flops
 
 
 # --------------------------------------------------------------------------------------------------------------
 # one cell: one variant at one shape
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return f"CPU {line.split(':', 1)[1].strip()}"
-        except OSError:
-            pass
-        return f"CPU {platform.processor() or platform.machine()}"
-    return device.type
 
 
 def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int, batch: int,
@@ -165,48 +144,6 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     return inputs + prepared + work + weights
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Drop what is written to file descriptor 2 meanwhile: the C++ profiler's start/stop lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn, args, device: torch.device) -> int | None:
-    """Most bytes allocated at once during one call of fn(*args), above what was live before it: on an accelerator
-    (CUDA, MPS, ...) by torch.accelerator's public memory statistics; on the CPU, which has no such statistics in
-    torch 2.13, from the profiler's allocator events."""
-    if device.type != "cpu":
-        if not torch.accelerator.is_available():
-            return None
-        sync(device)
-        torch.accelerator.reset_peak_memory_stats(device)
-        base = torch.accelerator.memory_allocated(device)
-        fn(*args)
-        sync(device)
-        return torch.accelerator.max_memory_allocated(device) - base
-    from torch._C._autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(*args)
-    # "[memory]" events: +bytes at each allocation, -bytes at each free of a block allocated inside the window
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
 def check_cell(variant: str, T: int, d_model: int, n_head: int, block_size: int, batch: int, repeats: int,
                warmup: int) -> None:
     if variant not in VARIANTS:
@@ -228,6 +165,17 @@ def parse_budget(value) -> Budget:
         raise UserError(str(e)) from None
 
 
+def new_row(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int, batch: int,
+            device: torch.device, dtype: str, est_gb: float | None = None) -> dict:
+    """One cell's row before it is measured (status 'ok'; ``measure`` fills in the times, ``run`` the speed-up)."""
+    return dict(d_model=d_model, n_head=n_head, head_dim=d_model // n_head, T=T, variant=variant,
+                budget="–" if variant in DENSE else str(budget), keys_read=keys_read(variant, T, budget, block_size),
+                status="ok", median_ms=None, min_ms=None, speedup=None,
+                flop_limit=round(flop_limit(variant, T, d_model, n_head, budget, block_size), 3), of_limit=None,
+                selection_ms=None, mask_ms=None, kernel_ms=None, peak_mb=None, est_gb=est_gb, repeats=0,
+                compile_s=None, block_size=block_size, batch=batch, device=str(device), dtype=dtype, note="")
+
+
 def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: Budget | int | float = 0.125,
             block_size: int = SelectorConf.block_size, batch: int = 1, repeats: int = 5, warmup: int = 1,
             device: str = "auto", dtype: str = "fp32", max_gb: float = MAX_GB,
@@ -240,16 +188,11 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
     check_cell(variant, T, d_model, n_head, block_size, batch, repeats, warmup)
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-    dev, dt = resolve_device(device), DTYPES[dtype]
+    dev, dt = resolve_device(device, "--device"), DTYPES[dtype]
     elem = torch.finfo(dt).bits // 8
     hs = d_model // n_head
     est = estimate_bytes(variant, T, d_model, n_head, budget, block_size, batch, elem)
-    row = dict(d_model=d_model, n_head=n_head, head_dim=hs, T=T, variant=variant,
-               budget="–" if variant in DENSE else str(budget), keys_read=keys_read(variant, T, budget, block_size),
-               status="ok", median_ms=None, min_ms=None, speedup=None,
-               flop_limit=round(flop_limit(variant, T, d_model, n_head, budget, block_size), 3), of_limit=None,
-               selection_ms=None, mask_ms=None, kernel_ms=None, peak_mb=None, est_gb=round(est / 1e9, 3),
-               repeats=0, compile_s=None, block_size=block_size, batch=batch, device=str(dev), dtype=dtype, note="")
+    row = new_row(variant, T, d_model, n_head, budget, block_size, batch, dev, dtype, est_gb=round(est / 1e9, 3))
     if variant not in DENSE and budget.fixed and budget.value > T:
         return {**row, "status": "skipped", "note": f"budget {budget} > T"}
     if est > max_gb * 1e9:
@@ -339,7 +282,7 @@ def check_settings(s: Settings) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if s.dtype not in DTYPES:
         raise UserError(f"--dtype {s.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-    resolve_device(s.device)
+    resolve_device(s.device, "--device")
     for d, h in s.sizes:
         for T in s.seq_lens:
             check_cell("sdpa", T, d, h, s.block_size, s.batch, s.repeats, s.warmup)
@@ -389,13 +332,8 @@ def run(args: argparse.Namespace | Settings, log=print) -> list[dict]:
 
 
 def skipped_row(variant: str, s: Settings, common: dict, note: str) -> dict:
-    T, d, h, budget, bs = common["T"], common["d_model"], common["n_head"], common["budget"], s.block_size
-    return dict(d_model=d, n_head=h, head_dim=d // h, T=T, variant=variant,
-                budget="–" if variant in DENSE else str(budget), keys_read=keys_read(variant, T, budget, bs),
-                status="skipped", median_ms=None, min_ms=None, speedup=None,
-                flop_limit=round(flop_limit(variant, T, d, h, budget, bs), 3), of_limit=None, selection_ms=None,
-                mask_ms=None, kernel_ms=None, peak_mb=None, est_gb=None, repeats=0, compile_s=None, block_size=bs,
-                batch=s.batch, device=str(resolve_device(s.device)), dtype=s.dtype, note=note)
+    return {**new_row(variant, common["T"], common["d_model"], common["n_head"], common["budget"], s.block_size,
+                      s.batch, resolve_device(s.device, "--device"), s.dtype), "status": "skipped", "note": note}
 
 
 def cell_text(row: dict) -> str:
@@ -409,7 +347,7 @@ def cell_text(row: dict) -> str:
     if row["kernel_ms"] is not None:
         parts.append(f"select/mask/kernel {row['selection_ms']:.1f}/{row['mask_ms']:.1f}/{row['kernel_ms']:.1f} ms")
     if row["peak_mb"] is not None:
-        parts.append(f"peak {megabytes(row['peak_mb'])} MB")
+        parts.append(f"peak {megabytes(row['peak_mb'] * 1e6)} MB")
     parts.append(f"{row['repeats']} runs")
     if row["compile_s"] is not None:
         parts.append(f"compiled in {row['compile_s']:.1f} s (not timed)")
@@ -455,24 +393,8 @@ def crossover_text(rows: list[dict], variant: str, d_model: int | None = None, n
 # the report: table, csv, json, md, png
 
 
-def machine_info(s: Settings) -> dict:
-    dev = resolve_device(s.device)
-    return dict(device=str(dev), device_name=device_name(dev), torch=torch.__version__,
-                python=platform.python_version(), platform=platform.platform(), threads=torch.get_num_threads(),
-                cpu_count=os.cpu_count())
-
-
 def sizes_of(rows: list[dict]) -> list[tuple[int, int]]:
     return list(dict.fromkeys((r["d_model"], r["n_head"]) for r in rows))
-
-
-def fmt(x, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def megabytes(x: float | None) -> str:
-    """One decimal; three where that would show 0.0."""
-    return fmt(x, ".1f" if x is None or x >= 0.05 else ".3f")
 
 
 def table(rows: list[dict]) -> str:
@@ -490,8 +412,9 @@ def table(rows: list[dict]) -> str:
                 split = ("–" if r["kernel_ms"] is None
                          else f"{r['selection_ms']:.1f} / {r['mask_ms']:.1f} / {r['kernel_ms']:.1f}")
                 limit = "–" if r["variant"] in DENSE else f"{r['flop_limit']:.2f}×"
-                cells.append([r["T"], r["variant"], r["budget"], r["keys_read"], fmt(r["median_ms"], ".2f"), up, limit,
-                              fmt(r["of_limit"], ".0%"), split, megabytes(r["peak_mb"]), note.strip()])
+                cells.append([r["T"], r["variant"], r["budget"], r["keys_read"], num(r["median_ms"], ".2f"), up, limit,
+                              num(r["of_limit"], ".0%"), split,
+                              megabytes(None if r["peak_mb"] is None else r["peak_mb"] * 1e6), note.strip()])
         out += [f"**{size_name(d, h)}** (head size {d // h})", "", markdown_table(
             ["T", "variant", "budget", "keys read", "median ms", "speed-up vs SDPA", "FLOP limit", "of limit",
              "select / mask / kernel ms", "peak MB", "note"], cells, "rllrrrrrlrl")]
@@ -517,14 +440,14 @@ NOTES = (
 
 def plot(path: Path, rows: list[dict], label: str) -> None:
     """Time, speed-up over SDPA and peak memory against T, one line per variant and budget (src/plots.py)."""
-    from src.plots import bench_figure, save
+    from src.report.figures import bench_figure, save
 
     save(bench_figure([r for r in rows if r["status"] == "ok"], label), path)
 
 
 def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None) -> list[Path]:
     """bench.csv, bench.json, bench.md, bench.png in ``out``."""
-    info = machine_info(s)
+    info = machine_info(resolve_device(s.device, "--device"))
     label = s.describe(info["device_name"])
     settings = {k: v for k, v in asdict(s).items() if k != "out"}
     settings.update(tile_bytes=TILE_BYTES, hidden=SelectorConf.hidden, d_index=SelectorConf.d_index)
@@ -568,14 +491,12 @@ def size_list(text: str) -> tuple[tuple[int, int], ...]:
     return sizes
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def build_parser() -> Parser:
     d = Settings()
     p = Parser(prog="python -m src.bench", description=__doc__.splitlines()[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               epilog="python -m src.bench --decode measures generation instead: one decode step against a KV cache "
+                      "and whole-model tokens per second (python -m src.bench --decode --help).")
+    p.add_argument("--decode", action="store_true", help="measure generation instead (its own options: --decode --help)")
     p.add_argument("--seq-lens", type=int_list, default=None,
                    help=f"sequence lengths T (default {','.join(map(str, d.seq_lens))}; --quick: "
                         f"{','.join(map(str, QUICK['seq_lens']))})")
@@ -590,8 +511,8 @@ def build_parser() -> Parser:
     p.add_argument("--variants", type=name_list, default=d.variants,
                    help=f"comma-separated, from: {', '.join(VARIANTS)} (sdpa is always measured: the baseline)")
     p.add_argument("--batch", type=int, default=d.batch, help="sequences per forward")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per cell, median reported (default 5; "
-                                                                f"--quick: {QUICK['repeats']})")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed runs per cell, median reported (default "
+                                                                f"{d.repeats}; --quick: {QUICK['repeats']})")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs before the timed ones")
     p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--dtype", default=d.dtype, help=f"one of {', '.join(DTYPES)} (bf16 runs on AVX-512 CPUs too)")
@@ -599,7 +520,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-seconds", type=float, default=d.max_seconds,
                    help="per cell: stop repeating after this long; skip a cell one run of which is predicted "
                         "(time ∝ T², from the variant's previous T) to take longer")
-    p.add_argument("--max-total-seconds", type=float, default=None, help="the whole run: skip the cells after it")
+    p.add_argument("--max-total-seconds", type=float, default=None,
+                   help="the whole run: skip the cells after it (default: no limit)")
     p.add_argument("--seed", type=int, default=d.seed, help="random inputs and weights")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/TIMESTAMP)")
     p.add_argument("--quick", action="store_true",
@@ -626,38 +548,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     out=str(args.out) if args.out else None, quick=quick)
 
 
-def command_line(parse: Callable, check: Callable, describe: Callable, measure: Callable, write_files: Callable,
-                 show: Callable, prefix: str = "") -> int:
-    """The benchmarks' command line (this one and --decode): settings -> check -> measure, logging each cell ->
-    files in ``--out`` (default outputs/bench/PREFIX + timestamp) -> the table; a bad argument ends with one line
-    ``error: ...`` and status 2."""
-    try:
-        s = parse()
-        check(s)
-        out = Path(s.out) if s.out else Path("outputs/bench") / datetime.now().strftime(f"{prefix}%Y-%m-%d_%H-%M-%S")
-        print(f"{describe(s)}; torch {torch.__version__}; writing to {out}/", flush=True)
-        start = time.perf_counter()
-        rows = measure(s, log=lambda line: print(line, flush=True))
-        if not rows:
-            raise UserError("nothing was measured (every cell was skipped, see above)")
-        elapsed = time.perf_counter() - start
-        paths = write_files(rows, s, out, elapsed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n" + show(rows))
-    print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--decode" in argv:  # generation: one decode step against a KV cache (src/decode_bench.py)
-        from src import decode_bench
-
-        return decode_bench.main(argv)
     return command_line(lambda: settings_from_args(build_parser().parse_args(argv)), check_settings,
-                        lambda s: s.describe(machine_info(s)["device_name"]), run, write, table)
+                        lambda s: s.describe(machine_info(resolve_device(s.device, "--device"))["device_name"]), run,
+                        write, table)
 
 
 if __name__ == "__main__":

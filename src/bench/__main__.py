@@ -1,0 +1,21 @@
+"""``python -m src.bench``: one attention layer, dense against sparse (src/bench/layer.py); ``--decode``: generation,
+one decode step and whole-model tokens per second (src/bench/decode.py)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--decode" in argv:
+        from src.bench import decode
+
+        return decode.main(argv)
+    from src.bench import layer
+
+    return layer.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
