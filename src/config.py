@@ -202,7 +202,7 @@ def resolve_device(name: str, setting: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in DEVICES:
-        raise UserError(f"{setting}={name!r} is unknown: use one of {', '.join(DEVICES)}")
+        raise UserError(f"{setting}={name} is unknown: use one of {', '.join(DEVICES)}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"{setting}={name} but torch sees no CUDA GPU here: use {setting}=cpu (or {setting}=auto)")
     if name == "mps" and not torch.backends.mps.is_available():

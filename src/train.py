@@ -15,11 +15,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.config import check_config, register_configs
 from src.errors import UserError
-from src.runs.folders import Snapshot, register_resolvers
+from src.runs.folders import RECORD, Snapshot, register_resolvers
 from src.runs.records import write_json
 from src.runs.resume import check_resume
 
@@ -58,6 +58,9 @@ def stages() -> dict:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run ``cfg.stage`` in ``run_dir`` after every check a config can fail; what tests and the demo call. Outside a
+    Hydra job (which records it itself) the config is recorded in RUN/.hydra/config.yaml, so that the folder is a run
+    folder like any other (resumable, found by the analyses)."""
     table = stages()
     if cfg.stage not in table:
         raise UserError(f"stage={cfg.stage!r} is unknown: use one of {', '.join(table)} (or +experiment=NAME)")
@@ -65,6 +68,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.resume:
         check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    record = run_dir / RECORD / "config.yaml"
+    if not HydraConfig.initialized() and not record.is_file():
+        record.parent.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, record)
     return table[cfg.stage](cfg, run_dir)
 
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: configs composed as the command line would, shrunk to tiny sizes, writing to a temp folder."""
+"""Shared fixtures: configs composed as the command line would, shrunk to tiny sizes, each test's runs in its own
+outputs folder (``paths.outputs``); a tiny teacher and a tiny pipeline trained once for the whole session."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,9 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.sample_chars=20",
 ]
+# the session pipeline's sparse parts: a block selector (blocks of 8) under a 16-key budget, softmax over the kept keys
+PARTS = ["selector=block", "selector.block_size=8", "hybrid.budget=16", "selector.max_steps=2",
+         "approximator.max_steps=2"]
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
@@ -42,17 +47,81 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
 
 
+def tiny(outputs: Path, *extra: str):
+    """A tiny config whose runs look for earlier runs under ``outputs`` only."""
+    return compose_config(TINY + [f"paths.outputs={outputs}", *extra])
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """Tiny configs whose runs look for earlier runs in this test's own outputs folder only (paths.outputs)."""
     def make(*extra: str):
-        return compose_config(TINY + [f"paths.outputs={tmp_path / 'outputs'}", *extra])
+        return tiny(tmp_path / "outputs", *extra)
 
     return make
 
 
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """A tiny pipeline -- its teacher (4 real steps, so it leaves best.ckpt), a block selector, a softmax hybrid,
+    the evaluation -- run once for the whole session: its folder (teacher/, selector/, approximator/, evaluate/,
+    results.md). Read it; copy it (``copy_run``) to change it."""
+    from src.train import train
+
+    root = tmp_path_factory.mktemp("session")
+    run = root / "outputs" / "pipeline" / "tiny" / "run"
+    train(tiny(root / "outputs", "+experiment=pipeline", *PARTS), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def teacher_run(pipeline_run) -> dict:
+    """The session pipeline's teacher: its result (``checkpoint``, ``run_dir``, ``best_val_loss``, ...)."""
+    from src.runs.records import read_json
+
+    return read_json(pipeline_run / "teacher" / "metrics.json")
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(teacher_run) -> str:
+    """The session teacher's checkpoint (best.ckpt)."""
+    return teacher_run["checkpoint"]
+
+
+def multirun(root: Path, jobs: list[list[str]], common: list[str]) -> list[Path]:
+    """A multirun folder made in this process, as Hydra makes one: each job ``root/N_tiny`` runs ``src.train.train``
+    with ``common + jobs[N]`` and records its overrides (.hydra/overrides.yaml); a job refused in one line leaves
+    error.json, as src/train.py's main does in a multirun."""
+    from omegaconf import OmegaConf
+
+    from src.errors import UserError
+    from src.runs.records import write_json
+    from src.train import train
+
+    folders = []
+    for i, overrides in enumerate(jobs):
+        folder = root / f"{i}_tiny"
+        (folder / ".hydra").mkdir(parents=True)
+        cfg = tiny(root.parent / "outputs", *common, *overrides)
+        OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create([*common, *overrides]), folder / ".hydra" / "overrides.yaml")
+        try:
+            train(cfg, folder)
+        except UserError as e:
+            write_json(folder / "error.json", {"error": str(e), "stage": cfg.stage})
+        folders.append(folder)
+    return folders
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a session run to change (resume it, damage it) without touching the shared one."""
+    shutil.copytree(run, to)
+    return to
+
+
 def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m MODULE ARGS`` as a user would; returns the finished process (stdout + stderr captured)."""
+    """Run ``python -m MODULE ARGS`` as a user would; returns the finished process (stdout + stderr captured).
+    Only the tests marked slow start processes (``make test-fast`` leaves them out)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

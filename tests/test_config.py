@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from tests.conftest import CONF, compose_config
 
@@ -31,8 +31,8 @@ def test_every_option_composes(group, option):
 
 
 def test_model_grid_matches_prototype():
-    """conf/model/ holds the prototype's grid, which the cost model reads from there (src/costs.py GRID)."""
-    from src.costs import GRID
+    """conf/model/ holds the prototype's grid, which the cost model reads from there (src/costs/accounting.py)."""
+    from src.costs.accounting import model_grid
 
     expected = {"tiny": (128, 2, 64), "small": (256, 4, 128), "base": (512, 8, 256),
                 "medium": (768, 12, 512), "large": (1024, 16, 1024), "xl": (1280, 20, 2048)}
@@ -40,7 +40,7 @@ def test_model_grid_matches_prototype():
         m = compose_config([f"model={name}"]).model
         assert (m.d_model, m.n_head, m.seq_len) == (d, h, t)
         assert m.d_model // m.n_head == 64
-    assert {s.name: (s.d_model, s.n_head, s.seq_len) for s in GRID} == expected
+    assert {s.name: (s.d_model, s.n_head, s.seq_len) for s in model_grid()} == expected
 
 
 def test_misspelt_key_fails():

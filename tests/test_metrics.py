@@ -1,11 +1,12 @@
-"""src/metrics.py on hand-built attention maps and selections, where every figure can be worked out by hand."""
+"""Selection and approximation metrics (src/metrics.py), by hand."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from src.metrics import PerHeadRatio, approximation_stats, selection_stats
-from src.sparse import Selection
+from src.sparse import Selection, causal_topk
 
 
 def probs_3() -> torch.Tensor:
@@ -51,3 +52,27 @@ def test_approximation_stats_and_per_head_ratio():
     mse.update(*stats["approx_mse"])
     mse.update(*stats["approx_mse"])  # accumulates over batches: the same ratio
     assert torch.allclose(mse.compute(), torch.tensor([0.0, 0.5]))
+
+
+def test_selection_metrics_of_the_oracle():
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 10, 10).tril().clamp_min(1e-6).tril()
+    probs = probs / probs.sum(-1, keepdim=True)
+    for k in (1, 4, 10):
+        stats = selection_stats(causal_topk(probs, k), probs)
+        for name in ("top1_acc", "recall"):
+            num, den = stats[name]
+            torch.testing.assert_close(num / den, torch.ones(3))
+        mass = stats["mass_recall"][0] / stats["mass_recall"][1]
+        assert torch.all(mass <= 1 + 1e-6) and (k < 10 or torch.allclose(mass, torch.ones(3)))
+
+
+def test_selection_metrics_by_hand():
+    probs = torch.tensor([[1.0, 0, 0], [0.3, 0.7, 0], [0.5, 0.1, 0.4]])[None, None]
+    sel = causal_topk(torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 0, 1.0]])[None, None], 2)
+    stats = {k: float(n / d) for k, (n, d) in selection_stats(sel, probs).items()}
+    # query 0: key 0 (all mass); query 1: keys 0, 1 (all); query 2: keys 2, then 0 or 1 (tie at 0)
+    # top-1: query 0 right; query 1 picks key 0 first, the teacher key 1; query 2 picks key 2, the teacher key 0
+    assert stats["top1_acc"] == pytest.approx(1 / 3)
+    assert stats["recall"] == pytest.approx((1 + 1 + (1 if sel.idx[0, 0, 2, 1] == 0 else 0.5)) / 3)
+    assert stats["mass_recall"] == pytest.approx((1 + 1 + 0.4 + (0.5 if sel.idx[0, 0, 2, 1] == 0 else 0.1)) / 3)

@@ -4,30 +4,14 @@ one-line message."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-
 from src.errors import UserError
 from src.sample import generate
-from src.train import train
-from tests.conftest import TINY, compose_config, run_cli
-
-PARTS = ["selector=block", "selector.block_size=8", "hybrid.budget=16", "selector.max_steps=2",
-         "approximator.max_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """A tiny pipeline (teacher, block selector, softmax hybrid) shared by the tests of this file."""
-    run = tmp_path_factory.mktemp("pipeline")
-    src.runs.OUTPUT_ROOT, saved = run / "outputs", src.runs.OUTPUT_ROOT  # finds nothing from other tests
-    try:
-        train(compose_config(TINY + ["+experiment=pipeline", *PARTS]), run)
-    finally:
-        src.runs.OUTPUT_ROOT = saved
-    return run
+from tests.conftest import TINY, compose_config, copy_run, run_cli
 
 
 def sample(*overrides: str):
@@ -99,7 +83,7 @@ def test_bad_checkpoints_are_one_line(pipeline_run, tmp_path):
     with pytest.raises(UserError, match="cannot read checkpoint"):
         sample(f"ckpt={tmp_path}/junk.ckpt")
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="device=cuda but this machine has no CUDA GPU"):
+        with pytest.raises(UserError, match="device=cuda but torch sees no CUDA GPU here: use device=cpu"):
             sample(f"ckpt={pipeline_run}", "device=cuda")
 
 
@@ -112,26 +96,24 @@ def test_cli_prints_text_and_tokens_per_second(pipeline_run):
     assert proc.returncode == 2 and proc.stderr.startswith("error: num_chars=0") and "Traceback" not in proc.stderr
 
 
-def test_teacher_folders(tiny_cfg, tmp_path):
+def test_teacher_folders(tmp_path, teacher_run):
     """A pipeline folder with a teacher only (stopped early) and a teacher's own run folder give the teacher."""
     from src.sample import load
 
-    result = train(tiny_cfg(), tmp_path / "pipeline" / "teacher")
-    for folder in (tmp_path / "pipeline", tmp_path / "pipeline" / "teacher"):
+    teacher = copy_run(Path(teacher_run["run_dir"]), tmp_path / "pipeline" / "teacher")
+    for folder in (tmp_path / "pipeline", teacher):
         gpt, vocab, attention, source = load(str(folder))
-        assert attention is None and source == f"teacher {result['checkpoint']}"
+        assert attention is None and source == f"teacher {teacher / 'checkpoints' / 'best.ckpt'}"
 
 
-def test_a_non_causal_selector_cannot_generate(tiny_cfg, tmp_path, monkeypatch):
+def test_a_non_causal_selector_cannot_generate(tmp_path, teacher_run):
     """A block_oracle hybrid (nothing to train: the evaluate stage builds it from the teacher) is refused in one
     line."""
     from src.sample import load
     from src.stages.hybrid_module import HybridModule
 
-    monkeypatch.setattr(src.runs, "OUTPUT_ROOT", tmp_path / "outputs")
-    teacher = train(tiny_cfg(), tmp_path / "teacher")
     module = HybridModule(model=dict(compose_config(TINY).model), vocab=list(torch.load(
-        teacher["checkpoint"], weights_only=False)["hyper_parameters"]["vocab"]),
+        teacher_run["checkpoint"], weights_only=False)["hyper_parameters"]["vocab"]),
         hybrid={"layers": "all", "heads": "all", "budget": 16}, selector={"name": "block_oracle", "block_size": 8},
         approximator={"name": "softmax"})
     path = tmp_path / "oracle.ckpt"

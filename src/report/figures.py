@@ -131,7 +131,8 @@ def _panel(rows: list[dict], x: str, ys: tuple[str, ...], by: tuple[str, ...], y
         for y, style in zip(present, ("o-", "s--", "^:", "d-.")):
             drawn |= _lines(ax, rows, x, y, by, style, y if len(present) > 1 else "")
         if drawn:
-            ax.set(xscale="log", yscale="log" if logy else "linear", xlabel=x, ylabel=ylabel)
+            ax.set(xscale="linear" if x == "job" else "log", yscale="log" if logy else "linear", xlabel=x,
+                   ylabel=ylabel)
             if one:
                 ax.axhline(1.0, color="k", lw=1)
         return drawn
@@ -160,10 +161,15 @@ def _grid_figure(panels: list, title: str) -> Figure | None:
 
 
 def sweep_figure(rows: list[dict], title: str | None = None) -> Figure | None:
-    """Speed-ups, loss change and mass recall of a sweep's finished jobs against seq_len (or d_model)."""
+    """Speed-ups, loss change and mass recall of a sweep's finished jobs against what the sweep varied: T, else the
+    width, else the keys each query read (k); when none of them varied, one point per job, labelled with the
+    settings it ran with (the ``swept`` column)."""
     ok = [r for r in rows if r.get("status") in (None, "ok")]
-    x = "seq_len" if len({r.get("seq_len") for r in ok}) > 1 or not column(ok, "d_model") else "d_model"
+    x = next((c for c in ("seq_len", "d_model", "k") if len({r.get(c) for r in ok} - {None, ""}) > 1), None)
     by = ("selector", "approximator")
+    if x is None:
+        x, by = "job", ("swept", "selector", "approximator")
+        ok = [{**r, "job": i} for i, r in enumerate(ok)]
     return _grid_figure([
         ("speed-up over dense (×)", _panel(ok, x, SPEEDUPS, by, "×", one=True)),
         ("loss change vs teacher", _panel(ok, x, ("loss_change_pct",), by, "%", logy=False)),

@@ -1,0 +1,86 @@
+"""Finding a stage's checkpoint and whether it fits (src/runs/lookup.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.errors import UserError
+from src.runs.lookup import find
+from src.runs.records import write_json
+from src.train import train
+
+
+def test_a_diverged_teacher_stops_and_is_never_used(tiny_cfg, tmp_path):
+    """optim.lr=1e6 without warm-up: one line at the first non-finite loss; no metrics.json, so no later stage or
+    search picks it up."""
+    run = tmp_path / "outputs" / "teacher" / "nan"
+    with pytest.raises(UserError, match="the training loss became (nan|inf) at step .*: training diverged; lower "
+                                        "optim.lr"):
+        train(tiny_cfg("optim.lr=1e6", "optim.warmup_steps=0", "trainer.max_steps=30"), run)
+    assert not (run / "metrics.json").exists()
+    assert find(tiny_cfg(), "teacher") is None
+
+
+def test_a_teacher_without_a_finite_loss_is_not_found(tiny_cfg, tmp_path):
+    """A run folder whose metrics.json records no finite validation loss (NaN is written as null) is skipped."""
+    good = train(tiny_cfg(), tmp_path / "outputs" / "teacher" / "good")
+    bad = tmp_path / "outputs" / "teacher" / "bad"
+    (bad / "checkpoints").mkdir(parents=True)
+    (bad / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    write_json(bad / "metrics.json", {**json.loads((tmp_path / "outputs/teacher/good/metrics.json").read_text()),
+                                      "checkpoint": str(bad / "checkpoints" / "best.ckpt"),
+                                      "best_val_loss": float("nan")})
+    assert json.loads((bad / "metrics.json").read_text())["best_val_loss"] is None  # valid JSON: null, not NaN
+    assert find(tiny_cfg(), "teacher") == good["checkpoint"]
+
+
+def test_newest_compatible_teacher_is_found(tiny_cfg, tmp_path):
+    first = train(tiny_cfg(), tmp_path / "outputs" / "teacher" / "a")
+    other = train(tiny_cfg("model.n_layer=1"), tmp_path / "outputs" / "teacher" / "b")  # another size: skipped
+    result = train(tiny_cfg("+experiment=distill_selector", "selector.max_steps=2"), tmp_path / "run")
+    assert result["teacher_ckpt"] == first["checkpoint"] != other["checkpoint"]
+
+
+def test_no_teacher_message(tiny_cfg, tmp_path):
+    with pytest.raises(UserError, match=r"no trained teacher .* `python -m src.train \+experiment=teacher model=tiny"):
+        train(tiny_cfg("+experiment=distill_selector"), tmp_path)
+
+
+def test_teacher_checkpoint_of_the_wrong_kind(tiny_cfg, tmp_path, teacher_ckpt):
+    sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
+                         "hybrid.top_k=4"), tmp_path / "s")
+    with pytest.raises(UserError, match=r"is a distilled selector's or hybrid's checkpoint, not a teacher's"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={sel['checkpoint']}"), tmp_path / "x")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*junk.ckpt.*\+experiment=teacher"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={junk}"), tmp_path / "y")
+
+
+def test_hybrid_checkpoint_of_another_model(tiny_cfg, tmp_path, teacher_ckpt):
+    """evaluate must not run a checkpoint made for another model shape (it would report the wrong config)."""
+    parts = ["selector=oracle", "approximator=mlp", "hybrid.top_k=4"]
+    a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", *parts,
+                       "approximator.max_steps=2"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"oracle \+ mlp hybrid .* does not fit this run: it has model.n_head=2 \(this run: 4\)"):
+        train(tiny_cfg("+experiment=evaluate", *parts, "model.n_head=4", f"approximator.ckpt={a['checkpoint']}"),
+              tmp_path / "e")
+
+
+def test_mismatched_selector_checkpoint(tiny_cfg, tmp_path, teacher_ckpt):
+    """A selector trained with the top-K loss depends on K; with KL (the default) it serves any budget."""
+    sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
+                         "hybrid.top_k=4", "selector.loss=topk"), tmp_path / "s")
+    with pytest.raises(UserError, match=r"indexer selector .* does not fit this run: it has hybrid.top_k=4 \(this run: 5\)"):
+        train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector.loss=topk",
+                       f"selector.ckpt={sel['checkpoint']}", "hybrid.top_k=5"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"it has hybrid.layers=\[0\] \(this run: \[1\]\)"):
+        train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector.loss=topk",
+                       f"selector.ckpt={sel['checkpoint']}", "hybrid.top_k=4", "hybrid.layers=[1]"), tmp_path / "b")
+    kl = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
+                        "hybrid.top_k=4"), tmp_path / "k")
+    reused = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}",
+                            f"selector.ckpt={kl['checkpoint']}", "hybrid.top_k=5"), tmp_path / "c")
+    assert reused["selector_ckpt"] == kl["checkpoint"]

@@ -1,0 +1,63 @@
+"""The selector stage (src/stages/distill_selector.py): its losses, bad input, block selectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.errors import UserError
+from src.stages.distill_selector import selector_loss
+from src.train import train
+
+
+def test_selector_losses():
+    probs = torch.softmax(torch.randn(1, 2, 6, 6).masked_fill(torch.ones(6, 6).triu(1).bool(), float("-inf")), -1)
+    logits = probs.clamp_min(1e-12).log()
+    assert selector_loss("kl", logits, probs, 2) == pytest.approx(0.0, abs=1e-5)
+    assert selector_loss("kl", torch.zeros_like(logits), probs, 2) > 0.01
+    assert selector_loss("ce", logits * 50, probs, 2) < selector_loss("ce", torch.zeros_like(logits), probs, 2)
+    assert torch.isfinite(selector_loss("topk", torch.randn(1, 2, 6, 6), probs, 2))
+
+
+@pytest.mark.parametrize(
+    "overrides,msg",
+    [
+        (["teacher.ckpt=/nonexistent/best.ckpt"], r"no teacher checkpoint at .*\+experiment=teacher"),
+        (["model.d_model=64"], r"does not fit this run: it has model.d_model=128 \(this run: 64\)"),
+        (["model.seq_len=16"], r"seq_len=32 \(this run: 16\)"),
+        (["data.vocab_size=10"], r"trained on other data than data=synthetic: it has a vocabulary of 64 symbols"),
+        (["hybrid.top_k=0"], "hybrid.top_k=0 must be a positive"),
+        (["hybrid.top_k=-2"], "must be a positive"),
+        (["hybrid.top_k=33"], "larger than the sequence length"),
+        (["hybrid.heads=[5]"], "hybrid.heads"),
+        (["selector.loss=mse"], "selector.loss='mse' is unknown"),
+    ],
+)
+def test_bad_distillation_input(tiny_cfg, tmp_path, teacher_ckpt, overrides, msg):
+    ovr = [f"teacher.ckpt={teacher_ckpt}"] + [o for o in overrides if not o.startswith("teacher.ckpt")]
+    if any(o.startswith("teacher.ckpt") for o in overrides):
+        ovr = overrides
+    with pytest.raises(UserError, match=msg):
+        train(tiny_cfg("+experiment=distill_selector", *ovr), tmp_path)
+
+
+def test_block_stages_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
+    """selector -> approximator -> evaluation with the block selector, evaluated on the flex kernel."""
+    parts = [f"teacher.ckpt={teacher_ckpt}", "selector=block", "selector.block_size=8", "hybrid.layers=all",
+             "hybrid.budget=16"]
+    sel = train(tiny_cfg("+experiment=distill_selector", *parts, "selector.max_steps=2"), tmp_path / "outputs" / "s")
+    assert 0 < sel["val/mass_recall"] <= 1 + 1e-6
+    app = train(tiny_cfg("+experiment=distill_approximator", *parts, f"selector.ckpt={sel['checkpoint']}"),
+                tmp_path / "outputs" / "a")
+    result = train(tiny_cfg("+experiment=evaluate", *parts, "hybrid.kernel=flex",
+                            f"approximator.ckpt={app['checkpoint']}"), tmp_path / "e")
+    assert result["test/hybrid_loss"] > 0 and 0 < result["test/mass_recall"] <= 1 + 1e-6
+    md = (tmp_path / "e" / "results.md").read_text()
+    assert "budget 16 keys per query, kernel flex (2 blocks of 8 keys" in md
+
+
+def test_token_losses_are_refused_for_blocks(tiny_cfg, tmp_path, teacher_ckpt):
+    from src.errors import UserError
+    with pytest.raises(UserError, match="selector.loss=ce ranks single keys; selector=block picks blocks"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=block",
+                       "selector.loss=ce", "selector.block_size=8"), tmp_path / "s")

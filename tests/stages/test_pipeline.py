@@ -1,0 +1,33 @@
+"""The pipeline (src/stages/pipeline.py): all five steps, the prototype's results file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.train import train
+
+
+def test_pipeline_fast_dev_run(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("+experiment=pipeline", "trainer.fast_dev_run=true"), tmp_path)
+    assert {"teacher", "selector", "approximator", "evaluate"} <= result.keys()
+    assert (tmp_path / "results.md").is_file()
+
+
+@pytest.mark.slow
+def test_prototype_pipeline_results(tiny_cfg, tmp_path):
+    """The prototype's design end to end (mlp + mlp), with the results file and the attention picture."""
+    result = train(tiny_cfg("+experiment=prototype", "model.seq_len=32", "trainer.max_steps=4",
+                            "selector.max_steps=4", "approximator.max_steps=4"), tmp_path)
+    text = (tmp_path / "evaluate" / "results.md").read_text()
+    assert "[result] relative error (final logits, hybrid vs teacher):" in text
+    assert "KeySelector top-1 accuracy" in text and "prototype: 9.2%" in text
+    saved = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert saved["test/logits_rel_err"] == pytest.approx(result["evaluate"]["test/logits_rel_err"])
+    assert saved["config"]["hybrid"] == {"layers": [0], "heads": [0], "top_k": 3, "budget": None, "kernel": "auto",
+                                               "mass": None}
+    assert "test/top1_acc/L0H0" in saved
+    images = EventAccumulator(str(tmp_path / "selector" / "tensorboard")).Reload().Tags()["images"]
+    assert any(t.startswith("attention/") for t in images)

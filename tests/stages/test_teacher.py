@@ -1,0 +1,86 @@
+"""The teacher stage (src/stages/teacher.py) end to end on tiny settings: fast_dev_run, checkpoints and logs, the final validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.sample import generate
+from src.stages.teacher import load_teacher, warmup_cosine
+from src.train import train
+from tests.conftest import compose_config
+
+
+def test_fast_dev_run(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("+experiment=teacher", "trainer.fast_dev_run=true"), tmp_path)
+    assert result["test/loss"] > 0 and result["fast_dev_run"]
+    # one checkpoint is left so that a pipeline can chain its stages, but no run will ever reuse it
+    assert result["checkpoint"].endswith("last.ckpt") and not (tmp_path / "checkpoints" / "best.ckpt").exists()
+
+
+def test_lr_schedule():
+    lrs = [warmup_cosine(s, 10, 100, 1e-3, 1e-4) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[100] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_checkpoint_round_trip_and_logs(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("data=shakespeare", "data.val_fraction=0.002", "data.test_fraction=0.002")
+    result = train(cfg, tmp_path)
+    ckpt = Path(result["checkpoint"])
+    assert ckpt.name == "best.ckpt" and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
+
+    teacher = load_teacher(ckpt)
+    assert teacher.vocab.itos == sorted(set(teacher.vocab.itos)) and "\n" in teacher.vocab.itos
+    raw = torch.load(ckpt, weights_only=False)
+    assert raw["hyper_parameters"]["vocab"] == teacher.vocab.itos  # the vocabulary travels in the checkpoint
+    x = torch.randint(0, len(teacher.vocab), (2, 32))
+    again = load_teacher(ckpt)
+    torch.testing.assert_close(teacher(x), again(x))
+
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = events.Tags()
+    assert {"train/loss", "val/loss", "val/ppl", "train/device/items_per_sec", "train/device/flops_per_sec"} <= set(
+        tags["scalars"])
+    assert any(t.startswith("lr") for t in tags["scalars"])
+    assert any("sample" in t for t in tags["tensors"])  # text samples are stored as tensors
+
+    texts = generate(compose_config([f"ckpt={tmp_path}", "num_chars=25", "prompt=ROMEO:"], config_name="sample")).texts
+    assert len(texts) == 1 and texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 25
+
+
+def test_best_val_loss_is_on_the_whole_validation_split(tiny_cfg, tmp_path):
+    """Periodic validations read trainer.limit_val_batches; the reported best is re-measured on the whole split."""
+    from src.stages.common import build_datamodule
+
+    cfg = tiny_cfg("trainer.limit_val_batches=1")
+    result = train(cfg, tmp_path)
+    module = load_teacher(result["checkpoint"])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in build_datamodule(cfg).val_dataloader():
+            logits = module.gpt(x)
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    assert count > cfg.data.batch_size * cfg.model.seq_len  # more than the one batch the periodic ones read
+    assert result["best_val_loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_load_teacher_errors(tmp_path):
+    from src.errors import UserError
+
+    with pytest.raises(UserError, match=r"python -m src.train \+experiment=teacher"):
+        load_teacher(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_teacher(bad)
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="not a teacher checkpoint"):
+        load_teacher(tmp_path / "other.ckpt")
