@@ -150,22 +150,18 @@ class PathsConf:
 
 
 @dataclass
-class Config:
+class RunConf:
     stage: str = "teacher"  # which stage `python -m src.train` runs; set by +experiment=...
     seed: int = 1337
     resume: Optional[str] = None  # a run folder or a last.ckpt: continue that run
-    paths: PathsConf = field(default_factory=PathsConf)
-    data: DataConf = field(default_factory=DataConf)
-    model: ModelConf = field(default_factory=ModelConf)
-    device: DeviceConf = field(default_factory=DeviceConf)
-    optim: OptimConf = field(default_factory=OptimConf)
-    trainer: TrainerConf = field(default_factory=TrainerConf)
-    teacher: TeacherConf = field(default_factory=TeacherConf)
-    hybrid: HybridConf = field(default_factory=HybridConf)
-    selector: SelectorConf = field(default_factory=SelectorConf)
-    approximator: ApproximatorConf = field(default_factory=ApproximatorConf)
-    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
-    pipeline: PipelineConf = field(default_factory=PipelineConf)
+
+
+GROUPS = {"paths": PathsConf, "data": DataConf, "model": ModelConf, "device": DeviceConf, "optim": OptimConf,
+          "trainer": TrainerConf, "teacher": TeacherConf, "hybrid": HybridConf, "selector": SelectorConf,
+          "approximator": ApproximatorConf, "evaluate": EvaluateConf, "pipeline": PipelineConf}  # key -> its schema
+# the whole config: the run's own keys, then one key per group (each defaulted to its schema's defaults)
+Config = make_dataclass("Config", [(key, conf, field(default_factory=conf)) for key, conf in GROUPS.items()],
+                        bases=(RunConf,))
 
 
 def register_configs() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,13 @@ def package_sources(package: str) -> list:
     try:
         files = importlib.metadata.files(package)
     except importlib.metadata.PackageNotFoundError:
+        if package in sys.stdlib_module_names:
+            raise UserError(f"data.package={package} is a module of Python's standard library, not a package "
+                            "installed with pip: name an installed distribution with .py files, e.g. "
+                            "data.package=torch (`pip list` shows them)") from None
         raise UserError(
             f"data.package={package}: no installed package of that name; install it (pip install {package}) or name "
-            "an installed one, e.g. data.package=torch"
+            "an installed one, e.g. data.package=torch (`pip list` shows them)"
         ) from None
     sources = sorted((f for f in files or [] if str(f).endswith(".py")), key=str)
     if not sources:

@@ -12,6 +12,7 @@ keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | til
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ from src.config import approximator_settings, selector_settings
 from src.model import GPT, CausalSelfAttention, GPTConfig, LayerCache, cached_attention
 from src.selectors import build_selector
 from src.sparse import KERNELS, Budget, SparseAttention, SparseDecoder, kernel_problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,11 @@ class HybridSpec:
             raise ValueError(f"hybrid.top_k={top_k} must be a positive number of keys")
         if top_k > model.seq_len:
             raise ValueError(f"hybrid.top_k={top_k} is larger than the sequence length model.seq_len={model.seq_len}")
-        keys = Budget.parse(top_k if budget is None else budget, mass=mass)
+        if Budget.ambiguous(budget):
+            raise ValueError("hybrid.budget=1 is one key per query (whole numbers count keys, decimals are fractions "
+                             "of T): for the whole context write hybrid.budget=1.0; for one key, hybrid.top_k=1")
+        keys = (Budget.parse(top_k, "hybrid.top_k", mass) if budget is None
+                else Budget.parse(budget, "hybrid.budget", mass))
         keys.check(model.seq_len, "hybrid.budget")
         if kernel not in KERNELS:  # its fit with the selector and approximator: SparseParts
             raise ValueError(kernel_problem(kernel, None, None))
@@ -60,6 +67,20 @@ class HybridSpec:
     def pairs(self) -> list[tuple[int, int]]:
         """(layer, head) of every sparse head, in a fixed order: the order of per-head metrics."""
         return [(layer, head) for layer in self.layers for head in self.heads]
+
+
+def block_problem(selector: nn.Module, budget: Budget, T: int) -> str | None:
+    """Why a block selector's ``recent`` blocks cannot be kept under ``budget`` at length T (None: they can): the
+    recent blocks come beside the own one, within the budget's blocks."""
+    recent = getattr(selector, "recent", 0)
+    if not getattr(selector, "picks_blocks", False) or not recent:
+        return None
+    n = budget.blocks(T, selector.block_size)
+    if recent > n - 1:
+        return (f"selector.recent={recent} keeps {recent} earlier block{'s' * (recent > 1)} beside the own one, but "
+                f"the budget ({budget}) keeps {n} block{'s' * (n > 1)} of {selector.block_size} keys in all at "
+                f"T={T}: give selector.recent={n - 1} or less, or a larger hybrid.budget")
+    return None
 
 
 class SparseParts(nn.Module):
@@ -82,9 +103,16 @@ class SparseParts(nn.Module):
             for layer in spec.layers
         })
         problem = kernel_problem(spec.kernel, first, next(iter(self.approximators.values())), sel["name"],
-                                 app["name"], spec.budget)
+                                 app["name"], spec.budget) or block_problem(first, spec.budget, model.seq_len)
         if problem:
             raise ValueError(problem)
+        if slots >= model.seq_len:  # nothing is dropped: say so, it is rarely what was meant
+            T, bs = model.seq_len, getattr(first, "block_size", None)
+            why = (f"selector.block_size={bs} is not below T={T}, so one block is the whole context; give a smaller "
+                   f"one, e.g. selector.block_size={max(1, T // 8)}" if first.picks_blocks and bs >= T
+                   else f"the budget {spec.budget} covers T={T}")
+            log.warning("hybrid: every key is kept (%s): the sparse heads compute dense attention, the hybrid is the "
+                        "teacher", why)
         self.spec = spec
 
     def attention(self, layer: int) -> SparseAttention:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning  # noqa: F401  imported before any test captures stderr: its console handler keeps a live stream
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -117,6 +118,32 @@ def copy_run(run: Path, to: Path) -> Path:
     """A copy of a session run to change (resume it, damage it) without touching the shared one."""
     shutil.copytree(run, to)
     return to
+
+
+def run_main(*argv: str) -> int:
+    """``python -m src.train ARGV`` in this process -- Hydra's own entry point, run folder and logging included --
+    without starting one: its exit status."""
+    import logging
+
+    import src.train
+
+    GlobalHydra.instance().clear()
+    saved, handlers = sys.argv, list(logging.getLogger().handlers)
+    sys.argv = ["src/train.py", *argv]
+    os.environ["HYDRA_MAIN_MODULE"] = "__main__"  # conf/ is found next to src/train.py, as with python -m
+    try:
+        src.train.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = saved
+        del os.environ["HYDRA_MAIN_MODULE"]
+        for handler in logging.getLogger().handlers:  # Hydra's file handler: closed, so the run folder is free
+            if handler not in handlers:
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+        GlobalHydra.instance().clear()
 
 
 def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:

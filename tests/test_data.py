@@ -140,6 +140,10 @@ def test_python_source_bad_package(tmp_path, monkeypatch):
         CharDataModule(name="python_source", package="nocode").setup()
     with pytest.raises(UserError, match="data.package=no_such_package_xyz: no installed package of that name"):
         CharDataModule(name="python_source", package="no_such_package_xyz").setup()
+    # a module of Python itself is no distribution: `pip install math` is not the fix
+    with pytest.raises(UserError, match="data.package=math is a module of Python's standard library") as e:
+        CharDataModule(name="python_source", package="math").setup()
+    assert "pip install" not in str(e.value)
 
 
 def test_vectorised_encode_matches_the_dictionary():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -102,6 +103,9 @@ def test_sparse_heads_differ_dense_heads_exact():
         ([0], [0], 4, {"budget": 25}, "hybrid.budget=25 keys is larger than the sequence length 24"),
         ([0], [0], 4, {"budget": 2.5}, "a fraction of the sequence length must be in (0, 1]"),
         ([0], [0], 4, {"kernel": "fast"}, "hybrid.kernel='fast' is unknown"),
+        # 1 key and 1.0 (the whole context) differ by a decimal point: the whole number is refused, both named
+        ([0], [0], 4, {"budget": 1}, "hybrid.budget=1 is one key per query (whole numbers count keys, decimals are "
+                                     "fractions of T): for the whole context write hybrid.budget=1.0"),
     ],
 )
 def test_bad_spec(layers, heads, top_k, extra, msg):
@@ -127,3 +131,36 @@ def test_kernel_the_parts_cannot_use(selector, approximator, kernel, msg):
     spec = HybridSpec.from_config(CFG, [0], [0], 4, kernel=kernel)
     with pytest.raises(ValueError, match=msg):
         SparseParts(spec, CFG, {"name": selector, "block_size": 8}, {"name": approximator})
+
+
+@pytest.mark.parametrize("selector,recent,budget,msg", [
+    # blocks of 8 at T=24: 3 blocks; a budget of 16 keys is 2 blocks, the own one and one more
+    ("block", 2, 16, "selector.recent=2 keeps 2 earlier blocks beside the own one, but the budget (16 keys) keeps 2 "
+                     "blocks of 8 keys in all at T=24: give selector.recent=1 or less, or a larger hybrid.budget"),
+    ("block", 3, 1.0, "selector.recent=3 keeps 3 earlier blocks beside the own one, but the budget (T/1) keeps 3 "
+                      "blocks of 8 keys in all at T=24: give selector.recent=2 or less"),
+    ("window", 1, 8, "selector.recent=1 keeps a block selector's previous blocks, but selector=window does not "
+                     "choose that way: unset it (selector.recent=0), or use selector=block"),
+    ("block_window", 1, 8, "selector=block_window does not choose that way"),
+])
+def test_recent_blocks_that_cannot_be_kept_are_refused(selector, recent, budget, msg):
+    spec = HybridSpec.from_config(CFG, budget=budget)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        SparseParts(spec, CFG, {"name": selector, "block_size": 8, "recent": recent}, {"name": "softmax"})
+    if selector == "block":  # within the budget: kept
+        SparseParts(spec, CFG, {"name": selector, "block_size": 8, "recent": recent - 1}, {"name": "softmax"})
+
+
+def test_a_hybrid_that_keeps_every_key_says_so(caplog):
+    """Blocks as long as the context (or a budget covering it) make the hybrid the teacher: said on the console."""
+    with caplog.at_level(logging.WARNING, logger="src.hybrid"):
+        SparseParts(HybridSpec.from_config(CFG, budget=8), CFG, {"name": "block", "block_size": 32},
+                    {"name": "softmax"})
+    assert ("every key is kept (selector.block_size=32 is not below T=24, so one block is the whole context; give a "
+            "smaller one, e.g. selector.block_size=3)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.hybrid"):
+        SparseParts(HybridSpec.from_config(CFG, budget=8), CFG, {"name": "block", "block_size": 8},
+                    {"name": "softmax"})
+        SparseParts(HybridSpec.from_config(CFG, budget=1.0), CFG, {"name": "indexer"}, {"name": "softmax"})
+    assert caplog.text.count("every key is kept") == 1 and "the budget T/1 covers T=24" in caplog.text

@@ -53,6 +53,7 @@ def test_hybrid_samples_are_the_hybrids_greedy_tokens(pipeline_run):
     (["top_k=-3"], "top_k=-3 must be 1 or more"),
     (["num_samples=0"], "num_samples=0 must be 1 or more"),
     (["model=student"], "model='student' is unknown: use one of auto, hybrid, teacher"),
+    (["num_chars=100000000"], "num_chars=100,000,000 is more than 1,000,000 characters"),
 ])
 def test_bad_settings_are_one_line(pipeline_run, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -73,11 +74,14 @@ def test_prompt_file(pipeline_run, tmp_path):
 
 
 def test_bad_checkpoints_are_one_line(pipeline_run, tmp_path):
-    with pytest.raises(UserError, match="holds no checkpoint"):
+    # the command named makes what src.sample reads: a pipeline (a teacher and its hybrid), not a lone teacher
+    with pytest.raises(UserError, match=r"holds no checkpoint .*make one with `python -m src.train "
+                                        r"\+experiment=pipeline` \(a teacher and its hybrid\)"):
         sample(f"ckpt={tmp_path}")
     with pytest.raises(UserError, match="no checkpoint at"):
         sample(f"ckpt={tmp_path}/none.ckpt")
-    with pytest.raises(UserError, match="holds no distilled hybrid"):
+    with pytest.raises(UserError, match=r"holds no distilled hybrid .*distil one from it with `python -m src.train "
+                                        r"\+experiment=pipeline teacher.ckpt=.*teacher/checkpoints/best.ckpt`"):
         sample(f"ckpt={pipeline_run}/teacher", "model=hybrid")
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
@@ -120,3 +124,21 @@ def test_a_non_causal_selector_cannot_generate(tmp_path, teacher_run):
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     with pytest.raises(UserError, match="selector=block_oracle reads the later queries of its block"):
         load(str(path))
+
+
+def test_ctrl_c_prints_what_was_generated(pipeline_run, monkeypatch):
+    """Ctrl-C during generation keeps the characters generated so far (no traceback, no lost text)."""
+    import src.model
+
+    real, calls = src.model.sample_next, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(src.model, "sample_next", interrupted)
+    out = sample(f"ckpt={pipeline_run}", "num_chars=50", "prompt=ab")
+    assert out.interrupted and out.tokens == 7 and len(out.texts[0]) == len("ab") + 7
+    assert out.texts[0].startswith("ab")

@@ -1,15 +1,17 @@
-"""``python -m src.train`` (src/train.py): bad settings and bad data are one line before any work; the CLI, multirun and DDP."""
+"""``python -m src.train`` (src/train.py): bad settings and bad data are one line before any work, and a refused
+command leaves no trace; the CLI, multirun and DDP."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from src.errors import UserError
 from src.train import train
-from tests.conftest import ROOT, TINY, compose_config, run_cli
+from tests.conftest import ROOT, TINY, compose_config, copy_run, run_cli, run_main
 
 
 @pytest.mark.parametrize("override,message", [
@@ -107,3 +109,59 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert metrics["steps"] == 4 and metrics["checkpoint"].endswith("best.ckpt")
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
+
+
+# ------------------------------------------------------------------------------------- a refused command leaves no trace
+
+
+def folders(root) -> set:
+    return {p.relative_to(root) for p in root.rglob("*")} if root.exists() else set()
+
+
+@pytest.mark.parametrize("argv", [
+    ["trainer.max_steps=0"],  # a bad number
+    ["data=text_file", "data.path=/nonexistent.txt"],  # bad data, found once the stage starts
+    ["+experiment=distill_selector"],  # nothing to start from
+    ["resume=/nonexistent"],  # resume of nothing
+])
+def test_a_refused_command_leaves_no_stub_folder(tmp_path, capsys, argv):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    assert run_main(*TINY, f"paths.outputs={outputs}", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert folders(outputs) == set()  # no timestamped folder left behind
+
+
+def test_resume_of_an_empty_folder_leaves_nothing(tmp_path, capsys):
+    outputs, empty = tmp_path / "outputs", tmp_path / "empty"
+    empty.mkdir()
+    assert run_main(*TINY, f"paths.outputs={outputs}", f"resume={empty}") == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert folders(outputs) == set() and folders(empty) == set()
+
+
+def test_a_refused_resume_writes_nothing_into_a_finished_run(tmp_path, teacher_run, capsys):
+    """`resume=` of a finished run (nothing to resume) or with another stage: one line, and the run folder is byte
+    for byte as it was (no error.json, no .hydra/resumed-*, no line in train.log) -- so `analyze sweep` still counts
+    it finished."""
+    run = copy_run(Path(teacher_run["run_dir"]), tmp_path / "run")
+    (run / "train.log").write_text("the run's own log\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for extra in ([], ["+experiment=pipeline"]):
+        assert run_main(*TINY, f"paths.outputs={tmp_path / 'outputs'}", f"resume={run}", *extra) == 2
+        assert capsys.readouterr().err.startswith("error: ")
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_the_error_of_a_multirun_job_is_recorded_in_its_folder(tmp_path, capsys):
+    """In a multirun the job folder is the sweep's record: the refused job's error.json and train.log say why."""
+    sweep = tmp_path / "sweep"
+    assert run_main("-m", *[o for o in TINY if not o.startswith("trainer.max_steps")], "model.n_layer=1",
+                    "trainer.max_steps=-1", f"hydra.sweep.dir={sweep}", f"paths.outputs={tmp_path}") == 1
+    job = sweep / "0_tiny"
+    assert "trainer.max_steps=-1 must be 1 or more" in json.loads((job / "error.json").read_text())["error"]
+    assert "error: trainer.max_steps=-1" in (job / "train.log").read_text()
+    out = capsys.readouterr().out
+    assert "failed: 0_tiny: trainer.max_steps=-1 must be 1 or more" in out
+    assert f"tensorboard --logdir {sweep}" in out and "analyze sweep" not in out  # no pipeline job to gather

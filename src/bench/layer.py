@@ -471,6 +471,8 @@ def budget_list(text: str) -> tuple:
     for t in (t.strip() for t in text.split(",") if t.strip()):
         try:
             value = int(t) if t.isdigit() else float(t)
+            if Budget.ambiguous(value):
+                raise ValueError("budget=1 is one key per query: for the whole context write 1.0")
             Budget.parse(value, "budget")
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e) if "budget=" in str(e) else

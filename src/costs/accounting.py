@@ -225,7 +225,9 @@ def count_sparse(value, n: int) -> int:
 def run_budget(cfg: dict) -> Budget:
     """A run's budget from its config (a plain dict): ``hybrid.budget``, or ``hybrid.top_k`` keys when unset."""
     hyb = cfg.get("hybrid", {})
-    return Budget.parse(hyb["top_k"] if hyb.get("budget") is None else hyb["budget"])
+    if hyb.get("budget") is None:
+        return Budget.parse(hyb["top_k"], "hybrid.top_k")
+    return Budget.parse(hyb["budget"], "hybrid.budget")
 
 
 def flops_columns(cfg: dict) -> dict:

@@ -39,6 +39,10 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
     values = {**selector_settings(settings), "n_heads": n_heads, "d_model": d_model, "head_dim": head_dim,
               "seq_len": seq_len}
     wanted = [p for p in inspect.signature(cls.__init__).parameters if p in values]
+    if settings.get("recent") and "recent" not in wanted:  # a choice rule of the block selectors only
+        raise ValueError(f"selector.recent={settings['recent']} keeps a block selector's previous blocks, but "
+                         f"selector={name} does not choose that way: unset it (selector.recent=0), or use "
+                         "selector=block")
     return cls(**{p: values[p] for p in wanted})
 
 

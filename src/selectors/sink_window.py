@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from src.selectors.base import BlockKeySelector, KeySelector
-from src.selectors.window import positional_cost, positions
+from src.selectors.window import BlockWindowSelector, WindowSelector
 from src.sparse.choice import n_blocks
 
 
@@ -22,39 +21,34 @@ def with_sinks(scores, sinks: int):
     return torch.where(scores < sinks, 2 * n - scores, scores)
 
 
-class SinkWindowSelector(KeySelector):
-    name = "sink_window"
-    trainable = False
-    predicts_mass = False
+def check_sinks(sinks) -> None:
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"selector.sinks={sinks} must be a number of keys, 0 or more (StreamingLLM uses 4)")
 
-    cost = staticmethod(positional_cost)
+
+class SinkWindowSelector(WindowSelector):
+    """The window, with the first ``sinks`` keys kept before it."""
+
+    name = "sink_window"
 
     def __init__(self, n_heads: int, sinks: int):
-        super().__init__()
-        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
-            raise ValueError(f"selector.sinks={sinks} must be a number of keys, 0 or more (StreamingLLM uses 4)")
-        self.n_heads, self.sinks = n_heads, sinks
-
-    def prepare(self, x, q, k):
-        return x.size(0), x.size(1), x.device
+        super().__init__(n_heads)
+        check_sinks(sinks)
+        self.sinks = sinks
 
     def score_rows(self, ctx, rows):
-        B, T, device = ctx
-        return with_sinks(positions(B, self.n_heads, len(rows), T, device), self.sinks)
+        return with_sinks(super().score_rows(ctx, rows), self.sinks)
 
 
-class BlockSinkWindowSelector(BlockKeySelector):
+class BlockSinkWindowSelector(BlockWindowSelector):
+    """The block window, with the blocks holding the first ``sinks`` keys kept before it."""
+
     name = "block_sink_window"
-    trainable = False
-    predicts_mass = False
-
-    cost = staticmethod(positional_cost)
 
     def __init__(self, n_heads: int, block_size: int, sinks: int):
-        super().__init__(block_size)
-        SinkWindowSelector(n_heads, sinks)  # the same check of ``sinks``
-        self.n_heads, self.sink_blocks = n_heads, n_blocks(sinks, block_size)  # the blocks holding the sink keys
+        super().__init__(n_heads, block_size)
+        check_sinks(sinks)
+        self.sink_blocks = n_blocks(sinks, block_size)  # the blocks holding the sink keys
 
     def block_scores(self, x, q, k, rows):
-        nb = n_blocks(x.size(1), self.block_size)
-        return with_sinks(positions(x.size(0), self.n_heads, len(rows), nb, x.device), self.sink_blocks)
+        return with_sinks(super().block_scores(x, q, k, rows), self.sink_blocks)

@@ -64,6 +64,12 @@ class Budget:
         the cost model."""
         return self.keys(T) if block_size is None else min(T, self.blocks(T, block_size) * block_size)
 
+    @staticmethod
+    def ambiguous(value) -> bool:
+        """A budget of 1 written as a whole number: one key per query, where 1.0 is the whole context -- a setting to
+        refuse with both meanings named (hybrid.budget, the benchmark's --budgets)."""
+        return value == 1 and isinstance(value, int) and not isinstance(value, bool)
+
     def check(self, T: int, what: str = "hybrid.budget") -> None:
         """A fixed budget larger than the sequence length is a mistake, not a dense layer: ValueError."""
         if self.fixed and self.value > T:
@@ -72,6 +78,6 @@ class Budget:
 
     def __str__(self) -> str:
         inverse = 1 / self.value
-        text = (f"{self.value} keys" if self.fixed else
+        text = (f"{self.value} key{'s' * (self.value != 1)}" if self.fixed else
                 f"T/{inverse:.0f}" if abs(inverse - round(inverse)) < 1e-9 else f"{self.value:g}·T")
         return text if self.mass is None else f"{self.mass:.0%} of the predicted attention, at most {text}"

@@ -46,12 +46,8 @@ class ApproximatorDistillation(HybridModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        _, signals = self.teacher_signals(x)
-        stats = []
-        for layer, s in signals.items():
-            sel = self.select(layer, s)
-            stats.append(approximation_stats(self.approximate(layer, s, sel), self.served(s).head_out))
-        self.update_per_head(self.val_metrics, stats)
+        self.update_layers(self.val_metrics, self.teacher_signals(x)[1], lambda layer, s, sel: approximation_stats(
+            self.approximate(layer, s, sel), self.served(s).head_out))
         logits = self.hybrid_logits(x)
         self.val_hybrid_loss.update(F.cross_entropy(logits.flatten(0, 1), y.flatten()), weight=y.numel())
 

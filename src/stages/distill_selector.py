@@ -99,14 +99,11 @@ class SelectorDistillation(HybridModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, _ = batch
-        _, signals = self.teacher_signals(x)
-        stats = []
-        for layer, s in signals.items():
-            sel = self.select(layer, s)
-            stats.append(self.selection_stats(layer, s, sel))
+        def stats(layer: int, s, sel) -> dict:
             self.keep_figure_input(s, sel)
-        self.update_per_head(self.val_metrics, stats)
+            return self.selection_stats(layer, s, sel)
+
+        self.update_layers(self.val_metrics, self.teacher_signals(batch[0])[1], stats)
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_per_head("val", self.val_metrics)

@@ -29,7 +29,7 @@ from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import write_json
 from src.runs.trainer import build_trainer
 from src.selectors import SELECTORS
-from src.sparse import KERNELS
+from src.sparse import KERNELS, kernel_problem
 from src.stages.common import build_datamodule
 from src.stages.hybrid_module import HybridModule
 from src.stages.results import results_markdown
@@ -57,14 +57,13 @@ class HybridEvaluation(HybridModule):
         self.kl.update((logp_t.exp() * (logp_t - logp_h)).sum(-1).mean(), weight=n)
         self.logits_rel_err.update((hybrid_logits - teacher_logits).pow(2).sum()[None],
                                    teacher_logits.pow(2).sum()[None])
-        stats = []
-        for layer, s in signals.items():
-            sel = self.select(layer, s)
-            stats.append({**self.selection_stats(layer, s, sel),
-                          **approximation_stats(self.approximate(layer, s, sel), self.served(s).head_out)})
+        def stats(layer: int, s, sel) -> dict:
             if keep_figure:
                 self.keep_figure_input(s, sel)
-        self.update_per_head(self.head_metrics, stats)
+            return {**self.selection_stats(layer, s, sel),
+                    **approximation_stats(self.approximate(layer, s, sel), self.served(s).head_out)}
+
+        self.update_layers(self.head_metrics, signals, stats)
 
     def validation_step(self, batch, batch_idx):
         self.evaluate_batch(batch, keep_figure=False)
@@ -111,6 +110,11 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str, tuple[str, dict
     make = command_for("distill_approximator", cfg)
     path, ckpt = checkpoint_for(cfg, "distill_approximator", make)
     hp = ckpt["hyper_parameters"]
+    sel, app = hp["selector"]["name"], hp["approximator"]["name"]
+    problem = kernel_problem(cfg.hybrid.kernel, SELECTORS[sel], APPROXIMATORS[app], sel, app)
+    if problem:  # the parts are the checkpoint's: only the kernel can change
+        raise UserError(f"{problem.split(': use ')[0]}: evaluate the hybrid {path} with hybrid.kernel=auto, which "
+                        "picks a kernel that can run its parts (gather runs any)")
     module = HybridEvaluation.from_checkpoint(ckpt, path, make,
                                               hybrid={**hp["hybrid"], "kernel": cfg.hybrid.kernel,
                                                       "mass": cfg.hybrid.mass},

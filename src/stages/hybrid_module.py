@@ -149,6 +149,11 @@ class HybridModule(L.LightningModule):
         n = len(self.pair_names)
         return torch.nn.ModuleDict({name: PerHeadRatio(n, sqrt=name in SQRT_METRICS) for name in names})
 
+    def update_layers(self, metrics: torch.nn.ModuleDict, signals: dict[int, AttentionSignals], stats_of) -> None:
+        """Accumulate the per-head ``metrics`` with ``stats_of(layer, signals, selection)`` -- {metric: (num (h,),
+        den (h,))} -- of every sparse layer, each layer's keys selected teacher-forced."""
+        self.update_per_head(metrics, [stats_of(layer, s, self.select(layer, s)) for layer, s in signals.items()])
+
     @staticmethod
     def update_per_head(metrics: torch.nn.ModuleDict, stats_by_layer: list[dict]) -> None:
         """stats_by_layer: one dict {metric: (num (h,), den (h,))} per sparse layer, in spec order."""

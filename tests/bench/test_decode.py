@@ -44,3 +44,12 @@ def test_run_skips_nothing_at_tiny_sizes():
     rows = run(DecodeSettings(lens=(128,), model_lens=(), d_model=32, n_head=2, budget=32, block_size=16,
                               d_index=4, min_run_time=0.01), log=lambda line: None)
     assert len(rows) == 3 and {r["kind"] for r in rows} == {"layer"}
+
+
+def test_every_option_has_help_text_and_one_default():
+    from src.bench.decode import build_parser
+    from tests.bench.test_layer import each_help
+
+    helps = each_help(build_parser())
+    assert all(text and text.count("default") <= 1 for text in helps.values()), helps
+    assert helps["--budget"] == "keys each query of the sparse decoder reads (rounded up to whole blocks) (default: 512)"

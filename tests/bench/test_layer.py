@@ -201,3 +201,20 @@ def test_bad_measure_arguments():
 def test_cli_exit_status():
     done = run_cli("src.bench", "--variants", "nope", timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: variant 'nope' is unknown")
+
+
+def each_help(parser) -> dict[str, str]:
+    """Option -> its --help text as printed (argparse keeps no public list of a parser's options)."""
+    formatter = parser._get_formatter()
+    return {a.option_strings[-1]: formatter._expand_help(a) if a.help else "" for a in parser._actions
+            if a.option_strings}
+
+
+def test_help_names_the_decode_benchmark_and_each_default_once():
+    parser = bench.build_parser()
+    assert "python -m src.bench --decode --help" in " ".join(parser.format_help().split())
+    helps = each_help(parser)
+    assert "--decode" in helps and all(text for text in helps.values())
+    assert all(text.count("default") <= 1 for text in helps.values()), helps  # said once, never twice
+    assert "(default: 512,0.125)" not in helps["--budgets"] and "(default: (512, 0.125))" in helps["--budgets"]
+    assert helps["--sizes"].endswith("(default 512/8: heads of 64)")

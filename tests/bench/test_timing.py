@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from src.bench import layer as bench
+from src.bench import timing
 from src.bench.timing import BLOCKED_BELOW, Phases, time_runs
 
 CPU = torch.device("cpu")
@@ -24,14 +26,44 @@ def test_max_seconds_stops_the_repeats_after_one():
     assert len(times) == 1
 
 
-def test_phases_add_up_and_nest():  # (the kernels' own phases: tests/test_sparse.py)
+class Clock:
+    """A stand-in for the ``time`` module: perf_counter reads a clock that only ``sleep`` moves."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_phases_nest_exactly(monkeypatch):  # (the kernels' own phases: tests/sparse/)
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
     phases = Phases(CPU)
     with phases("kernel"):
-        time.sleep(0.02)
+        clock.sleep(0.02)
         with phases("selection"):  # inside: subtracted from the kernel's time
+            clock.sleep(0.03)
+        clock.sleep(0.01)
+    with phases("kernel"):  # a phase entered again adds up
+        clock.sleep(0.5)
+    assert phases.seconds == {"kernel": pytest.approx(0.53), "selection": pytest.approx(0.03)}
+
+
+def test_phases_add_up_to_the_time_around_them():
+    phases = Phases(CPU)
+    start = time.perf_counter()
+    with phases("kernel"):
+        time.sleep(0.02)
+        with phases("selection"):
             time.sleep(0.03)
-    assert 0.03 <= phases.seconds["selection"] < 0.2
-    assert 0.02 <= phases.seconds["kernel"] < 0.045  # without the selection's 0.03
+    total = time.perf_counter() - start
+    kernel, selection = phases.seconds["kernel"], phases.seconds["selection"]
+    assert kernel >= 0.02 and selection >= 0.03  # each at least the sleep it holds
+    assert kernel + selection <= total + 1e-9  # measured inside the interval around both: the inner counted once
 
 
 def test_peak_memory_counts_what_the_call_allocates():

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import math
 
+import pytest
+import torch
+
+from src.approximators import APPROXIMATORS
 from src.errors import UserError
+from src.runs.records import read_json
+from src.selectors import SELECTORS
 from src.train import train
 
 
@@ -29,6 +36,10 @@ def trained_parts(teacher_ckpt, tmp_path_factory):
     return get
 
 
+def in_range(value: float, low: float, high: float | None = None) -> bool:
+    return math.isfinite(value) and low <= value and (high is None or value <= high)
+
+
 @pytest.mark.parametrize("experiment", ["distill_selector", "distill_approximator", "evaluate"])
 @pytest.mark.parametrize("selector,approximator", [("indexer", "softmax"), ("oracle", "softmax"), ("mlp", "mlp")])
 def test_stage_fast_dev_run(tiny_cfg, tmp_path, teacher_ckpt, trained_parts, experiment, selector, approximator):
@@ -39,11 +50,45 @@ def test_stage_fast_dev_run(tiny_cfg, tmp_path, teacher_ckpt, trained_parts, exp
         cfg.selector.ckpt = selector_ckpt
         if experiment == "evaluate":
             cfg.approximator.ckpt = approximator_ckpt
-    result = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    result = train(cfg, run)
     assert result["stage"] == experiment
+    assert read_json(run / "metrics.json") == json.loads(json.dumps(result))  # the result, as recorded
+    heads = ["L0H0", "L1H0"]  # hybrid.layers=all over the 2 tiny layers, head 0
     if experiment == "evaluate":
-        assert 0.0 <= result["test/mass_recall"] <= 1.0 + 1e-6 and result["test/hybrid_loss"] > 0
-        assert (tmp_path / "run" / "results.md").is_file()
+        assert (run / "results.md").is_file() and (run / "results.json").is_file()
+        assert read_json(run / "results.json")["test/hybrid_loss"] == result["test/hybrid_loss"]
+        for split in ("test", "val"):
+            assert in_range(result[f"{split}/hybrid_loss"], 0.01) and in_range(result[f"{split}/teacher_loss"], 0.01)
+            assert in_range(result[f"{split}/mass_recall"], 1e-6, 1.0 + 1e-6)
+            assert in_range(result[f"{split}/approx_rel_err"], 0.0)
+            assert all(in_range(result[f"{split}/mass_recall/{h}"], 1e-6, 1.0 + 1e-6) for h in heads)
+        md = (run / "results.md").read_text()
+        assert f"# Hybrid vs teacher: {selector} selector + {approximator} approximator" in md
+        for key in ("test/teacher_loss", "test/hybrid_loss", "val/hybrid_loss", "test/mass_recall",
+                    "test/approx_rel_err"):
+            assert f"{result[key]:.4f}" in md, key
+        assert all(f"| {h} |" in md for h in heads)
+        return
+    # a distillation stage: a checkpoint of the whole hybrid, asked-for parts, the part trained for fast_dev_run's step
+    ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert hp["selector"]["name"] == selector and hp["approximator"]["name"] == approximator
+    assert hp["hybrid"]["layers"] == "all" and hp["hybrid"]["top_k"] == 4
+    assert any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    part = SELECTORS[selector] if experiment == "distill_selector" else APPROXIMATORS[approximator]
+    assert result["steps"] == (1 if part.trainable else 0)  # nothing to learn: measured, not trained
+    if experiment == "distill_selector":
+        assert in_range(result["val/mass_recall"], 1e-6, 1.0 + 1e-6)
+        assert all(in_range(result[f"val/mass_recall/{h}"], 1e-6, 1.0 + 1e-6) for h in heads)
+        assert in_range(result["val/recall"], 0.0, 1.0 + 1e-6)
+    else:
+        assert in_range(result["val/approx_rel_err"], 0.0) and in_range(result["val/hybrid_loss"], 0.01)
+        assert all(in_range(result[f"val/approx_rel_err/{h}"], 0.0) for h in heads)
+        w1 = [v for k, v in ckpt["state_dict"].items() if k.startswith("parts.approximators.") and k.endswith("w1")]
+        head_dim = hp["model"]["d_model"] // hp["model"]["n_head"]
+        if approximator == "mlp":  # one per sparse layer, over top_k = 4 selected values
+            assert len(w1) == 2 and all(w.shape[1] == 4 * head_dim for w in w1)
 
 
 def test_missing_selector_and_hybrid_messages(tiny_cfg, tmp_path, teacher_ckpt):
@@ -51,3 +96,17 @@ def test_missing_selector_and_hybrid_messages(tiny_cfg, tmp_path, teacher_ckpt):
         train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector=mlp"), tmp_path)
     with pytest.raises(UserError, match=r"no trained indexer \+ softmax hybrid .* \+experiment=pipeline"):
         train(tiny_cfg("+experiment=evaluate", f"teacher.ckpt={teacher_ckpt}", "selector=indexer"), tmp_path)
+
+
+def test_a_kernel_that_cannot_run_a_hybrid_names_the_one_that_can(tiny_cfg, tmp_path, teacher_ckpt, trained_parts):
+    """Evaluating an mlp + mlp hybrid on the masked kernel (exact softmax only): the parts are the checkpoint's, so
+    the fix is the kernel -- and the fix it names runs."""
+    parts = ["selector=mlp", "approximator=mlp", "hybrid.layers=all", "hybrid.top_k=4"]
+    _, hybrid = trained_parts(tuple(parts))
+    common = ["+experiment=evaluate", f"teacher.ckpt={teacher_ckpt}", f"approximator.ckpt={hybrid}", *parts,
+              "evaluate.limit_batches=1", "evaluate.time_forward=false", "evaluate.validation=false"]
+    with pytest.raises(UserError, match=r"hybrid.kernel=masked computes exact softmax attention, but approximator=mlp "
+                                        r"is another function: evaluate the hybrid .* with hybrid.kernel=auto") as e:
+        train(tiny_cfg(*common, "hybrid.kernel=masked"), tmp_path / "refused")
+    assert "approximator=softmax" not in str(e.value)  # not a fix: the checkpoint's approximator is mlp
+    assert train(tiny_cfg(*common, "hybrid.kernel=auto"), tmp_path / "run")["test/hybrid_loss"] > 0
