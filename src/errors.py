@@ -20,7 +20,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or "default" in text or not action.option_strings):
             return text
         return super()._get_help_string(action)
 

@@ -31,6 +31,8 @@ TINY = [
     "trainer.log_every=1",
     "trainer.enable_progress_bar=false",
     "trainer.sample_chars=20",
+    "evaluate.kernels=[auto]",  # time the kernel the hybrid runs, not every kernel (flex compiles for seconds)
+    "evaluate.repeats=1",
 ]
 # the session pipeline's sparse parts: a block selector (blocks of 8) under a 16-key budget, softmax over the kept keys
 PARTS = ["selector=block", "selector.block_size=8", "hybrid.budget=16", "selector.max_steps=2",
@@ -114,10 +116,28 @@ def multirun(root: Path, jobs: list[list[str]], common: list[str]) -> list[Path]
     return folders
 
 
-def copy_run(run: Path, to: Path) -> Path:
-    """A copy of a session run to change (resume it, damage it) without touching the shared one."""
+def copy_run(run: Path, to: Path, overrides: tuple[str, ...] = ()) -> Path:
+    """A copy of a session run to change (resume it, damage it) without touching the shared one. A pipeline's step
+    (e.g. the session teacher) becomes a run folder of its own: its stage's config, recorded as Hydra records one,
+    with the command-line ``overrides`` it is said to have been started with."""
+    from omegaconf import OmegaConf
+
     shutil.copytree(run, to)
+    record = to / ".hydra"
+    if not (record / "config.yaml").is_file():
+        stage = {"teacher": "teacher", "selector": "distill_selector", "approximator": "distill_approximator"}[run.name]
+        cfg = OmegaConf.load(run.parent / ".hydra" / "config.yaml")
+        cfg.stage = stage
+        record.mkdir()
+        OmegaConf.save(cfg, record / "config.yaml")
+        OmegaConf.save(OmegaConf.create(list(overrides)), record / "overrides.yaml")
     return to
+
+
+@pytest.fixture
+def teacher_copy(tmp_path, teacher_run) -> Path:
+    """A run folder of the session teacher (4 steps, finished) that this test may change."""
+    return copy_run(Path(teacher_run["run_dir"]), tmp_path / "outputs" / "teacher" / "tiny" / "copy")
 
 
 def run_main(*argv: str) -> int:

@@ -508,10 +508,11 @@ def build_parser() -> Parser:
     p.add_argument("--n-head", type=int, default=None, help="one size's heads (default 8: heads of 64)")
     p.add_argument("--budgets", type=budget_list, default=d.budgets,
                    help="keys per query of the sparse variants: whole numbers are fixed budgets (512), decimals "
-                        "fractions of T (0.125 = T/8)")
+                        f"fractions of T (0.125 = T/8) (default {','.join(map(str, d.budgets))})")
     p.add_argument("--block-size", type=int, default=d.block_size, help="block variants: keys per block")
     p.add_argument("--variants", type=name_list, default=d.variants,
-                   help=f"comma-separated, from: {', '.join(VARIANTS)} (sdpa is always measured: the baseline)")
+                   help=f"comma-separated, from: {', '.join(VARIANTS)} (sdpa is always measured: the baseline; "
+                        f"default {','.join(d.variants)})")
     p.add_argument("--batch", type=int, default=d.batch, help="sequences per forward")
     p.add_argument("--repeats", type=int, default=None, help=f"timed runs per cell, median reported (default "
                                                                 f"{d.repeats}; --quick: {QUICK['repeats']})")

@@ -1,5 +1,5 @@
 """The Lightning Trainer that every stage shares: TensorBoard logger, best/last checkpoints, throughput, the
-learning-rate monitor, and the two callbacks that keep a run safe (src/runs/callbacks.py)."""
+learning-rate monitor, and the callbacks that keep a run safe and its resume exact (src/runs/callbacks.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Th
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from src.runs.callbacks import SaveOnInterrupt, StopOnNonFinite
+from src.runs.callbacks import SaveOnInterrupt, SeedEachStep, StopOnNonFinite
 from src.runs.resume import resume_command
 
 
@@ -32,16 +32,17 @@ def build_trainer(
     t, d = cfg.trainer, cfg.device
     max_steps = t.max_steps if max_steps is None else max_steps
     val_every = t.val_every if val_every is None else val_every
-    callbacks: list[L.Callback] = [StopOnNonFinite(lr_setting)]
+    callbacks: list[L.Callback] = [StopOnNonFinite(lr_setting), SeedEachStep(cfg.seed)]
     logger = False
     if not t.fast_dev_run:
+        if monitor:  # first: a Ctrl-C stops at a step's start before anything logs for that step
+            callbacks.append(SaveOnInterrupt(run_dir, resume_command(run_dir)))
         # train/device/items_per_sec: tokens per second, over the last log_every steps (data loading included)
         callbacks.append(ThroughputMonitor(batch_size_fn=lambda batch: batch[0].size(0),
                                            length_fn=lambda batch: batch[0].numel(), window_size=max(2, t.log_every)))
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         if monitor:
-            callbacks.append(SaveOnInterrupt(run_dir, resume_command(run_dir)))
             callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                              mode=mode, save_top_k=1, save_last=True, auto_insert_metric_name=False,
                                              enable_version_counter=False))

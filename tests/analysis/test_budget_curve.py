@@ -9,8 +9,8 @@ import json
 import pytest
 
 from src.analysis import budget_curve
-from src.errors import UserError
 from src.analyze import main as analyze
+from src.errors import UserError
 from tests.conftest import TINY, multirun, run_cli
 
 CURVE = ["+experiment=budget_curve", "hybrid.budget=0.25", "selector.block_size=4", "selector.max_steps=2",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,7 @@ from src.errors import UserError
 from src.runs.lookup import find
 from src.runs.records import write_json
 from src.train import train
+from tests.conftest import copy_run
 
 
 def test_a_diverged_teacher_stops_and_is_never_used(tiny_cfg, tmp_path):
@@ -23,24 +26,36 @@ def test_a_diverged_teacher_stops_and_is_never_used(tiny_cfg, tmp_path):
     assert find(tiny_cfg(), "teacher") is None
 
 
-def test_a_teacher_without_a_finite_loss_is_not_found(tiny_cfg, tmp_path):
+def test_a_teacher_without_a_finite_loss_is_not_found(tiny_cfg, tmp_path, teacher_run):
     """A run folder whose metrics.json records no finite validation loss (NaN is written as null) is skipped."""
-    good = train(tiny_cfg(), tmp_path / "outputs" / "teacher" / "good")
+    good = tmp_path / "outputs" / "teacher" / "good"
+    write_json(good / "metrics.json", teacher_run)
     bad = tmp_path / "outputs" / "teacher" / "bad"
     (bad / "checkpoints").mkdir(parents=True)
     (bad / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    write_json(bad / "metrics.json", {**json.loads((tmp_path / "outputs/teacher/good/metrics.json").read_text()),
+    write_json(bad / "metrics.json", {**teacher_run,
                                       "checkpoint": str(bad / "checkpoints" / "best.ckpt"),
                                       "best_val_loss": float("nan")})
     assert json.loads((bad / "metrics.json").read_text())["best_val_loss"] is None  # valid JSON: null, not NaN
-    assert find(tiny_cfg(), "teacher") == good["checkpoint"]
+    assert find(tiny_cfg(), "teacher") == teacher_run["checkpoint"]
 
 
-def test_newest_compatible_teacher_is_found(tiny_cfg, tmp_path):
-    first = train(tiny_cfg(), tmp_path / "outputs" / "teacher" / "a")
-    other = train(tiny_cfg("model.n_layer=1"), tmp_path / "outputs" / "teacher" / "b")  # another size: skipped
+def test_newest_compatible_teacher_is_found(tiny_cfg, tmp_path, teacher_run):
+    """The newest finished teacher with this run's model and data, whatever else lies under paths.outputs."""
+    outputs = tmp_path / "outputs" / "teacher"
+    older = copy_run(Path(teacher_run["run_dir"]), outputs / "older")
+    newer = copy_run(Path(teacher_run["run_dir"]), outputs / "newer")
+    other = copy_run(Path(teacher_run["run_dir"]), outputs / "other")
+    for run in (older, newer, other):
+        write_json(run / "metrics.json", {**teacher_run, "checkpoint": str(run / "checkpoints" / "best.ckpt")})
+    os.utime(older / "checkpoints" / "best.ckpt", (1, 1))
+    spec = json.loads((other / "metrics.json").read_text())["spec"]
+    write_json(other / "metrics.json", {**teacher_run, "checkpoint": str(other / "checkpoints" / "best.ckpt"),
+                                        "spec": {**spec, "model": {**spec["model"], "n_layer": 1}}})  # another size
+    assert find(tiny_cfg(), "teacher") == str(newer / "checkpoints" / "best.ckpt")
+    assert find(tiny_cfg("model.n_layer=1"), "teacher") == str(other / "checkpoints" / "best.ckpt")
     result = train(tiny_cfg("+experiment=distill_selector", "selector.max_steps=2"), tmp_path / "run")
-    assert result["teacher_ckpt"] == first["checkpoint"] != other["checkpoint"]
+    assert result["teacher_ckpt"] == str(newer / "checkpoints" / "best.ckpt")
 
 
 def test_no_teacher_message(tiny_cfg, tmp_path):

@@ -29,28 +29,30 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
-def test_checkpoint_round_trip_and_logs(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("data=shakespeare", "data.val_fraction=0.002", "data.test_fraction=0.002")
-    result = train(cfg, tmp_path)
-    ckpt = Path(result["checkpoint"])
-    assert ckpt.name == "best.ckpt" and (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
-
+def test_checkpoint_round_trip_and_logs(teacher_run):
+    """The session teacher: its checkpoints, the vocabulary inside them, its TensorBoard scalars and text samples."""
+    run, ckpt = Path(teacher_run["run_dir"]), Path(teacher_run["checkpoint"])
+    assert ckpt.name == "best.ckpt" and (run / "checkpoints" / "last.ckpt").is_file() and teacher_run["steps"] == 4
     teacher = load_teacher(ckpt)
-    assert teacher.vocab.itos == sorted(set(teacher.vocab.itos)) and "\n" in teacher.vocab.itos
     raw = torch.load(ckpt, weights_only=False)
     assert raw["hyper_parameters"]["vocab"] == teacher.vocab.itos  # the vocabulary travels in the checkpoint
     x = torch.randint(0, len(teacher.vocab), (2, 32))
-    again = load_teacher(ckpt)
-    torch.testing.assert_close(teacher(x), again(x))
-
-    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
-    tags = events.Tags()
+    torch.testing.assert_close(teacher(x), load_teacher(ckpt)(x))
+    tags = EventAccumulator(str(run / "tensorboard")).Reload().Tags()
     assert {"train/loss", "val/loss", "val/ppl", "train/device/items_per_sec", "train/device/flops_per_sec"} <= set(
         tags["scalars"])
     assert any(t.startswith("lr") for t in tags["scalars"])
     assert any("sample" in t for t in tags["tensors"])  # text samples are stored as tensors
 
+
+@pytest.mark.slow
+def test_a_shakespeare_teacher_samples_from_a_prompt(tiny_cfg, tmp_path):
+    """On the real corpus (a few seconds to read and encode it): the vocabulary is the plays' characters, and the
+    teacher's run folder continues a prompt."""
+    cfg = tiny_cfg("data=shakespeare", "data.val_fraction=0.002", "data.test_fraction=0.002")
+    train(cfg, tmp_path)
+    teacher = load_teacher(tmp_path / "checkpoints" / "best.ckpt")
+    assert teacher.vocab.itos == sorted(set(teacher.vocab.itos)) and "\n" in teacher.vocab.itos
     texts = generate(compose_config([f"ckpt={tmp_path}", "num_chars=25", "prompt=ROMEO:"], config_name="sample")).texts
     assert len(texts) == 1 and texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 25
 
