@@ -31,7 +31,8 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# while iterating: everything but the tests marked slow (the CLI subprocess runs); `make test` (CI) runs them all
+# while iterating: the unit tests, without the ones marked slow (training, processes, compiled kernels); `make test`
+# (CI) runs them all
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 

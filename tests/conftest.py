@@ -39,6 +39,27 @@ PARTS = ["selector=block", "selector.block_size=8", "hybrid.budget=16", "selecto
          "approximator.max_steps=2"]
 
 
+# a test that needs a trained run (the session's, or one it trains itself) is an end-to-end test: marked slow, so
+# that `make test-fast` (-m "not slow") is the unit tests alone; `make test` runs everything
+TRAINED = {"pipeline_run", "teacher_run", "teacher_ckpt", "teacher_copy", "trained_parts", "budget_sweep", "curve"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINED & set(getattr(item, "fixturenames", ())) or "flex" in item.name:  # flex: a compiled kernel
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def no_process_in_a_unit_test(request, monkeypatch):
+    """A unit test (one not marked slow) starts no process -- `make test-fast` runs in this one -- or fails saying so."""
+    if request.node.get_closest_marker("slow") is None:
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.name} starts a process: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
     """Compose ``conf/`` exactly as ``python -m src.train`` would (Hydra's resolvers included)."""
     import src.sample  # noqa: F401  registers the sampling schema

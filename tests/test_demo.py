@@ -17,6 +17,7 @@ def logging_levels():
         logging.getLogger(name).setLevel(level)
 
 
+@pytest.mark.slow  # trains a run
 def test_demo_tiny(tmp_path, capsys, logging_levels):
     out = tmp_path / "demo"
     assert main(["--tiny", "--out", str(out)]) == 0

@@ -154,5 +154,6 @@ def device_name(device: torch.device) -> str:
 def machine_info(device: torch.device) -> dict:
     """What a measurement was taken on: device, its name, torch and Python, threads and cores."""
     return dict(device=str(device), device_name=device_name(device), torch=torch.__version__,
-                python=platform.python_version(), platform=platform.platform(), threads=torch.get_num_threads(),
+                python=platform.python_version(), threads=torch.get_num_threads(),
+                platform=f"{platform.system()} {platform.release()} {platform.machine()}",
                 cpu_count=os.cpu_count())

@@ -46,6 +46,7 @@ def test_full_budget_equals_sdpa(variant, T, block_size):
         torch.testing.assert_close(fn(x, q, k, v), sdpa_attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles the flex kernel
 def test_block_variants_are_the_same_choice():
     """block+softmax (gather), block+flex and block+tiles: one selector, one choice, one output."""
     x, q, k, v = inputs(64)
@@ -99,6 +100,7 @@ def test_flop_limits():
     assert bench.flop_limit("mlp+mlp", 4096, 512, 8, Budget(512), 64) < 1  # the prototype's design costs more
 
 
+@pytest.mark.slow  # compiles the flex kernel
 def test_harness_end_to_end(tmp_path, capsys, monkeypatch):
     from src.sparse import flex
 
@@ -198,6 +200,7 @@ def test_bad_measure_arguments():
         bench.measure("mlp+nope", T=64, d_model=D, n_head=H)
 
 
+@pytest.mark.slow  # a process
 def test_cli_exit_status():
     done = run_cli("src.bench", "--variants", "nope", timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: variant 'nope' is unknown")

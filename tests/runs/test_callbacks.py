@@ -13,6 +13,7 @@ from tests.conftest import TINY, run_main
 from tests.runs.test_resume import Interrupt
 
 
+@pytest.mark.slow  # trains a run
 def test_ctrl_c_is_said_in_the_log_too(tmp_path, monkeypatch, capsys):
     from src.runs.trainer import build_trainer
 

@@ -58,6 +58,7 @@ class Interrupt(L.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # trains a run
 def test_ctrl_c_saves_a_checkpoint_and_the_run_continues(tiny_cfg, tmp_path, monkeypatch, capsys):
     run = tmp_path / "teacher"
     from src.runs.trainer import build_trainer as build

@@ -18,6 +18,8 @@ import src.stages.teacher
 from src.train import train
 from tests.conftest import tiny
 
+pytestmark = pytest.mark.slow  # trains every case twice
+
 RUN = ("trainer.max_steps=12", "trainer.val_every=4")  # validations after steps 4, 8 and 12
 
 

@@ -99,6 +99,7 @@ def test_every_block_kept_reproduces_teacher(layers, heads, block_size, kernel):
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles the flex kernel
 def test_kernels_agree_through_the_model():
     """The same block choice through gather, flex and tiles: the same logits (1e-5)."""
     gpt = teacher()

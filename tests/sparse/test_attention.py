@@ -49,6 +49,7 @@ def test_flex_tiles_and_gather_give_the_same_output(T, bs, n):
         torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow  # compiles the flex kernel
 @pytest.mark.parametrize("T,bs", [(64, 16), (50, 16)])
 def test_every_block_kept_is_sdpa(T, bs):
     _, q, k, v = qkv(1, T)
@@ -70,6 +71,7 @@ def test_auto_kernel():
     assert mlp.kernel_for(q) == "gather"
 
 
+@pytest.mark.slow  # compiles the flex kernel
 def test_phases_split_the_time():
     x, q, k, v = qkv(1, 64)
     for kernel, phases_seen in (("flex", {"selection", "mask", "kernel"}), ("tiles", {"selection", "kernel"}),

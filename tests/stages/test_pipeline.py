@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src.train import train
 
 
+@pytest.mark.slow  # trains a run
 def test_pipeline_fast_dev_run(tiny_cfg, tmp_path):
     result = train(tiny_cfg("+experiment=pipeline", "trainer.fast_dev_run=true"), tmp_path)
     assert {"teacher", "selector", "approximator", "evaluate"} <= result.keys()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +56,7 @@ def test_a_shakespeare_teacher_samples_from_a_prompt(tiny_cfg, tmp_path):
     assert len(texts) == 1 and texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 25
 
 
+@pytest.mark.slow  # trains a run
 def test_best_val_loss_is_on_the_whole_validation_split(tiny_cfg, tmp_path):
     """Periodic validations read trainer.limit_val_batches; the reported best is re-measured on the whole split."""
     from src.stages.common import build_datamodule
