@@ -73,23 +73,18 @@ def ms_text(row: dict) -> str:
     return f"{row['median_ms']:.1f}" if row["median_ms"] is not None else f"skipped: {row['note']}"
 
 
-CELL_SECONDS = 2.0  # each timed cell stops repeating after this long (at least one run): the tour's time cap
+CELL_SECONDS = 2.0  # the benchmark's --max-seconds for the tour: no cell repeats past it, and a cell predicted (time
+#                    ∝ T²) to take longer for one run is skipped and said so -- the tour's time cap
 
 
 def timings(seq_lens: tuple[int, ...], d_model: int, n_head: int, variants: tuple[str, ...], repeats: int,
             budget: int | float) -> str:
     from src.bench import layer
 
-    rows = []
-    cap = dict(repeats=repeats, memory=False, max_seconds=CELL_SECONDS)
-    for T in seq_lens:
-        base = layer.measure("sdpa", T=T, d_model=d_model, n_head=n_head, **cap)
-        rows.append([str(T), "sdpa", ms_text(base), "1.00×", "–"])
-        for v in variants:
-            r = layer.measure(v, T=T, d_model=d_model, n_head=n_head, budget=budget, **cap)
-            timed = r["median_ms"] and base["median_ms"]
-            rows.append([str(T), v, ms_text(r), times(base["median_ms"] / r["median_ms"]) if timed else "–",
-                         times(r["flop_limit"])])
+    s = layer.Settings(seq_lens=seq_lens, sizes=((d_model, n_head),), budgets=(budget,), variants=variants,
+                       repeats=repeats, max_seconds=CELL_SECONDS, memory=False, phases=False)
+    rows = [[str(r["T"]), r["variant"], ms_text(r), times(r["speedup"]) if r["speedup"] else "–",
+             "–" if r["variant"] == "sdpa" else times(r["flop_limit"])] for r in layer.run(s, log=lambda line: None)]
     return "\n".join([
         f"One attention layer, forward, batch 1, d_model {d_model} / {n_head} heads, fp32, a budget of "
         f"{layer.parse_budget(budget)} per query, selection included; median of up to {repeats} runs after a warm-up, "
@@ -112,7 +107,8 @@ def prototype_run(run_dir: Path, steps: tuple[int, int, int], extra: list[str]) 
     overrides = ["+experiment=prototype", "data=synthetic", f"trainer.max_steps={steps[0]}",
                  f"trainer.val_every={max(1, steps[0] // 2)}", f"selector.max_steps={steps[1]}",
                  f"approximator.max_steps={steps[2]}", "trainer.enable_progress_bar=false", "trainer.sample_chars=0",
-                 *extra]
+                 "trainer.limit_val_batches=4", "evaluate.time_forward=false",  # periodic validations: a glance;
+                 *extra]  # the final numbers read the whole splits; the timings above are the tour's speed
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -156,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     out = args.out or Path("outputs/demo") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if args.tiny:
-        seq_lens, d_model, n_head, variants, repeats = (128, 256), 64, 2, ("indexer+softmax", "block+tiles"), 1
+        seq_lens, d_model, n_head, variants, repeats = (128, 256), 64, 2, ("sdpa", "indexer+softmax", "block+tiles"), 1
         budget = 0.25
         steps, extra = (4, 2, 2), ["model.seq_len=32", "data.num_tokens=5000", "trainer.limit_val_batches=2"]
     else:
         seq_lens, d_model, n_head, repeats = (1024, 4096), 512, 8, 3
-        variants, budget = ("indexer+softmax", "block+tiles"), 512
+        variants, budget = ("sdpa", "indexer+softmax", "block+tiles"), 512
         steps, extra = (300, 300, 400), []
     start, spent = STARTED, {}
     try:
@@ -186,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = time.perf_counter() - start
     section("Done")
-    print(f"measured: FLOP tables (arithmetic), {len(seq_lens)} sequence lengths × {1 + len(variants)} variants "
+    print(f"measured: FLOP tables (arithmetic), {len(seq_lens)} sequence lengths × {len(variants)} variants "
           f"timed, one prototype pipeline ({steps[0]} teacher / {steps[1]} selector / {steps[2]} approximator steps)")
     print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()) + f"; total {total:.1f} s")
     print(f"run folder: {out} (results.md; TensorBoard: tensorboard --logdir {out})")

@@ -52,7 +52,8 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(autouse=True)
 def no_process_in_a_unit_test(request, monkeypatch):
-    """A unit test (one not marked slow) starts no process -- `make test-fast` runs in this one -- or fails saying so."""
+    """A unit test (one not marked slow) starts no process -- `make test-fast` runs in this one -- or fails saying
+    so."""
     if request.node.get_closest_marker("slow") is None:
         def refuse(*args, **kwargs):
             raise AssertionError(f"{request.node.name} starts a process: mark it @pytest.mark.slow")

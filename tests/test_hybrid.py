@@ -25,7 +25,8 @@ def teacher() -> GPT:
 @pytest.mark.parametrize("top_k", [1, 5, 24])
 def test_no_selector_picks_a_future_key(name, top_k):
     torch.manual_seed(1)
-    sel_mod = build_selector(name, 3, CFG.d_model, CFG.head_dim, CFG.seq_len, hidden=16, d_index=8, block_size=4, sinks=2)
+    sel_mod = build_selector(name, 3, CFG.d_model, CFG.head_dim, CFG.seq_len, hidden=16, d_index=8, block_size=4,
+                             sinks=2)
     for p in sel_mod.parameters():  # random, large weights: any bias towards late keys would show
         torch.nn.init.normal_(p, std=3.0)
     B, T = 2, 24

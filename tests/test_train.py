@@ -111,7 +111,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
 
 
-# ------------------------------------------------------------------------------------- a refused command leaves no trace
+# --------------------------------------------------------------------------------- a refused command leaves no trace
 
 
 def folders(root) -> set:

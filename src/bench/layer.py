@@ -179,8 +179,9 @@ def new_row(variant: str, T: int, d_model: int, n_head: int, budget: Budget, blo
 def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: Budget | int | float = 0.125,
             block_size: int = SelectorConf.block_size, batch: int = 1, repeats: int = 5, warmup: int = 1,
             device: str = "auto", dtype: str = "fp32", max_gb: float = MAX_GB,
-            max_seconds: float | None = MAX_SECONDS, memory: bool = True, seed: int = 0) -> dict:
-    """Time one variant at one shape: a row with median_ms, peak_mb, ... (status 'ok' or 'skipped' + note).
+            max_seconds: float | None = MAX_SECONDS, memory: bool = True, seed: int = 0, phases: bool = True) -> dict:
+    """Time one variant at one shape: a row with median_ms, peak_mb, ... (status 'ok' or 'skipped' + note);
+    ``memory`` / ``phases``: also its peak memory / its time split into phases (from extra, untimed runs).
 
     The row's ``speedup`` and ``of_limit`` are filled in by ``run`` (they need SDPA's time).
     """
@@ -212,7 +213,7 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
             if variant == "block+flex" and is_new_shape(q, block_size):
                 row["compile_s"] = round(timed(fn, args, dev), 2)  # the first call compiles
             times = time_runs(fn, args, dev, repeats, warmup, max_seconds)
-            if variant not in DENSE:  # the phases of (up to) 3 more runs, median of each
+            if phases and variant not in DENSE:  # the phases of (up to) 3 more runs, median of each
                 runs = []
                 for _ in range(min(3, len(times))):
                     runs.append(Phases(dev))
@@ -260,6 +261,8 @@ class Settings:
     seed: int = 0  # random inputs and weights
     out: str | None = None  # None: outputs/bench/TIMESTAMP
     quick: bool = False  # QUICK's grid where --seq-lens / --repeats are not given
+    memory: bool = True  # each cell's peak memory (an extra, untimed run)
+    phases: bool = True  # each sparse cell's time split into selection / mask / kernel (up to 3 extra runs)
 
     def describe(self, device: str) -> str:
         budgets = ", ".join(str(parse_budget(b)) for b in self.budgets)
@@ -318,7 +321,7 @@ def run(args: argparse.Namespace | Settings, log=print) -> list[dict]:
                                             f"T={T0}) > --max-seconds {s.max_seconds:g}")
         else:
             row = measure(v, repeats=s.repeats, warmup=s.warmup, device=s.device, dtype=s.dtype, max_gb=s.max_gb,
-                          max_seconds=s.max_seconds, seed=s.seed, **common)
+                          max_seconds=s.max_seconds, seed=s.seed, memory=s.memory, phases=s.phases, **common)
         if row["status"] == "ok":
             last[key] = (T, row["min_ms"] / 1e3)
         base = next((r for r in rows if r["variant"] == "sdpa" and (r["d_model"], r["n_head"], r["T"]) == (d, h, T)),

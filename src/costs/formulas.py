@@ -8,7 +8,8 @@ selectors (src/selectors/) materialise before masking. FLOPs are a lower bound o
 
 Each selector and approximator names its formula in its ``cost`` (src/selectors/, src/approximators/); the layer,
 model and prototype accounting built from them is src/costs/accounting.py. This module imports nothing of the
-project but the block count (src/sparse/choice.py ``n_blocks``, ``ceil_div``), so that every part of it can import the formulas.
+project but the block count (src/sparse/choice.py ``n_blocks``, ``ceil_div``), so that every part of it can import
+the formulas.
 Shapes: T sequence length, d = d_model, nh heads, hs = d // nh head size, k keys kept per query, B block size.
 """
 

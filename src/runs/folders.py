@@ -92,7 +92,8 @@ class Snapshot:
         entries = list(folder.iterdir()) if folder.is_dir() else []
         hydra = folder / RECORD
         # Hydra's record for this command is all there is of .hydra/ (a resumed run's holds its first record too)
-        only_ours = written is not None and (written == hydra or not hydra.is_dir() or list(hydra.iterdir()) == [written])
+        only_ours = written is not None and (written == hydra or not hydra.is_dir()
+                                              or list(hydra.iterdir()) == [written])
         fresh = folder.is_dir() and only_ours and all(p == hydra or p.suffix == ".log" for p in entries)
         logs = {p: p.stat().st_size for p in folder.glob("*.log")}
         return cls(folder, fresh, written, logs)

@@ -21,9 +21,9 @@ from src.sparse.selection import Selection, causal_mask, causal_topk, selection_
 from src.sparse.tiles import tiled_block_attention
 
 __all__ = [
-    "BLOCK_KERNELS", "KERNELS", "BlockChoice", "Budget", "Selection", "SparseAttention", "SparseDecoder",
-    "block_attention_mass",
-    "block_mask", "causal_block_topk", "causal_mask", "ceil_div", "causal_topk", "compiled_flex", "concat_choices", "decode_problem",
-    "flex_block_attention", "flex_unavailable", "gather_attention", "gather_rows", "kernel_problem", "n_blocks",
-    "naive_attention", "sdpa_attention", "selection_mask", "tiled_block_attention",
+    "BLOCK_KERNELS", "BlockChoice", "Budget", "KERNELS", "Selection", "SparseAttention", "SparseDecoder",
+    "block_attention_mass", "block_mask", "causal_block_topk", "causal_mask", "causal_topk", "ceil_div",
+    "compiled_flex", "concat_choices", "decode_problem", "flex_block_attention", "flex_unavailable",
+    "gather_attention", "gather_rows", "kernel_problem", "n_blocks", "naive_attention", "sdpa_attention",
+    "selection_mask", "tiled_block_attention",
 ]

@@ -1,4 +1,5 @@
-"""notebooks/explore.ipynb runs end to end on a tiny pipeline run and on a (fake) sweep folder; src/analysis/explore.py's readers tolerate what is missing."""
+"""notebooks/explore.ipynb runs end to end on a tiny pipeline run and on a (fake) sweep folder;
+src/analysis/explore.py's readers tolerate what is missing."""
 
 from __future__ import annotations
 

@@ -52,4 +52,5 @@ def test_every_option_has_help_text_and_one_default():
 
     helps = each_help(build_parser())
     assert all(text and text.count("default") <= 1 for text in helps.values()), helps
-    assert helps["--budget"] == "keys each query of the sparse decoder reads (rounded up to whole blocks) (default: 512)"
+    assert helps["--budget"] == ("keys each query of the sparse decoder reads (rounded up to whole blocks) "
+                                 "(default: 512)")

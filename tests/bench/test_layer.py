@@ -1,4 +1,5 @@
-"""``python -m src.bench`` (src/bench/layer.py): every variant is library code and equals SDPA with every key kept; FLOP limits, crossovers, skipped cells, files, bad arguments."""
+"""``python -m src.bench`` (src/bench/layer.py): every variant is library code and equals SDPA with every key kept; FLOP
+limits, crossovers, skipped cells, files, bad arguments."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The accounting (src/costs/accounting.py): layers and models, keys read, the prototype's tables, crossovers, a run's FLOP columns."""
+"""The accounting (src/costs/accounting.py): layers and models, keys read, the prototype's tables, crossovers, a run's
+FLOP columns."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def test_hybrid_checkpoint_of_another_model(tiny_cfg, tmp_path, teacher_ckpt):
     parts = ["selector=oracle", "approximator=mlp", "hybrid.top_k=4"]
     a = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", *parts,
                        "approximator.max_steps=2"), tmp_path / "a")
-    with pytest.raises(UserError, match=r"oracle \+ mlp hybrid .* does not fit this run: it has model.n_head=2 \(this run: 4\)"):
+    with pytest.raises(UserError, match=r"oracle \+ mlp hybrid .* does not fit this run: it has model.n_head=2 "
+                                        r"\(this run: 4\)"):
         train(tiny_cfg("+experiment=evaluate", *parts, "model.n_head=4", f"approximator.ckpt={a['checkpoint']}"),
               tmp_path / "e")
 
@@ -88,7 +89,8 @@ def test_mismatched_selector_checkpoint(tiny_cfg, tmp_path, teacher_ckpt):
     """A selector trained with the top-K loss depends on K; with KL (the default) it serves any budget."""
     sel = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector.max_steps=2",
                          "hybrid.top_k=4", "selector.loss=topk"), tmp_path / "s")
-    with pytest.raises(UserError, match=r"indexer selector .* does not fit this run: it has hybrid.top_k=4 \(this run: 5\)"):
+    with pytest.raises(UserError, match=r"indexer selector .* does not fit this run: it has hybrid.top_k=4 "
+                                        r"\(this run: 5\)"):
         train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}", "selector.loss=topk",
                        f"selector.ckpt={sel['checkpoint']}", "hybrid.top_k=5"), tmp_path / "a")
     with pytest.raises(UserError, match=r"it has hybrid.layers=\[0\] \(this run: \[1\]\)"):

@@ -1,4 +1,5 @@
-"""Resume (src/runs/resume.py): every stage and the pipeline continue from last.ckpt; what cannot be resumed is one line and changes nothing."""
+"""Resume (src/runs/resume.py): every stage and the pipeline continue from last.ckpt; what cannot be resumed is one line
+and changes nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The block selector (src/selectors/block.py): causal choices, chunking, block means, its loss; the hybrid it makes on every kernel."""
+"""The block selector (src/selectors/block.py): causal choices, chunking, block means, its loss; the hybrid it makes on
+every kernel."""
 
 from __future__ import annotations
 

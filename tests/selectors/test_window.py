@@ -1,4 +1,5 @@
-"""The positional baselines (src/selectors/window.py, sink_window.py): window, sink + window, at token and block level; causal through the model."""
+"""The positional baselines (src/selectors/window.py, sink_window.py): window, sink + window, at token and block level;
+causal through the model."""
 
 from __future__ import annotations
 

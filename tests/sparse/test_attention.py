@@ -1,4 +1,5 @@
-"""SparseAttention (src/sparse/attention.py): every kernel gives the same output for the same choice, all of them SDPA's with every block kept; auto's choice; a kernel that cannot serve the parts; the phases of a forward."""
+"""SparseAttention (src/sparse/attention.py): every kernel gives the same output for the same choice, all of them SDPA's
+with every block kept; auto's choice; a kernel that cannot serve the parts; the phases of a forward."""
 
 from __future__ import annotations
 

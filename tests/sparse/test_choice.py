@@ -1,4 +1,5 @@
-"""Block-level choices (src/sparse/choice.py): causal, the own block first, the best earlier blocks, the dynamic budget and the recent blocks."""
+"""Block-level choices (src/sparse/choice.py): causal, the own block first, the best earlier blocks, the dynamic budget
+and the recent blocks."""
 
 from __future__ import annotations
 

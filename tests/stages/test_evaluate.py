@@ -1,4 +1,5 @@
-"""The distillation stages and evaluation on tiny settings, one fast_dev_run per stage and selector + approximator pair; the messages when what they need is missing."""
+"""The distillation stages and evaluation on tiny settings, one fast_dev_run per stage and selector + approximator pair;
+the messages when what they need is missing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The teacher stage (src/stages/teacher.py) end to end on tiny settings: fast_dev_run, checkpoints and logs, the final validation."""
+"""The teacher stage (src/stages/teacher.py) end to end on tiny settings: fast_dev_run, checkpoints and logs, the final
+validation."""
 
 from __future__ import annotations
 
