@@ -231,7 +231,7 @@ def sweep_rows(folder: Path) -> list[dict]:
         from src.analysis import sweep
 
         return sweep.gather(folder)
-    except Exception:  # noqa: BLE001  an older project without src/sweep.py, or no job folders
+    except Exception:  # noqa: BLE001  an older project without the sweep analysis, or no job folders
         return []
 
 

@@ -5,7 +5,7 @@ src/approximators/), built with random weights (speed does not depend on trainin
 runs it. What is timed: the forward pass of one attention layer, all heads, from q, k, v (B, nh, T, hs) and the
 layer input x (B, T, C) to the heads' outputs (B, nh, T, hs); the Q/K/V and output projections are the same for
 every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by torch.utils.benchmark
-(src/sparse/phases.py ``time_runs``): the median of blocked autorange's blocks for a call under 50 ms, else of
+(src/bench/timing.py ``time_runs``): the median of blocked autorange's blocks for a call under 50 ms, else of
 ``--repeats`` single calls.
 
 * ``sdpa``  F.scaled_dot_product_attention(is_causal=True): the baseline of every speed-up;
@@ -17,7 +17,7 @@ every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by tor
 
 Every sparse cell runs under a key budget (``--budgets``): a fixed number of keys per query (``512``) or a fraction
 of T (``0.125``); the default grid has both. Each row reports the FLOP limit -- dense causal FLOPs over the sparse
-variant's FLOPs, selection included (src/costs.py) -- and the fraction of it the measured speed-up reaches, and
+variant's FLOPs, selection included (src/costs/accounting.py) -- and the fraction of it the measured speed-up reaches, and
 splits the sparse time into selection, mask building and kernel (the median of up to 3 extra, untimed runs with
 src.sparse.Phases).
 
@@ -31,7 +31,7 @@ accelerator torch.accelerator's max_memory_allocated; on CPU the profiler's allo
 which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers included.
 
 ``--decode`` measures generation instead -- one decode step against a KV cache of L keys, and whole-model tokens
-per second (src/decode_bench.py). Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to
+per second (src/bench/decode.py). Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to
 ``--out``. Bad arguments end with
 one line ``error: ...`` and exit status 2. Functions for other code: ``time_runs``, ``measure``, ``run``,
 ``crossover``.
@@ -109,7 +109,7 @@ def keys_read(variant: str, T: int, budget: Budget, block_size: int) -> int:
 
 
 def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int) -> float:
-    """Dense causal attention FLOPs / the variant's FLOPs, selection included (src/costs.py): the speed-up a
+    """Dense causal attention FLOPs / the variant's FLOPs, selection included (src/costs/accounting.py): the speed-up a
     kernel running at SDPA's rate would reach."""
     if variant in DENSE:
         return 1.0
@@ -250,7 +250,7 @@ class Settings:
     budgets: tuple = (512, 0.125)  # keys per query: fixed (NSA / MoBA style) and T/8 (the prototype's)
     block_size: int = SelectorConf.block_size  # block variants: keys per block
     variants: tuple[str, ...] = DEFAULT_VARIANTS  # sdpa is measured in any case: the baseline
-    batch: int = 1  # one sequence, as the cost model (src/costs.py) counts
+    batch: int = 1  # one sequence, as the cost model (src/costs/accounting.py) counts
     repeats: int = 5  # timed runs per cell; the median is reported (robust to a stray slow run)
     warmup: int = 1  # untimed runs first: allocator, caches, lazy initialisation
     device: str = "auto"  # cuda when there is one, else cpu
@@ -432,7 +432,7 @@ NOTES = (
     "Forward of one attention layer, all heads, from q, k, v and x (the QKV/output projections are the same for "
     "every variant and left out); torch.no_grad; selection included; random weights. Budget: keys per query "
     "(block variants: rounded up to whole blocks, the own block included). FLOP limit: dense causal FLOPs / the "
-    "variant's FLOPs, selection included (src/costs.py); 'of limit': the measured speed-up over that limit. "
+    "variant's FLOPs, selection included (src/costs/accounting.py); 'of limit': the measured speed-up over that limit. "
     "select / mask / kernel: the median of up to 3 extra untimed runs, split into phases. "
     "Peak MB (10⁶ bytes): most memory allocated at "
     "once during one forward above what was live before it (inputs and weights excluded), from a separate untimed "
@@ -442,7 +442,7 @@ NOTES = (
 
 
 def plot(path: Path, rows: list[dict], label: str) -> None:
-    """Time, speed-up over SDPA and peak memory against T, one line per variant and budget (src/plots.py)."""
+    """Time, speed-up over SDPA and peak memory against T, one line per variant and budget (src/report/figures.py)."""
     from src.report.figures import bench_figure, save
 
     save(bench_figure([r for r in rows if r["status"] == "ok"], label), path)

@@ -83,7 +83,7 @@ def save(fig: Figure | None, path) -> None:
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    if hasattr(fig, "number"):  # a pyplot figure (src/plots.py): free it
+    if hasattr(fig, "number"):  # a pyplot figure (from this module): free it
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -177,8 +177,8 @@ def sweep_figure(rows: list[dict], title: str | None = None) -> Figure | None:
     ], title or f"sweep: {len(ok)} of {len(rows)} jobs finished")
 
 
-def bench_figure(rows: list[dict], title: str = "benchmark (src/bench.py)") -> Figure | None:
-    """bench.csv (src/bench.py): time, speed-up and peak memory against T (or seq_len), one line per variant."""
+def bench_figure(rows: list[dict], title: str = "benchmark (src/bench/layer.py)") -> Figure | None:
+    """bench.csv (src/bench/layer.py): time, speed-up and peak memory against T (or seq_len), one line per variant."""
     x = column(rows, "T", "seq_len")
     if x is None:
         return None
@@ -204,7 +204,7 @@ def costs_figure(full: list[dict], prototype: list[dict] | None = None) -> Figur
 
 
 def budget_figure(ok: list[dict]) -> Figure:
-    """A budget curve (src/budget_curve.py): loss change, attention-mass recall and whole-model speed-up against the
+    """A budget curve (src/analysis/budget_curve.py): loss change, attention-mass recall and whole-model speed-up against the
     density each line used, one line per selector (dashed: block level; stars: the dynamic budget), a row per corpus."""
     import matplotlib
 
@@ -242,7 +242,7 @@ def budget_figure(ok: list[dict]) -> Figure:
 
 
 def decode_figure(rows: list[dict], label: str) -> Figure:
-    """The decode benchmark (src/decode_bench.py): one layer's speed-up over SDPA against L beside its FLOP limit;
+    """The decode benchmark (src/bench/decode.py): one layer's speed-up over SDPA against L beside its FLOP limit;
     the whole model's tokens per second, dense and block-sparse."""
     fig = Figure(figsize=(13, 5.5), layout="tight")
     left, right = fig.subplots(1, 2)

@@ -2,7 +2,7 @@
 
 The peers keep a *fixed* budget (DeepSeek V3.2's indexer: 2048 tokens; NSA: 16 blocks of 64 + a 512 window; MoBA:
 top-k blocks), so the saving grows with T: a causal query sees T/2 keys on average, so a budget of b keys does at
-most T / (2b) times less attention work. A fraction of T (k = T/8, the prototype's and src/costs.py's default)
+most T / (2b) times less attention work. A fraction of T (k = T/8, the prototype's and src/costs/accounting.py's default)
 caps the saving at 1 / (2 · fraction) at every length.
 
 ``Budget.parse(512)`` keeps 512 keys per query; ``Budget.parse(0.125)`` keeps T/8. Block selectors round the

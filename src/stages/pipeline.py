@@ -149,7 +149,7 @@ def log_hparams(cfg: DictConfig, summary: dict, log_dir: Path) -> None:
         value = OmegaConf.select(cfg, key)
         plain = isinstance(value, (int, float, str, bool))
         hparams[key] = value if plain else str(value if value is None else list(value))
-    flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs.py)
+    flops = flops_columns(OmegaConf.to_container(cfg, resolve=True))  # full accounting (src/costs/accounting.py)
     metrics = {f"hparams/{k}": float(flops[k]) for k in ("attn_flops_speedup", "model_flops_speedup") if k in flops}
     for name, (part, key) in HPARAM_METRICS.items():
         value = summary.get(part, {}).get(key)

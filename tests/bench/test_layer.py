@@ -59,7 +59,7 @@ def test_block_variants_are_the_same_choice():
 
 
 def test_variants_are_library_code():
-    """Every sparse variant is SparseAttention with the library's selector and approximator; src/bench.py itself
+    """Every sparse variant is SparseAttention with the library's selector and approximator; src/bench/layer.py itself
     defines no attention: it calls no softmax, matmul, top-k, gather or attention kernel."""
     for variant in SPARSE:
         fn = layer(variant, 64, 16)
@@ -72,7 +72,7 @@ def test_variants_are_library_code():
               for node in ast.walk(tree) if isinstance(node, ast.Call)}
     forbidden = {"softmax", "matmul", "bmm", "einsum", "topk", "gather", "index_select", "scaled_dot_product_attention",
                  "flex_attention", "create_block_mask", "from_kv_blocks", "masked_fill"}
-    assert not called & forbidden, f"src/bench.py computes attention itself: {called & forbidden}"
+    assert not called & forbidden, f"src/bench/layer.py computes attention itself: {called & forbidden}"
 
 
 @pytest.mark.parametrize("variant", bench.VARIANTS)
@@ -91,7 +91,7 @@ def test_no_output_depends_on_later_inputs(variant):
 
 
 def test_flop_limits():
-    """The FLOP limit is dense causal over sparse FLOPs (src/costs.py): 1 for the dense variants, about T / (2 ·
+    """The FLOP limit is dense causal over sparse FLOPs (src/costs/accounting.py): 1 for the dense variants, about T / (2 ·
     budget) for the block kernels at long T, the same for the three block variants."""
     assert bench.flop_limit("sdpa", 4096, 512, 8, Budget(512), 64) == 1.0
     limits = {v: bench.flop_limit(v, 16384, 512, 8, Budget(512), 64) for v in ("block+softmax", "block+flex",

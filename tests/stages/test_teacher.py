@@ -57,22 +57,32 @@ def test_a_shakespeare_teacher_samples_from_a_prompt(tiny_cfg, tmp_path):
     assert len(texts) == 1 and texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 25
 
 
-@pytest.mark.slow  # trains a run
-def test_best_val_loss_is_on_the_whole_validation_split(tiny_cfg, tmp_path):
-    """Periodic validations read trainer.limit_val_batches; the reported best is re-measured on the whole split."""
-    from src.stages.common import build_datamodule
-
-    cfg = tiny_cfg("trainer.limit_val_batches=1")
-    result = train(cfg, tmp_path)
-    module = load_teacher(result["checkpoint"])
+def loss_over(module, batches) -> tuple[float, int]:
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, y in build_datamodule(cfg).val_dataloader():
+        for x, y in batches:
             logits = module.gpt(x)
             total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
             count += y.numel()
-    assert count > cfg.data.batch_size * cfg.model.seq_len  # more than the one batch the periodic ones read
-    assert result["best_val_loss"] == pytest.approx(total / count, rel=1e-4)
+    return total / count, count
+
+
+@pytest.mark.slow  # trains a run
+@pytest.mark.parametrize("limit", [1.0, 1])
+def test_the_final_validation_reads_trainer_limit_final_batches(tiny_cfg, tmp_path, limit):
+    """Periodic validations read trainer.limit_val_batches; the reported best and the test loss are measured on
+    trainer.limit_final_batches of the splits: all of them by default (1.0), or that many batches (1: a quick look at
+    a large corpus)."""
+    from src.stages.common import build_datamodule
+
+    cfg = tiny_cfg("trainer.limit_val_batches=1", f"trainer.limit_final_batches={limit}")
+    result = train(cfg, tmp_path)
+    module, dm = load_teacher(result["checkpoint"]), build_datamodule(cfg)
+    whole = isinstance(limit, float)  # 1.0: the whole splits; the int 1: one batch
+    val, count = loss_over(module, list(dm.val_dataloader())[: None if whole else limit])
+    test, _ = loss_over(module, list(dm.test_dataloader())[: None if whole else limit])
+    assert (count > cfg.data.batch_size * cfg.model.seq_len) == whole  # more than one batch only when whole
+    assert result["best_val_loss"] == pytest.approx(val, rel=1e-4) and result["test/loss"] == pytest.approx(test, rel=1e-4)
 
 
 def test_load_teacher_errors(tmp_path):
