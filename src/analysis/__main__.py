@@ -28,7 +28,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def gather_and_write(analysis, root: Path) -> None:
-    """``analysis`` (src/analysis/sweep.py or budget_curve.py): gather a multirun's jobs, write its files, print them."""
+    """``analysis`` (src/analysis/sweep.py or budget_curve.py): gather a multirun's jobs, write its files, print
+    them."""
     rows = analysis.gather(root)
     try:
         paths = analysis.write(rows, root)

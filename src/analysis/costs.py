@@ -128,8 +128,8 @@ SCALING_SEQ_LENS = tuple(2**i for i in range(4, 17))  # 16 ... 65,536
 
 
 def compute_scaling_series(rows: list[costs.PairCost], k: int | None, sizes: ComponentSizes) -> dict:
-    """What the compute-scaling figure draws (src/report/figures.py ``compute_scaling_figure``): per-layer costs across the
-    model grid in both accountings, and each pair's attention speed-up against T at SCALING_SIZE's width."""
+    """What the compute-scaling figure draws (src/report/figures.py ``compute_scaling_figure``): per-layer costs
+    across the model grid in both accountings, and each pair's attention speed-up against T at one width of it."""
     s, Ts = model_grid()[SCALING_WIDTH], SCALING_SEQ_LENS
     proto = costs.prototype_compute_rows()
     by_pair = {p: [r for r in rows if r.pair == p] for p in PAIRS}

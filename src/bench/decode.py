@@ -13,8 +13,8 @@ the time of a step does not depend on them):
 * **the whole model, one generated token** (``--n-layer`` layers, every head of every layer sparse for ``block``):
   token in, logits out, through the KV cache (src/model.py), at a context of L tokens; tokens per second.
 
-Each speed-up is reported beside its FLOP limit (src/costs/formulas.py: dense FLOPs over the sparse step's, the selector's
-scoring included). A decode step is bound by memory reads more than by arithmetic -- dense attention reads every
+Each speed-up is reported beside its FLOP limit (src/costs/formulas.py: dense FLOPs over the sparse step's, the
+selector's scoring included). A decode step is bound by memory reads more than by arithmetic -- dense attention reads every
 cached key and value, and once the cache outgrows the CPU's caches it reads them from DRAM -- so a measured
 speed-up can pass its FLOP limit. Writes decode.csv, decode.json (machine and settings), decode.md and decode.png to ``--out``, one
 row per cell with ``L`` and ``speedup``. Bad arguments end with one line ``error: ...`` and exit status 2.

@@ -17,9 +17,9 @@ every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by tor
 
 Every sparse cell runs under a key budget (``--budgets``): a fixed number of keys per query (``512``) or a fraction
 of T (``0.125``); the default grid has both. Each row reports the FLOP limit -- dense causal FLOPs over the sparse
-variant's FLOPs, selection included (src/costs/accounting.py) -- and the fraction of it the measured speed-up reaches, and
-splits the sparse time into selection, mask building and kernel (the median of up to 3 extra, untimed runs with
-src.sparse.Phases).
+variant's FLOPs, selection included (src/costs/accounting.py) -- and the fraction of it the measured speed-up reaches,
+and splits the sparse time into selection, mask building and kernel (the median of up to 3 extra, untimed runs with
+src/bench/timing.py's Phases).
 
 A cell is skipped, and recorded with the reason, when its estimated memory exceeds ``--max-gb``, when one run of it
 is predicted (time ∝ T², from the variant's previous T) to take longer than ``--max-seconds`` (which also stops a
@@ -501,7 +501,8 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m src.bench", description=__doc__.splitlines()[0],
                epilog="python -m src.bench --decode measures generation instead: one decode step against a KV cache "
                       "and whole-model tokens per second (python -m src.bench --decode --help).")
-    p.add_argument("--decode", action="store_true", help="measure generation instead (its own options: --decode --help)")
+    p.add_argument("--decode", action="store_true",
+                   help="measure generation instead (its own options: --decode --help)")
     p.add_argument("--seq-lens", type=int_list, default=None,
                    help=f"sequence lengths T (default {','.join(map(str, d.seq_lens))}; --quick: "
                         f"{','.join(map(str, QUICK['seq_lens']))})")

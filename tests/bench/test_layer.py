@@ -91,8 +91,8 @@ def test_no_output_depends_on_later_inputs(variant):
 
 
 def test_flop_limits():
-    """The FLOP limit is dense causal over sparse FLOPs (src/costs/accounting.py): 1 for the dense variants, about T / (2 ·
-    budget) for the block kernels at long T, the same for the three block variants."""
+    """The FLOP limit is dense causal over sparse FLOPs (src/costs/accounting.py): 1 for the dense variants, about
+    T / (2 · budget) for the block kernels at long T, the same for the three block variants."""
     assert bench.flop_limit("sdpa", 4096, 512, 8, Budget(512), 64) == 1.0
     limits = {v: bench.flop_limit(v, 16384, 512, 8, Budget(512), 64) for v in ("block+softmax", "block+flex",
                                                                                "block+tiles")}
