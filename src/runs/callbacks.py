@@ -48,7 +48,10 @@ class SeedEachStep(L.Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        torch.manual_seed(hash((self.seed, trainer.global_rank, trainer.global_step)) % 2**63)
+        seed = hash((self.seed, trainer.global_rank, trainer.global_step)) % 2**63
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it queues every accelerator's seeding,
+        if pl_module.device.type == "cuda":        # with a stack trace each, at every step
+            torch.cuda.manual_seed(seed)
 
 
 class SaveOnInterrupt(L.Callback):
