@@ -296,10 +296,7 @@ class GPT(nn.Module):
                              f"{T} tokens at position {start}")
         if start + T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {start + T} is longer than model.seq_len={self.cfg.seq_len}")
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
-        x = self.drop(x)
+        x = self.embed(idx, start)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             box: list | None = [] if signals is not None and i in signals else None
             x = block(x, box, attention.get(i) if attention else None, cache.layers[i] if cache is not None else None)
@@ -308,6 +305,28 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """idx (B, T) at positions start.. -> the first block's input (B, T, C)."""
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
+        return self.drop(x)
+
+    @torch.no_grad()
+    def signals(self, idx: torch.Tensor, layers) -> dict[int, AttentionSignals]:
+        """The teacher signals of ``layers`` alone, as ``forward(idx, signals=...)`` fills them in: the blocks up to the
+        last of those layers run, the ones after it and the lm_head do not (what a distillation step needs)."""
+        if idx.size(1) > self.cfg.seq_len:
+            raise ValueError(f"sequence of length {idx.size(1)} is longer than model.seq_len={self.cfg.seq_len}")
+        out: dict[int, AttentionSignals] = {}
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks[: max(layers) + 1]):
+            box: list | None = [] if i in layers else None
+            x = block(x, box)
+            if box:
+                out[i] = box[0]
+        return out
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -67,6 +67,21 @@ def test_signals_match_sdpa_path():
     torch.testing.assert_close(s.heads([1]).probs, s.probs[:, [1]])
 
 
+def test_signals_alone_are_the_forward_s(monkeypatch):
+    """GPT.signals(idx, layers) gives the signals a full forward fills in, without running the later blocks."""
+    m = tiny_gpt()
+    x = torch.randint(0, 17, (2, 24))
+    full = {0: None}
+    m(x, signals=full)
+    ran = []
+    for i, block in enumerate(m.blocks):
+        monkeypatch.setattr(block, "forward", lambda *a, _i=i, _f=block.forward, **k: (ran.append(_i), _f(*a, **k))[1])
+    alone = m.signals(x, [0])
+    assert ran == [0] and list(alone) == [0]  # block 1 and the lm_head never ran
+    for name in ("x", "q", "k", "v", "head_out"):
+        torch.testing.assert_close(getattr(alone[0], name), getattr(full[0], name))
+
+
 def test_set_attention_swaps_one_layer():
     m = tiny_gpt()
 

@@ -157,7 +157,7 @@ def attention_sample(run: Path, layer: int | None = None, head: int | None = Non
     if (layer, head) not in pairs:
         raise ValueError(f"layer {layer} head {head} is not sparse in this hybrid; sparse: {pairs}")
     with torch.no_grad():
-        _, signals = module.teacher_signals(x)
+        signals = module.layer_signals(x)
         s = signals[layer]
         sel = module.select(layer, s)
     i = list(module.spec.heads).index(head)

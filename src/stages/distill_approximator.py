@@ -34,7 +34,7 @@ class ApproximatorDistillation(HybridModule):
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
-        _, signals = self.teacher_signals(x)
+        signals = self.layer_signals(x)
         losses = []
         for layer, s in signals.items():
             with torch.no_grad():
@@ -46,7 +46,7 @@ class ApproximatorDistillation(HybridModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.update_layers(self.val_metrics, self.teacher_signals(x)[1], lambda layer, s, sel: approximation_stats(
+        self.update_layers(self.val_metrics, self.layer_signals(x), lambda layer, s, sel: approximation_stats(
             self.approximate(layer, s, sel), self.served(s).head_out))
         logits = self.hybrid_logits(x)
         self.val_hybrid_loss.update(F.cross_entropy(logits.flatten(0, 1), y.flatten()), weight=y.numel())

@@ -92,7 +92,7 @@ class SelectorDistillation(HybridModule):
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
-        _, signals = self.teacher_signals(x)
+        signals = self.layer_signals(x)
         losses = [self.loss(layer, s) for layer, s in signals.items()]
         loss = torch.stack(losses).mean()
         self.log("train/selector_loss", loss, prog_bar=True)
@@ -103,7 +103,7 @@ class SelectorDistillation(HybridModule):
             self.keep_figure_input(s, sel)
             return self.selection_stats(layer, s, sel)
 
-        self.update_layers(self.val_metrics, self.teacher_signals(batch[0])[1], stats)
+        self.update_layers(self.val_metrics, self.layer_signals(batch[0]), stats)
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_per_head("val", self.val_metrics)

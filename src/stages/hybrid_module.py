@@ -93,8 +93,13 @@ class HybridModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_signals(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, AttentionSignals]]:
+        """The teacher's logits and its signals of the sparse layers."""
         signals: dict = {layer: None for layer in self.spec.layers}
         return self.teacher(x, signals=signals), signals
+
+    def layer_signals(self, x: torch.Tensor) -> dict[int, AttentionSignals]:
+        """The teacher's signals of the sparse layers alone (no logits: the layers after them do not run)."""
+        return self.teacher.signals(x, self.spec.layers)
 
     def served(self, s: AttentionSignals) -> AttentionSignals:
         """The signals of the sparse heads only: q, k, v, head_out (B, h, T, ...), probs on demand."""
