@@ -37,7 +37,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts(
 
 register_configs()
 register_resolvers()
-# a resumed run draws the batches of the steps it has left (src/data.py StepBatches): resume is exact, whatever
+# a resumed run draws the batches of the steps it has left (src/data/windows.py StepBatches): resume is exact, whatever
 # Lightning assumes of a loader without a state_dict
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 # ThroughputMonitor logs tokens per second; FLOPs per second too where a stage defines flops_per_batch (the teacher)

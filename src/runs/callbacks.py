@@ -41,7 +41,7 @@ class StopOnNonFinite(L.Callback):
 
 class SeedEachStep(L.Callback):
     """The random numbers a training step draws (dropout) come from a generator seeded with (seed, rank, step), as its
-    batch does (src/data.py StepBatches): a step is the same however the run got there, resumed or not, whatever
+    batch does (src/data/windows.py StepBatches): a step is the same however the run got there, resumed or not, whatever
     validations (a generated sample draws too) came before it."""
 
     def __init__(self, seed: int):
@@ -59,7 +59,7 @@ class SaveOnInterrupt(L.Callback):
     RUN/checkpoints/last.ckpt, and prints and logs the command that continues it (Lightning then exits with status 1).
 
     The continued run is the uninterrupted one, to the last digit: a step's batch depends only on the step
-    (src/data.py StepBatches), and the checkpoint's loop progress is set to what Lightning restores exactly
+    (src/data/windows.py StepBatches), and the checkpoint's loop progress is set to what Lightning restores exactly
     (``settle``): the steps done, and the validation that is due after the last of them when it has not finished."""
 
     def __init__(self, run_dir: Path, command: str):

@@ -60,7 +60,7 @@ def build_trainer(
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=True,
         enable_checkpointing=bool(monitor) and not t.fast_dev_run,
-        use_distributed_sampler=False,  # the DataModule shares the data out itself (src/data.py: exact resume)
+        use_distributed_sampler=False,  # the DataModule shares the data out itself (src/data/windows.py: exact resume)
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
