@@ -19,7 +19,7 @@ from src.model import GPTConfig
 
 @dataclass
 class DataConf:
-    name: str = "shakespeare"  # shakespeare | python_source | text_file | synthetic
+    name: str = "shakespeare"  # shakespeare | python_source | text_file | synthetic | recall
     path: Optional[str] = None  # text_file only: the UTF-8 file to train on
     package: str = "torch"  # python_source only: the installed package whose .py files are the corpus
     batch_size: int = 32  # sequences per optimisation step (per device)
@@ -28,6 +28,14 @@ class DataConf:
     val_fraction: float = 0.05  # contiguous tail of the corpus held out for validation ...
     test_fraction: float = 0.05  # ... and, after it, for test
     num_workers: int = 0  # DataLoader workers; 0 is fastest for in-memory character data
+    # recall only (src/data/recall.py): episodes whose answer lies far back, woven into the filler corpus
+    filler: str = "shakespeare"  # the corpus the episodes are woven into: shakespeare | python_source | text_file
+    tasks: Any = field(default_factory=lambda: ["passkey", "multikey", "mqar"])  # which episodes
+    episodes: float = 0.5  # share of the training windows that carry an episode (the loss counts everywhere)
+    pairs: int = 4  # multikey: needles in the text; mqar: key-value pairs in the list
+    queries: int = 2  # mqar: keys asked at the end
+    depths: Any = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # the test episodes' needle depths
+    test_episodes: int = 20  # test episodes per task and depth (a fixed, seeded set from the test split)
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

@@ -10,10 +10,31 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from src.data.corpora import corpus_text, synthetic_tokens
+from src.data.corpora import TEXTS, corpus_text, synthetic_tokens
+from src.data.recall import ALPHABET, TASKS, Episode, episode, episode_rng, evaluation_episodes
 from src.data.vocab import Vocab
-from src.data.windows import ConsecutiveWindows, RandomWindows, StepBatches
+from src.data.windows import ConsecutiveWindows, EpisodeWindows, RandomWindows, StepBatches
 from src.errors import UserError
+
+
+def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, depths, test_episodes: int) -> None:
+    """The recall settings a type cannot check: one line naming the setting and the fix."""
+    if filler not in TEXTS:
+        raise UserError(f"data.filler={filler!r}: the episodes are woven into a text corpus: use one of "
+                        f"{', '.join(TEXTS)}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise UserError(f"data.tasks={list(tasks)}: {'none given' if not tasks else repr(unknown[0]) + ' is unknown'};"
+                        f" use some of {', '.join(TASKS)}")
+    if not 0 <= episodes <= 1:
+        raise UserError(f"data.episodes={episodes} must be a share of the training windows in [0, 1]")
+    if pairs < 1 or not 1 <= queries <= pairs:
+        raise UserError(f"data.pairs={pairs}, data.queries={queries}: give 1 or more pairs and 1 to data.pairs "
+                        "queries")
+    if not depths or any(not 0 <= d <= 1 for d in depths):
+        raise UserError(f"data.depths={list(depths)} must be fractions in [0, 1] of the text before the question")
+    if test_episodes < 1:
+        raise UserError(f"data.test_episodes={test_episodes} must be 1 or more per task and depth")
 
 
 class CharDataModule(L.LightningDataModule):
@@ -33,6 +54,13 @@ class CharDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 1337,
         vocab: list[str] | None = None,
+        filler: str = "shakespeare",
+        tasks=TASKS,
+        episodes: float = 0.5,
+        pairs: int = 4,
+        queries: int = 2,
+        depths=(0.1, 0.3, 0.5, 0.7, 0.9),
+        test_episodes: int = 20,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -45,6 +73,11 @@ class CharDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.vocab: Vocab | None = Vocab(list(vocab)) if vocab is not None else None
         self.splits: dict[str, torch.Tensor] = {}
+        self.recall = name == "recall"  # the filler's windows, a share of them with an episode (src/data/recall.py)
+        if self.recall:
+            check_recall(filler, tasks, episodes, pairs, queries, depths, test_episodes)
+        self.filler, self.tasks, self.episodes = filler, tuple(tasks), float(episodes) if self.recall else 0.0
+        self.pairs, self.queries, self.depths, self.test_episodes = pairs, queries, tuple(depths), test_episodes
 
     def load_tokens(self) -> torch.Tensor:
         """Read the corpus and encode it; sets ``self.vocab`` unless a checkpoint's vocabulary was given."""
@@ -52,8 +85,8 @@ class CharDataModule(L.LightningDataModule):
             tokens, itos = synthetic_tokens(self.synthetic_vocab, self.num_tokens, self.seed)
             self.vocab = self.vocab or Vocab(itos)
             return tokens
-        text = corpus_text(self.name, self.path, self.package)
-        self.vocab = self.vocab or Vocab.from_text(text)
+        text = corpus_text(self.filler if self.recall else self.name, self.path, self.package)
+        self.vocab = self.vocab or Vocab(sorted(set(text) | ALPHABET) if self.recall else sorted(set(text)))
         if len(self.vocab) < 2:
             raise UserError(f"the {self.name} corpus has a single distinct character ({self.vocab.itos[0]!r}): there "
                             "is nothing to predict; give a text with at least two different characters")
@@ -79,6 +112,14 @@ class CharDataModule(L.LightningDataModule):
                 f"windows of seq_len={self.seq_len}, fewer than one batch (data.batch_size={self.batch_size}); "
                 "use a longer text or a smaller data.batch_size"
             )
+        if self.recall:  # every task's episode must fit a window, wherever its needle sits
+            for task in self.tasks:
+                for depth in (0.0, 0.5, 1.0):
+                    try:
+                        episode(task, episode_rng(task, depth), " " * (self.seq_len + 1), depth, self.pairs,
+                                self.queries)
+                    except ValueError as e:
+                        raise UserError(f"data=recall: {e}") from None
         self.splits = {
             "train": tokens[:n_train],
             "val": tokens[n_train : n_train + n_val],
@@ -87,7 +128,18 @@ class CharDataModule(L.LightningDataModule):
 
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
-        return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}"
+        woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
+                 if self.recall else "")
+        return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}{woven}"
+
+    def recall_episodes(self, split: str = "test") -> list[Episode]:
+        """The fixed, seeded episodes of a split: ``test_episodes`` of each task at each depth, woven into windows of
+        seq_len + 1 characters of the split's text (none for a corpus without episodes)."""
+        if not self.recall:
+            return []
+        text = self.vocab.decode(self.splits[split])
+        return evaluation_episodes(text, self.seq_len + 1, self.tasks, self.depths, self.test_episodes, self.pairs,
+                             self.queries, self.seed)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """Training: random windows, a batch per step (StepBatches: resume is exact). Validation and test: every
@@ -96,10 +148,11 @@ class CharDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if shuffle:
-            windows = RandomWindows(self.splits[split], self.seq_len)
+            windows = (EpisodeWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs,
+                                      self.queries) if self.recall else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
-            return DataLoader(windows, batch_sampler=StepBatches(len(windows), self.batch_size, self.seed, step, rank),
-                              **workers)
+            batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes)
+            return DataLoader(windows, batch_sampler=batches, **workers)
         windows = ConsecutiveWindows(self.splits[split], self.seq_len)
         sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         return DataLoader(windows, batch_size=self.batch_size, sampler=sampler, **workers)

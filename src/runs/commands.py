@@ -22,9 +22,10 @@ def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> s
         if group in cfg and "name" in cfg[group]:
             parts.append(f"{group}={cfg[group].name}")
         parts += [o for o in task if o.split("=", 1)[0].lstrip("+~").startswith(f"{group}.")]
-    if "data" in groups and cfg.data.name == "text_file" and not any(p.startswith("data.path=") for p in parts):
+    corpus = cfg.data.filler if cfg.data.name == "recall" else cfg.data.name
+    if "data" in groups and corpus == "text_file" and not any(p.startswith("data.path=") for p in parts):
         parts.append(f"data.path={cfg.data.path}")
-    if "data" in groups and cfg.data.name == "python_source" and not any(p.startswith("data.package=") for p in parts):
+    if "data" in groups and corpus == "python_source" and not any(p.startswith("data.package=") for p in parts):
         parts.append(f"data.package={cfg.data.package}")
     return "python -m src.train " + " ".join(dict.fromkeys(parts))
 

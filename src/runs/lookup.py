@@ -54,9 +54,12 @@ def data_spec(cfg: DictConfig) -> dict:
     """The data settings a teacher depends on: the corpus (its file or package), or the random tokens' size."""
     d = cfg.data
     out = {"name": d.name}
-    if d.name == "text_file":
+    corpus = d.filler if d.name == "recall" else d.name  # recall: episodes woven into the filler corpus
+    if d.name == "recall":
+        out.update(filler=d.filler, tasks=list(d.tasks), episodes=d.episodes, pairs=d.pairs, queries=d.queries)
+    if corpus == "text_file":
         out["path"] = str(Path(d.path).expanduser().resolve()) if d.path else None
-    if d.name == "python_source":
+    if corpus == "python_source":
         out["package"] = d.package
     if d.name == "synthetic":
         out.update(vocab_size=d.vocab_size, num_tokens=d.num_tokens)

@@ -1,11 +1,12 @@
-"""Corpus builders, vocabulary, splits and each bad-input message."""
+"""The corpora (src/data/corpora.py): Shakespeare's plays, a package's sources, a text file, random tokens, and each
+bad input's message."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from src.data import CharDataModule, Vocab, shakespeare_text, strip_markdown
+from src.data import CharDataModule, shakespeare_text, strip_markdown
 from src.errors import UserError
 
 MARKDOWN = """# Hamlet
@@ -41,19 +42,6 @@ def test_shakespeare_corpus():
     assert 60 < len(set(text)) < 100
 
 
-def test_splits_deterministic_and_disjoint():
-    a, b = CharDataModule(seq_len=64), CharDataModule(seq_len=64)
-    a.setup(), b.setup()
-    assert a.vocab.itos == b.vocab.itos
-    n = sum(len(v) for v in a.splits.values())
-    assert len(a.splits["val"]) == len(a.splits["test"]) == int(n * 0.05)
-    for k in a.splits:
-        assert torch.equal(a.splits[k], b.splits[k])
-    x, y = next(iter(a.val_dataloader()))
-    assert x.shape == (32, 64) and torch.equal(x[0, 1:], y[0, :-1])
-    assert torch.equal(x[0], a.splits["val"][:64])
-
-
 def test_synthetic_matches_prototype():
     dm = CharDataModule(name="synthetic", seq_len=64)
     dm.setup()
@@ -67,13 +55,6 @@ def test_text_file(tmp_path):
     dm.setup()
     assert dm.vocab.itos == sorted(set("hello world\n"))
     assert dm.vocab.decode(dm.splits["train"][:11].tolist()) == "hello world"
-
-
-def test_vocab_round_trip_and_unknown():
-    v = Vocab.from_text("abc\n")
-    assert v.decode(v.encode("cab\n")) == "cab\n"
-    with pytest.raises(UserError, match="not in the model's vocabulary"):
-        v.encode("abz")
 
 
 @pytest.mark.parametrize(
@@ -96,17 +77,6 @@ def test_bad_text_file(tmp_path, make, msg):
 def test_text_file_needs_path():
     with pytest.raises(UserError, match="data.path="):
         CharDataModule(name="text_file").setup()
-
-
-def test_training_split_shorter_than_one_batch(tmp_path):
-    p = tmp_path / "corpus.txt"
-    p.write_text("to be or not to be " * 200)  # 3,800 characters: 3,040 train tokens
-    CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=64).setup()  # fits
-    with pytest.raises(UserError, match="fewer than one batch"):
-        CharDataModule(name="text_file", path=str(p), seq_len=16, batch_size=4096).setup()
-
-
-# ---------------------------------------------------------------------------------------------- python_source
 
 
 def fake_distribution(root, name: str, files: dict[str, str]) -> None:
@@ -144,9 +114,3 @@ def test_python_source_bad_package(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="data.package=math is a module of Python's standard library") as e:
         CharDataModule(name="python_source", package="math").setup()
     assert "pip install" not in str(e.value)
-
-
-def test_vectorised_encode_matches_the_dictionary():
-    text = shakespeare_text()[:20000] + "é"
-    vocab = Vocab.from_text(text)
-    assert torch.equal(vocab.encode(text), torch.tensor([vocab.stoi[c] for c in text]))

@@ -1,0 +1,139 @@
+"""Recall episodes (src/data/recall.py) and ``data=recall``: each answer is a value written far back; the training
+windows carry episodes at uniform depths (most answers beyond a 1/8 window); the test set is fixed and seeded."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from src.data import CharDataModule
+from src.data.recall import ALPHABET, TASKS, copy_windows, episode, episode_rng, evaluation_episodes
+from src.errors import UserError
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("length", [600, 2049])
+def test_every_answer_is_a_value_written_before_it(task, length):
+    for seed in range(30):
+        rng = random.Random(seed)
+        e = episode(task, rng, "~" * length, rng.random(), pairs=4, queries=2)
+        assert len(e.text) == length and e.task == task
+        assert set(e.text) - {"~"} <= ALPHABET  # the templates write nothing outside the alphabet
+        assert len(e.answers) == (2 if task == "mqar" else 1)
+        for (a, b), n, d in zip(e.answers, e.needles, e.distances):
+            value = e.text[a:b]
+            assert value.isdigit() and e.text[n:n + len(value)] == value and d == a - n > 0
+        assert e.answers[-1][1] == length - 1 and e.text[-1] == "."  # the answer ends the window
+
+
+def test_each_task_reads_as_its_paper_writes_it():
+    passkey = episode("passkey", random.Random(0), "~" * 400, 0.5)
+    key = passkey.text[slice(*passkey.answers[0])]
+    assert f"The pass key is {key}. Remember it. {key} is the pass key." in passkey.text
+    assert passkey.text.endswith(f" What is the pass key? The pass key is {key}.")
+    multi = episode("multikey", random.Random(0), "~" * 600, 0.5, pairs=3)
+    assert multi.text.count("The magic number for") == 3 + 1  # three needles and the answer
+    asked = multi.text[slice(*multi.answers[0])]
+    assert multi.text.count(asked) == 2  # the asked value: its needle and its answer
+    mqar = episode("mqar", random.Random(0), "~" * 400, 0.5, pairs=6, queries=3)
+    found = re.findall(r"[a-z]{3}:[0-9]{3}", mqar.text)
+    items, queries = found[:6], found[6:]
+    assert " " + " ".join(items) + " " in mqar.text and len({i.split(":")[0] for i in items}) == 6  # distinct keys
+    assert len(queries) == 3 and set(queries) <= set(items)  # each query repeats its pair: the value is the answer
+    assert mqar.text.endswith(" " + " ".join(queries) + ".")
+
+
+def test_the_needle_sits_at_its_depth():
+    for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+        e = episode("passkey", random.Random(1), "~" * 1000, depth)
+        room = 1000 - len(" What is the pass key? The pass key is 12345.")
+        needle = len(" The pass key is 12345. Remember it. 12345 is the pass key. ")
+        assert e.needles[0] - len(" The pass key is ") == round(depth * (room - needle))
+
+
+def test_training_depths_put_most_answers_beyond_a_window_of_t_over_8():
+    """Uniform depths (not Zoology's power-law gaps): at T = 2048 most answers lie more than 256 characters after
+    their needle."""
+    distances = []
+    for seed in range(300):
+        rng = episode_rng(seed)
+        task = rng.choice(TASKS)
+        distances += episode(task, rng, "~" * 2049, rng.random()).distances
+    assert sum(d > 256 for d in distances) / len(distances) > 0.75
+
+
+def test_the_test_set_is_fixed_and_covers_every_task_and_depth():
+    text = "".join(random.Random(0).choice("abc \n") for _ in range(20000))
+    a = evaluation_episodes(text, 700, TASKS, (0.1, 0.9), 3, 4, 2, seed=5)
+    b = evaluation_episodes(text, 700, TASKS, (0.1, 0.9), 3, 4, 2, seed=5)
+    assert [e.text for e in a] == [e.text for e in b]  # seeded: the same set every time
+    assert len(a) == 3 * 2 * 3 and {(e.task, e.depth) for e in a} == {(t, d) for t in TASKS for d in (0.1, 0.9)}
+    assert len({e.text for e in a}) == len(a)
+    assert [e.text for e in evaluation_episodes(text, 700, TASKS, (0.1, 0.9), 3, 4, 2, seed=6)] != [e.text for e in a]
+
+
+def test_copy_windows_repeat_a_passage_after_each_gap():
+    text = "".join(random.Random(0).choice("abcdefgh \n") for _ in range(10000))
+    windows = copy_windows(text, 1000, 50, (20, 400), 2, seed=1)
+    assert [gap for _, gap, _, _ in windows] == [20, 20, 400, 400]
+    for window, gap, first, second in windows:
+        assert len(window) == 1000 and second == first + 50 + gap
+        assert window[first:first + 50] == window[second:second + 50]
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_windows(text, 100, 50, (20,), 1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def recall_data():
+    dm = CharDataModule(name="recall", seq_len=600, batch_size=8, tasks=TASKS, episodes=0.5, pairs=3, queries=2,
+                        depths=(0.2, 0.8), test_episodes=2)
+    dm.setup()
+    return dm
+
+
+def test_training_windows_carry_episodes_in_their_share(recall_data):
+    loader = recall_data.train_dataloader()
+    x, y = next(iter(loader))
+    assert x.shape == y.shape == (8, 600) and torch.equal(x[:, 1:], y[:, :-1])
+    texts = [recall_data.vocab.decode(row) for row in y]
+    carried = [t for t in texts if t.endswith(".") and ("pass key is" in t or "magic number" in t or ":" in t[-12:])]
+    batches = [b for _, b in zip(range(20), loader.batch_sampler)]
+    share = sum(seed >= 0 for batch in batches for _, seed in batch) / (20 * 8)
+    assert 0.3 < share < 0.7 and carried  # about data.episodes = 0.5 of the windows
+    again = [b for _, b in zip(range(20), recall_data.train_dataloader().batch_sampler)]
+    assert again == batches  # a step's windows and episodes depend on the step only: exact resume
+
+
+def test_the_vocabulary_holds_every_episode_character(recall_data):
+    assert ALPHABET <= set(recall_data.vocab.itos)
+    for e in recall_data.recall_episodes():
+        assert recall_data.vocab.decode(recall_data.vocab.encode(e.text)) == e.text
+
+
+def test_validation_and_test_are_the_filler_alone(recall_data):
+    x, _ = next(iter(recall_data.test_dataloader()))
+    assert not any("pass key" in recall_data.vocab.decode(row) for row in x)
+    episodes = recall_data.recall_episodes("test")
+    assert len(episodes) == len(TASKS) * 2 * 2 and episodes == recall_data.recall_episodes("test")
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"filler": "synthetic"}, "data.filler='synthetic': the episodes are woven into a text corpus"),
+    ({"tasks": ["passkey", "haystack"]}, "data.tasks=['passkey', 'haystack']: 'haystack' is unknown"),
+    ({"episodes": 1.5}, "data.episodes=1.5 must be a share"),
+    ({"pairs": 2, "queries": 3}, "data.pairs=2, data.queries=3"),
+    ({"depths": [0.5, 1.2]}, "data.depths=[0.5, 1.2] must be fractions in [0, 1]"),
+    ({"test_episodes": 0}, "data.test_episodes=0 must be 1 or more"),
+])
+def test_bad_recall_settings_are_one_line(settings, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        CharDataModule(name="recall", seq_len=600, **settings)
+
+
+def test_a_window_too_short_for_the_episodes_is_one_line():
+    with pytest.raises(UserError, match="data=recall: a multikey episode .* does not fit in 129: give a longer "
+                                        "model.seq_len"):
+        CharDataModule(name="recall", seq_len=128, batch_size=2, tasks=["multikey"], pairs=4).setup()
