@@ -142,6 +142,8 @@ class EvaluateConf:
     #                            hybrid on each kernel (tokens per second in results.md / results.json)
     kernels: Any = "all"  # the hybrid's kernels to time: all that can serve it on this device, or a list
     repeats: int = 3  # timed forwards per model (median), after one untimed warm-up (which compiles flex)
+    recall: bool = True  # data=recall: the share of the test episodes' answers recalled exactly, teacher and hybrid
+    copy_windows: int = 8  # the copy probe: windows per gap, teacher and hybrid (0: no probe)
 
 
 @dataclass

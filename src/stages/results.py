@@ -48,6 +48,25 @@ def speed_markdown(speed: dict) -> list[str]:
     return lines + [""]
 
 
+def probe_markdown(r: dict) -> list[str]:
+    """The recall episodes (per task and needle depth) and the copy probe (per gap), teacher beside hybrid."""
+    lines = []
+    recall = sorted({k.split("/", 2)[2] for k in r if k.startswith("test/teacher_recall/")},
+                    key=lambda k: (k.split("/")[0] == "all", k))
+    if recall:
+        lines += ["## Recall episodes (the test set: every answer exact, teacher-forced)", "",
+                  markdown_table(["task / needle depth", "teacher", "hybrid"],
+                                 [[k.replace("/d", ", depth "), pct(r[f"test/teacher_recall/{k}"]),
+                                   pct(r[f"test/hybrid_recall/{k}"])] for k in recall], "lrr"), ""]
+    gaps = sorted({k.rsplit("/", 1)[1] for k in r if k.startswith("test/teacher_copy/")}, key=lambda g: int(g[1:]))
+    if gaps:
+        lines += ["## Copy probe (loss on a passage's second appearance / its first; 1 = no copying)", "",
+                  markdown_table(["gap (characters)", "teacher", "hybrid"],
+                                 [[g[1:], f"{r[f'test/teacher_copy/{g}']:.3f}", f"{r[f'test/hybrid_copy/{g}']:.3f}"]
+                                  for g in gaps], "rrr"), ""]
+    return lines
+
+
 def block_note(cfg: DictConfig, module: HybridModule) -> str:
     """For a block selector: the budget in blocks, and how much of the context one block is."""
     selector = next(iter(module.parts.selectors.values()))
@@ -101,6 +120,7 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridModule, source: str
         ], "ll"),
         "",
         *speed_markdown(speed),
+        *probe_markdown(r),
         "## Per sparse head (teacher-forced)",
         "",
         markdown_table(["head", "top-1 acc", "recall@K", "mass recall", "approx MSE", "approx rel. error"],

@@ -66,7 +66,7 @@ def test_training_depths_put_most_answers_beyond_a_window_of_t_over_8():
 
 
 def test_the_test_set_is_fixed_and_covers_every_task_and_depth():
-    text = "".join(random.Random(0).choice("abc \n") for _ in range(20000))
+    text = "".join(random.Random(0).choices("abc \n", k=20000))
     a = evaluation_episodes(text, 700, TASKS, (0.1, 0.9), 3, 4, 2, seed=5)
     b = evaluation_episodes(text, 700, TASKS, (0.1, 0.9), 3, 4, 2, seed=5)
     assert [e.text for e in a] == [e.text for e in b]  # seeded: the same set every time
@@ -76,7 +76,7 @@ def test_the_test_set_is_fixed_and_covers_every_task_and_depth():
 
 
 def test_copy_windows_repeat_a_passage_after_each_gap():
-    text = "".join(random.Random(0).choice("abcdefgh \n") for _ in range(10000))
+    text = "".join(random.Random(0).choices("abcdefgh \n", k=10000))
     windows = copy_windows(text, 1000, 50, (20, 400), 2, seed=1)
     assert [gap for _, gap, _, _ in windows] == [20, 20, 400, 400]
     for window, gap, first, second in windows:

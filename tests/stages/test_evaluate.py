@@ -111,3 +111,19 @@ def test_a_kernel_that_cannot_run_a_hybrid_names_the_one_that_can(tiny_cfg, tmp_
         train(tiny_cfg(*common, "hybrid.kernel=masked"), tmp_path / "refused")
     assert "approximator=softmax" not in str(e.value)  # not a fix: the checkpoint's approximator is mlp
     assert train(tiny_cfg(*common, "hybrid.kernel=auto"), tmp_path / "run")["test/hybrid_loss"] > 0
+
+
+@pytest.mark.slow  # trains a pipeline
+def test_recall_and_copy_probes_in_the_results(tiny_cfg, tmp_path):
+    """On data=recall, evaluate reports the test episodes recalled (per task and depth) and the copy probe, for the
+    teacher and the hybrid on the same texts, in results.json and results.md."""
+    result = train(tiny_cfg("+experiment=pipeline", "data=recall", "data.tasks=[passkey]", "model.seq_len=128",
+                            "data.test_episodes=2", "selector.max_steps=2", "hybrid.budget=16",
+                            "evaluate.copy_windows=2", "trainer.limit_final_batches=2", "evaluate.limit_batches=2"),
+                   tmp_path / "run")
+    e = result["evaluate"]
+    for model in ("teacher", "hybrid"):
+        assert 0 <= e[f"test/{model}_recall/passkey"] <= 1 and 0 <= e[f"test/{model}_recall/passkey/d0.9"] <= 1
+        assert e[f"test/{model}_copy/g50"] > 0  # T = 128: passages of 32, 50 apart
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "## Recall episodes" in md and "| passkey, depth 0.1 |" in md and "## Copy probe" in md

@@ -1,0 +1,74 @@
+"""What the evaluation measures beyond the loss, for any model ``forward(x) -> logits`` (the teacher, a hybrid):
+
+* **recall** -- the fixed test episodes of ``data=recall`` (src/data/recall.py): the share of answers recalled
+  exactly, teacher-forced (the argmax at every character of the answer is right), per task and per depth of the
+  needle;
+* **copy** -- the copy probe on any corpus: a passage and, ``gap`` characters after it, the same passage again; the
+  mean loss on its second appearance over its first (Olsson et al.'s in-context-learning score: near 1 for a model
+  that does not look back, towards 0 for one that copies), per gap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from src.data import Vocab
+from src.data.recall import Episode, copy_windows
+
+COPY_PASSAGE = 100  # characters of the copy probe's passage (at most a quarter of the context)
+COPY_GAPS = (50, 200, 500, 1000, 1500)  # characters between its two appearances (those that fit the context)
+
+
+@torch.no_grad()
+def token_losses(forward: Callable, texts: list[str], vocab: Vocab, batch_size: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position loss and argmax-hit of each text (all of one length L): (N, L - 1) each, position p predicting
+    text[p + 1]."""
+    losses, hits = [], []
+    for start in range(0, len(texts), batch_size):
+        tokens = torch.stack([vocab.encode(t) for t in texts[start:start + batch_size]]).to(device)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        logits = forward(x)
+        losses.append(F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu())
+        hits.append((logits.argmax(-1) == y).cpu())
+    return torch.cat(losses), torch.cat(hits)
+
+
+def recall_accuracy(forward: Callable, episodes: list[Episode], vocab: Vocab, batch_size: int,
+                    device: torch.device) -> dict[str, float]:
+    """The share of answers recalled exactly: {task: share, "task/d0.3": share at that depth, "all": share}."""
+    _, hits = token_losses(forward, [e.text for e in episodes], vocab, batch_size, device)
+    right, count = defaultdict(int), defaultdict(int)
+    for e, row in zip(episodes, hits):
+        for a, b in e.answers:  # the characters a..b-1, predicted at positions a-1..b-2
+            ok = bool(row[a - 1:b - 1].all())
+            for key in (e.task, f"{e.task}/d{e.depth:g}", "all"):
+                right[key] += ok
+                count[key] += 1
+    return {key: right[key] / count[key] for key in count}
+
+
+def copy_gaps(T: int, gaps=COPY_GAPS) -> tuple[int, tuple[int, ...]]:
+    """The copy probe's passage length and the gaps that fit a context of T + 1 characters (the longest that does
+    when none of ``gaps`` does)."""
+    passage = min(COPY_PASSAGE, (T + 1) // 4)
+    fitting = tuple(g for g in gaps if 2 * passage + g <= T + 1)
+    return passage, fitting or (T + 1 - 2 * passage,)
+
+
+def copy_probe(forward: Callable, text: str, vocab: Vocab, T: int, n: int, batch_size: int, device: torch.device,
+               seed: int = 0, gaps=COPY_GAPS) -> dict[str, float]:
+    """The loss on a passage's second appearance over its first, per gap: {"g200": ratio, ...}, from ``n`` windows
+    of T + 1 characters of ``text`` per gap. The passage's first character is not counted (nothing predicts it)."""
+    passage, fitting = copy_gaps(T, gaps)
+    windows = copy_windows(text, T + 1, passage, fitting, n, seed)
+    losses, _ = token_losses(forward, [w for w, _, _, _ in windows], vocab, batch_size, device)
+    first, second = defaultdict(float), defaultdict(float)
+    for (_, gap, a, b), row in zip(windows, losses):  # characters a+1..a+passage-1 are predicted at a..a+passage-2
+        first[gap] += float(row[a:a + passage - 1].mean())
+        second[gap] += float(row[b:b + passage - 1].mean())
+    return {f"g{gap}": second[gap] / first[gap] for gap in fitting}

@@ -1,0 +1,82 @@
+"""The evaluation's probes (src/stages/probes.py) on models whose answers are known: a model that knows every next
+character recalls every answer; one that knows none recalls none; the copy probe's ratio is 1 for a model that does
+not look back and falls for one that copies."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from src.data import Vocab
+from src.data.recall import ALPHABET, TASKS, copy_windows, evaluation_episodes
+from src.stages.probes import copy_gaps, copy_probe, recall_accuracy
+
+CPU = torch.device("cpu")
+TEXT = "".join(random.Random(0).choices("abcdefgh \n", k=30000))
+VOCAB = Vocab(sorted(set(TEXT) | ALPHABET))
+
+
+def knowing(texts: list[str], where=lambda text: range(len(text) - 1)):
+    """A model that predicts the right next character at the positions ``where(text)`` and nothing (uniform) at the
+    others, for exactly these texts."""
+    rows = {VOCAB.encode(t)[:-1].numpy().tobytes(): t for t in texts}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*x.shape, len(VOCAB))
+        for i, row in enumerate(x):
+            text = rows[row.numpy().tobytes()]
+            target = VOCAB.encode(text)[1:]
+            for p in where(text):
+                logits[i, p, target[p]] = 10.0
+        return logits
+
+    return forward
+
+
+def test_recall_counts_each_answer_by_task_and_depth():
+    episodes = evaluation_episodes(TEXT, 700, TASKS, (0.2, 0.8), 3, 4, 2, seed=1)
+    perfect = recall_accuracy(knowing([e.text for e in episodes]), episodes, VOCAB, 4, CPU)
+    depths = {f"{t}/d{d:g}" for t in TASKS for d in (0.2, 0.8)}
+    assert perfect["all"] == 1.0 and set(perfect) == {"all", *TASKS, *depths}
+
+    def all_but_answers(text):
+        e = next(e for e in episodes if e.text == text)
+        inside = {p for a, b in e.answers for p in range(a - 1, b - 1)}
+        return [p for p in range(len(text) - 1) if p not in inside]
+
+    blind = recall_accuracy(knowing([e.text for e in episodes], all_but_answers), episodes, VOCAB, 4, CPU)
+    assert blind["all"] == 0.0  # right everywhere but at the answers: no answer recalled
+
+    def first_digit_only(text):
+        e = next(e for e in episodes if e.text == text)
+        return [p for p in range(len(text) - 1) if p not in {a for a, _ in e.answers}] + [a - 1 for a, _ in e.answers]
+
+    assert recall_accuracy(knowing([e.text for e in episodes], first_digit_only), episodes, VOCAB, 4,
+                           CPU)["all"] == 0.0  # a whole answer or nothing
+
+
+def test_the_copy_probe_is_one_without_copying_and_falls_with_it():
+    T, n = 699, 2
+    passage, gaps = copy_gaps(T)
+    assert passage == 100 and gaps == (50, 200, 500)  # 2 x 100 + gap <= 700
+    uniform = lambda x: torch.zeros(*x.shape, len(VOCAB))  # noqa: E731
+    assert copy_probe(uniform, TEXT, VOCAB, T, n, 4, CPU, seed=3) == {"g50": 1.0, "g200": 1.0, "g500": 1.0}
+    windows = copy_windows(TEXT, T + 1, passage, gaps, n, seed=3)
+    second = {w: range(b, b + passage - 1) for w, _, _, b in windows}
+    copier = knowing([w for w, _, _, _ in windows], lambda text: second[text])  # knows the second appearance only
+    ratios = copy_probe(copier, TEXT, VOCAB, T, n, 4, CPU, seed=3)
+    assert set(ratios) == {"g50", "g200", "g500"} and all(r < 0.01 for r in ratios.values())
+
+
+def test_a_short_context_still_gets_a_copy_probe():
+    assert copy_gaps(127) == (32, (50,))  # a quarter of 128 each, 50 between them
+    assert copy_gaps(63) == (16, (32,))  # no gap of the list fits: all the room left between them
+    assert copy_gaps(2047) == (100, (50, 200, 500, 1000, 1500))
+
+
+@pytest.mark.parametrize("T", [127, 2047])
+def test_copy_windows_fit(T):
+    passage, gaps = copy_gaps(T)
+    assert all(2 * passage + g <= T + 1 for g in gaps)
