@@ -32,7 +32,7 @@ from src.selectors import SELECTORS
 from src.sparse import KERNELS, kernel_problem
 from src.stages.common import build_datamodule
 from src.stages.hybrid_module import HybridModule
-from src.stages.probes import copy_probe, recall_accuracy
+from src.stages.probes import probe_results
 from src.stages.results import results_markdown
 
 log = logging.getLogger(__name__)
@@ -136,31 +136,6 @@ def usable_kernels(module: HybridModule, device: torch.device, wanted) -> list[s
             if sparse.problem_on(device, kernel=kernel) is None]
 
 
-def probe_results(cfg: DictConfig, module: HybridEvaluation, dm) -> dict[str, float]:
-    """The recall episodes (data=recall) and the copy probe, teacher and hybrid on the same texts
-    (src/stages/probes.py): ``test/teacher_recall/passkey``, ``test/hybrid_recall/passkey/d0.3``,
-    ``test/teacher_copy/g200``, ..."""
-    device = next(module.parameters()).device
-    models = {"teacher": module.teacher, "hybrid": module.hybrid_logits}
-    out = {}
-    module.eval()
-    episodes = dm.recall_episodes("test") if cfg.evaluate.recall else []
-    if episodes:
-        log.info("recall: %d test episodes, teacher and hybrid", len(episodes))
-    for name, forward in models.items():
-        if episodes:
-            acc = recall_accuracy(forward, episodes, dm.vocab, cfg.data.batch_size, device)
-            out.update({f"test/{name}_recall/{key}": value for key, value in acc.items()})
-        if cfg.evaluate.copy_windows:
-            text = dm.vocab.decode(dm.splits["test"])
-            ratio = copy_probe(forward, text, dm.vocab, cfg.model.seq_len, cfg.evaluate.copy_windows,
-                               cfg.data.batch_size, device, cfg.seed)
-            out.update({f"test/{name}_copy/{key}": value for key, value in ratio.items()})
-    for key, value in out.items():
-        log.info("%s %.4f", key, value)
-    return out
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     module, source, checkpoint = load_hybrid(cfg)
@@ -172,7 +147,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.validate(module, datamodule=dm, verbose=False)
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
-    r.update(probe_results(cfg, module, dm))
+    module.eval()
+    r.update(probe_results(cfg, {"teacher": module.teacher, "hybrid": module.hybrid_logits}, dm,
+                           next(module.parameters()).device))
     speed = {}
     if cfg.evaluate.time_forward:
         device = resolve_device(cfg.device.accelerator)

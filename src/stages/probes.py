@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Callable
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from src.data import Vocab
 from src.data.recall import Episode, copy_windows
+
+log = logging.getLogger(__name__)
 
 COPY_PASSAGE = 100  # characters of the copy probe's passage (at most a quarter of the context)
 COPY_GAPS = (50, 200, 500, 1000, 1500)  # characters between its two appearances (those that fit the context)
@@ -72,3 +75,23 @@ def copy_probe(forward: Callable, text: str, vocab: Vocab, T: int, n: int, batch
         first[gap] += float(row[a:a + passage - 1].mean())
         second[gap] += float(row[b:b + passage - 1].mean())
     return {f"g{gap}": second[gap] / first[gap] for gap in fitting}
+
+
+def probe_results(cfg, models: dict[str, Callable], dm, device: torch.device) -> dict[str, float]:
+    """The recall episodes of the data (``evaluate.recall``; data=recall has them) and the copy probe
+    (``evaluate.copy_windows`` windows per gap) of each of ``models`` -- name -> forward on ``device``, all on the
+    same texts: ``test/teacher_recall/passkey``, ``test/hybrid_recall/passkey/d0.3``, ``test/teacher_copy/g200``..."""
+    out = {}
+    episodes = dm.recall_episodes("test") if cfg.evaluate.recall else []
+    text = dm.vocab.decode(dm.splits["test"]) if cfg.evaluate.copy_windows else ""
+    for name, forward in models.items():
+        if episodes:
+            acc = recall_accuracy(forward, episodes, dm.vocab, cfg.data.batch_size, device)
+            out.update({f"test/{name}_recall/{key}": value for key, value in acc.items()})
+        if text:
+            ratio = copy_probe(forward, text, dm.vocab, cfg.model.seq_len, cfg.evaluate.copy_windows,
+                               cfg.data.batch_size, device, cfg.seed)
+            out.update({f"test/{name}_copy/{key}": value for key, value in ratio.items()})
+    for key, value in out.items():
+        log.info("%s %.4f", key, value)
+    return out

@@ -27,6 +27,7 @@ from src.runs.records import scalar_metrics, write_json
 from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
 from src.stages.common import build_datamodule, gpt_config, plain, sample_text, warmup_cosine
+from src.stages.probes import probe_results
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("best checkpoint on the validation split: val/loss %.4f", val[0]["val/loss"])
             best = val[0]["val/loss"]
     test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
+    probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": module.gpt.eval()}, dm, module.device)
     result = {
         "stage": "teacher",
         "run_dir": str(run_dir),
@@ -169,6 +171,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "steps": trainer.global_step,
         "best_val_loss": float(best) if best is not None else None,
         **scalar_metrics(test[0] if test else {}),
+        **probes,  # does it look back: the recall episodes (data=recall) and the copy probe
     }
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", result)
