@@ -101,15 +101,16 @@ class HybridConf:
 
 @dataclass
 class SelectorConf:
-    name: str = "indexer"  # mlp | indexer | oracle | window | sink_window | block | block_oracle | block_window |
-    #                        block_sink_window  (Hydra group selector/; src/selectors/__init__.py)
+    name: str = "indexer"  # mlp | indexer | oracle | window | sink_window | block | query_block | block_oracle |
+    #                        block_window | block_sink_window  (Hydra group selector/; src/selectors/__init__.py)
     hidden: int = 64  # mlp: hidden width (the prototype's 64)
     d_index: int = 16  # indexer: width of the index queries and keys
     block_size: int = 128  # block*: keys (and queries) per block; 128 is the fastest tile on the 2-core CPU (README)
     sinks: int = 4  # sink_window: first keys always kept (StreamingLLM's 4); block_sink_window: the blocks holding them
-    recent: int = 0  # block: earlier blocks just before the own one always kept (NSA's sliding window); not a
-    #                  weight: any value runs a trained selector
-    loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the selector's own
+    recent: int = 0  # block, query_block: earlier blocks just before the own one always kept (NSA's sliding
+    #                  window); not a weight: any value runs a trained selector
+    loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the
+    #                             selector's own
     max_steps: int = 300  # distillation steps
     lr: float = 3e-3  # the prototype's 3e-3
     ckpt: Optional[str] = None  # a distill_selector checkpoint for the next stage; None: the newest compatible one

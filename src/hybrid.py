@@ -73,7 +73,7 @@ def block_problem(selector: nn.Module, budget: Budget, T: int) -> str | None:
     """Why a block selector's ``recent`` blocks cannot be kept under ``budget`` at length T (None: they can): the
     recent blocks come beside the own one, within the budget's blocks."""
     recent = getattr(selector, "recent", 0)
-    if not getattr(selector, "picks_blocks", False) or not recent:
+    if not getattr(selector, "whole_blocks", False) or not recent:
         return None
     n = budget.blocks(T, selector.block_size)
     if recent > n - 1:
@@ -96,7 +96,7 @@ class SparseParts(nn.Module):
         })
         first = next(iter(self.selectors.values()))
         # keys each query's approximator reads at the model's length: K, or the budget in whole blocks
-        slots = spec.budget.keys_read(model.seq_len, first.block_size if first.picks_blocks else None)
+        slots = spec.budget.keys_read(model.seq_len, first.block_size if first.whole_blocks else None)
         self.approximators = nn.ModuleDict({
             str(layer): build_approximator(app["name"], h, model.head_dim, slots,
                                            **{k: v for k, v in app.items() if k != "name"})
@@ -109,7 +109,7 @@ class SparseParts(nn.Module):
         if slots >= model.seq_len:  # nothing is dropped: say so, it is rarely what was meant
             T, bs = model.seq_len, getattr(first, "block_size", None)
             why = (f"selector.block_size={bs} is not below T={T}, so one block is the whole context; give a smaller "
-                   f"one, e.g. selector.block_size={max(1, T // 8)}" if first.picks_blocks and bs >= T
+                   f"one, e.g. selector.block_size={max(1, T // 8)}" if first.whole_blocks and bs >= T
                    else f"the budget {spec.budget} covers T={T}")
             log.warning("hybrid: every key is kept (%s): the sparse heads compute dense attention, the hybrid is the "
                         "teacher", why)

@@ -31,13 +31,19 @@ def test_no_selector_picks_a_future_key(name, top_k):
         torch.nn.init.normal_(p, std=3.0)
     B, T = 2, 24
     x, q, k = torch.randn(B, T, CFG.d_model), torch.randn(B, 3, T, 8) * 5, torch.randn(B, 3, T, 8) * 5
-    if sel_mod.picks_blocks:  # block selectors: tests/test_block_selector.py
+    if sel_mod.picks_blocks:  # block selectors: tests/selectors/test_block.py
         return
     sel = sel_mod.select(x, q, k, top_k)
     pos = torch.arange(T)[:, None]
-    assert sel.idx.shape == (B, 3, T, top_k)
-    assert torch.all(sel.idx <= pos), "a selector picked a key after its query"
-    assert torch.equal(sel.valid.sum(-1)[0, 0], torch.clamp(torch.arange(T) + 1, max=top_k))
+    width = -(-top_k // 4) * 4 if sel_mod.whole_blocks else top_k  # whole blocks of 4 keys: the budget rounded up
+    assert sel.idx.shape == (B, 3, T, width)
+    assert torch.all(sel.idx[sel.valid] <= pos.expand(T, width)[None, None].expand_as(sel.idx)[sel.valid]), \
+        "a selector picked a key after its query"
+    t = torch.arange(T)
+    # whole blocks: the own block up to the query, then up to n - 1 earlier blocks of 4
+    expected = t % 4 + 1 + torch.clamp(t // 4, max=width // 4 - 1) * 4 if sel_mod.whole_blocks else \
+        torch.clamp(t + 1, max=width)
+    assert torch.equal(sel.valid.sum(-1)[0, 0], expected)
     # valid slots are distinct keys
     mask = selection_mask(sel, T)
     assert torch.equal(mask.sum(-1), sel.valid.sum(-1))
@@ -47,7 +53,7 @@ def test_no_selector_picks_a_future_key(name, top_k):
 def test_full_k_softmax_reproduces_teacher(layers, heads):
     """With K = seq_len and exact softmax over the selection, the hybrid is the teacher (1e-5)."""
     gpt = teacher()
-    for name in ("oracle", "indexer", "mlp", "window", "sink_window"):
+    for name in ("oracle", "indexer", "query_block", "mlp", "window", "sink_window"):
         for kernel in ("gather", "masked"):
             spec = HybridSpec.from_config(CFG, layers, heads, CFG.seq_len, kernel=kernel)
             parts = SparseParts(spec, CFG, {"name": name}, {"name": "softmax"})
@@ -58,20 +64,32 @@ def test_full_k_softmax_reproduces_teacher(layers, heads):
 
 @pytest.mark.parametrize("selector,approximator", [("oracle", "softmax"), ("indexer", "mlp"), ("mlp", "mlp"),
                                                    ("indexer", "softmax"), ("window", "softmax"),
-                                                   ("sink_window", "softmax")])
+                                                   ("sink_window", "softmax"), ("query_block", "softmax"),
+                                                   ("query_block", "mlp")])
 @pytest.mark.parametrize("mass", [None, 0.5])
 def test_hybrid_is_causal_end_to_end(selector, approximator, mass):
     if mass and selector in ("window", "sink_window"):
         return  # they predict no attention: tests/test_baselines.py
     gpt = teacher()
     spec = HybridSpec.from_config(CFG, "all", "all", 4, mass=mass)
-    parts = SparseParts(spec, CFG, {"name": selector}, {"name": approximator})
-    attention = hybrid_attention(gpt, spec, parts)
+    parts = SparseParts(spec, CFG, {"name": selector, "block_size": 5}, {"name": approximator})  # blocks of 5 (the
+    attention = hybrid_attention(gpt, spec, parts)  # last one short): query_block keeps whole blocks of them
     x = torch.randint(0, 19, (2, 24))
     for t in (0, 3, 12):
         y = x.clone()
         y[:, t + 1 :] = (y[:, t + 1 :] + 1) % 19
         torch.testing.assert_close(gpt(x, attention=attention)[:, : t + 1], gpt(y, attention=attention)[:, : t + 1])
+
+
+@pytest.mark.parametrize("selector", ["block", "query_block"])
+def test_whole_blocks_past_the_end_feed_the_mlp_approximator(selector):
+    """A budget of whole blocks may pass T when the last block is short (T=24, blocks of 10: 3 blocks, 30 slots):
+    the approximator is built as wide as the selection, its slots past T invalid."""
+    gpt = teacher()
+    spec = HybridSpec.from_config(CFG, "all", "all", budget=1.0)
+    parts = SparseParts(spec, CFG, {"name": selector, "block_size": 10}, {"name": "mlp"})
+    assert parts.approximators["0"].w1.size(1) == 30 * CFG.head_dim
+    assert gpt(torch.randint(0, 19, (2, 24)), attention=hybrid_attention(gpt, spec, parts)).shape == (2, 24, 19)
 
 
 def test_sparse_heads_differ_dense_heads_exact():

@@ -101,10 +101,11 @@ def markdown(rows: list[dict], root: Path) -> str:
             markdown_table(
                 ["selector", "level", "budget", "dynamic mass", "density", "loss change", "mass recall", "KL",
                  "speed-up (kernel)", "hybrid tokens/s", "teacher tokens/s"],
-                [[r["selector"], r["level"], f"{fraction_text(r['budget'])} ({r['budget_keys']})", num(r["mass"], ".2f"),
-                  f"{num(r['density'], '.4f')} ± {num(r['density_std'], '.4f')}", f"{num(r['loss_change_pct'], '+.2f')}%",
-                  num(r["mass_recall"], ".4f"), num(r["kl"], ".4f"), f"{num(r['speedup'], '.2f')}× ({r['kernel'] or '–'})",
-                  num(r["hybrid_tokens_per_s"], ",.0f"), num(r["teacher_tokens_per_s"], ",.0f")] for r in group],
+                [[r["selector"], r["level"], f"{fraction_text(r['budget'])} ({r['budget_keys']})",
+                  num(r["mass"], ".2f"), f"{num(r['density'], '.4f')} ± {num(r['density_std'], '.4f')}",
+                  f"{num(r['loss_change_pct'], '+.2f')}%", num(r["mass_recall"], ".4f"), num(r["kl"], ".4f"),
+                  f"{num(r['speedup'], '.2f')}× ({r['kernel'] or '–'})", num(r["hybrid_tokens_per_s"], ",.0f"),
+                  num(r["teacher_tokens_per_s"], ",.0f")] for r in group],
                 "llrrrrrrrrr"),
         ]
         lines.append("")

@@ -14,10 +14,11 @@ the time of a step does not depend on them):
   token in, logits out, through the KV cache (src/model.py), at a context of L tokens; tokens per second.
 
 Each speed-up is reported beside its FLOP limit (src/costs/formulas.py: dense FLOPs over the sparse step's, the
-selector's scoring included). A decode step is bound by memory reads more than by arithmetic -- dense attention reads every
-cached key and value, and once the cache outgrows the CPU's caches it reads them from DRAM -- so a measured
-speed-up can pass its FLOP limit. Writes decode.csv, decode.json (machine and settings), decode.md and decode.png to ``--out``, one
-row per cell with ``L`` and ``speedup``. Bad arguments end with one line ``error: ...`` and exit status 2.
+selector's scoring included). A decode step is bound by memory reads more than by arithmetic -- dense attention
+reads every cached key and value, and once the cache outgrows the CPU's caches it reads them from DRAM -- so a
+measured speed-up can pass its FLOP limit. Writes decode.csv, decode.json (machine and settings), decode.md and
+decode.png to ``--out``, one row per cell with ``L`` and ``speedup``. Bad arguments end with one line
+``error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def table(rows: list[dict]) -> str:
         limit = "–" if r["flop_limit"] is None else f"{r['flop_limit']:.1f}×"
         of = "–" if r["of_limit"] is None else f"{r['of_limit']:.0%}"
         tps = "–" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
-        cells.append([what, r["L"], r["variant"], r["keys_read"], f"{r['median_ms']:.3f}", tps, up, limit, of, r["note"]])
+        cells.append([what, r["L"], r["variant"], r["keys_read"], f"{r['median_ms']:.3f}", tps, up, limit, of,
+                      r["note"]])
     return markdown_table(["what", "L", "variant", "keys read", "median ms", "tokens/s", "speed-up vs SDPA",
                            "FLOP limit", "of limit", "note"], cells, "lrlrrrrrrl")
 
@@ -239,7 +241,8 @@ def plot(path: Path, rows: list[dict], label: str) -> None:
 def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> list[Path]:
     info = machine_info(resolve_device(s.device, "--device"))
     label = s.describe(info["device_name"])
-    markdown = f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch {info['torch']}.\n\n{table(rows)}\n"
+    markdown = (f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch {info['torch']}.\n\n"
+                f"{table(rows)}\n")
     return write_report(out, "decode", rows, markdown, lambda path: plot(path, rows, label),
                         meta={"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
                               "notes": __doc__})

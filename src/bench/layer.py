@@ -27,8 +27,9 @@ cell's repeats), when ``--max-total-seconds`` is spent, or when a fixed budget e
 
 Peak memory (MB = 10⁶ bytes) is the most memory allocated at once during one forward, above what was live before
 it (inputs and weights excluded; intermediates and the output counted), from a separate, untimed run: on an
-accelerator torch.accelerator's max_memory_allocated; on CPU the profiler's allocator events (torch.profiler, profile_memory=True),
-which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers included.
+accelerator torch.accelerator's max_memory_allocated; on CPU the profiler's allocator events (torch.profiler,
+profile_memory=True), which see every tensor allocation of PyTorch's CPU allocator, compiled kernels' buffers
+included.
 
 ``--decode`` measures generation instead -- one decode step against a KV cache of L keys, and whole-model tokens
 per second (src/bench/decode.py). Writes bench.csv, bench.json (machine and settings), bench.md and bench.png to
@@ -137,7 +138,7 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     prepared = batch * n_head * T * max(SelectorConf.hidden, 2 * SelectorConf.d_index) * elem  # per query
     if kernel != "gather":  # the choice and its tables (B, h, nb, nb) + one chunk of tiles
         return inputs + prepared + batch * n_head * nb * nb * 24 + 2 * TILE_BYTES
-    cols = 0 if selector in BLOCK_SELECTORS else T
+    cols = 0 if SELECTORS[selector].picks_blocks else T
     rows = chunk_rows(batch, n_head, T, hs, slots, cols, elem)
     work = batch * n_head * rows * (3 * cols * elem + 3 * slots * hs * elem + 2 * slots * 8)
     weights = n_head * (slots * hs * SelectorConf.hidden + SelectorConf.hidden * T) * elem if "mlp" in variant else 0

@@ -165,6 +165,19 @@ def indexed_block_selector(T: int, d_model: int, d_index: int, block: int, topk_
     return Cost(macs=T * d_model + 2 * R * d_model * d_index + pairs * d_index, ops=topk_ops * pairs)
 
 
+def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """MoBA's per-query gate as the framework learns it (src/selectors/query_block.py), one head: what
+    ``SELECTORS["query_block"]`` counts.
+
+    Pooling the inputs per key block T·d (counted per head, an upper bound); index queries of all T queries and index
+    keys of the ⌈T/B⌉ block means, (T + ⌈T/B⌉)·d·d_index MACs; scores of every (query, earlier or own key block)
+    pair, ``causal_block_pairs``·d_index MACs; top-k over them. Θ(T·d·d_index + T²/B·d_index).
+    """
+    pairs = causal_block_pairs(T, block)
+    return Cost(macs=T * d_model + (T + n_blocks(T, block)) * d_model * d_index + pairs * d_index,
+                ops=topk_ops * pairs)
+
+
 def block_sparse_pairs(T: int, block: int, n: int) -> int:
     """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
     n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks."""

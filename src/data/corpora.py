@@ -106,7 +106,8 @@ def read_text_file(path: str | None) -> str:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"data.path={path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8") from None
+        raise UserError(f"data.path={path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to "
+                        "UTF-8") from None
     if not text:
         raise UserError(f"data.path={path} is empty; give a file with text in it")
     return text

@@ -108,7 +108,8 @@ class CharDataModule(L.LightningDataModule):
             )
         if n_train - self.seq_len < self.batch_size:  # training drops an incomplete last batch: none would be left
             raise UserError(
-                f"the {self.name} corpus's training split ({n_train:,} tokens) holds {max(0, n_train - self.seq_len):,} "
+                f"the {self.name} corpus's training split ({n_train:,} tokens) holds "
+                f"{max(0, n_train - self.seq_len):,} "
                 f"windows of seq_len={self.seq_len}, fewer than one batch (data.batch_size={self.batch_size}); "
                 "use a longer text or a smaller data.batch_size"
             )

@@ -204,8 +204,9 @@ def costs_figure(full: list[dict], prototype: list[dict] | None = None) -> Figur
 
 
 def budget_figure(ok: list[dict]) -> Figure:
-    """A budget curve (src/analysis/budget_curve.py): loss change, attention-mass recall and whole-model speed-up against the
-    density each line used, one line per selector (dashed: block level; stars: the dynamic budget), a row per corpus."""
+    """A budget curve (src/analysis/budget_curve.py): loss change, attention-mass recall and whole-model speed-up
+    against the density each line used, one line per selector (dashed: block level; stars: the dynamic budget), a row
+    per corpus."""
     import matplotlib
 
     datas = list(dict.fromkeys(r["data"] for r in ok)) or ["–"]

@@ -1,7 +1,8 @@
 """Key selectors (Hydra group ``selector/``): one file each, one YAML each (conf/selector/NAME.yaml).
 
-Learned: ``indexer`` (token level, DeepSeek V3.2's lightning indexer), ``block`` (block level, MoBA / SeerAttention),
-``mlp`` (the prototype's). Parameter-free, the baselines and the upper bounds at each level: ``window`` /
+Learned: ``indexer`` (token level, DeepSeek V3.2's lightning indexer), ``block`` (block level, MoBA / SeerAttention:
+one choice per block of queries), ``query_block`` (whole key blocks chosen by every query: MoBA's gate), ``mlp`` (the
+prototype's). Parameter-free, the baselines and the upper bounds at each level: ``window`` /
 ``block_window`` (the most recent keys), ``sink_window`` / ``block_sink_window`` (StreamingLLM: first keys + window),
 ``oracle`` / ``block_oracle`` (the teacher's own attention).
 
@@ -25,7 +26,7 @@ for _module in pkgutil.iter_modules(__path__):  # each module registers the sele
 
 from src.selectors.block import BlockSelector  # noqa: E402  (re-exported)
 
-BLOCK_SELECTORS = tuple(name for name, cls in SELECTORS.items() if cls.picks_blocks)  # keep whole blocks of keys
+BLOCK_SELECTORS = tuple(name for name, cls in SELECTORS.items() if cls.whole_blocks)  # keep whole blocks of keys
 
 
 def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len: int,

@@ -45,7 +45,8 @@ class KeySelector(nn.Module):
 
     trainable = True  # False for selectors with nothing to learn (the oracles, the window baselines)
     default_loss = "kl"  # the distillation loss used when selector.loss is not set
-    picks_blocks = False
+    picks_blocks = False  # True: one choice per block of queries, which the block-sparse kernels (flex, tiles) run
+    whole_blocks = False  # True: keeps whole blocks of keys, so the budget is counted in whole blocks
     predicts_mass = True  # the softmax of the scores predicts attention (hybrid.mass reads it); False: positions
     causal = True  # a query's choice reads nothing after it (False: an upper bound to measure against, not a model)
 
@@ -85,6 +86,7 @@ class BlockKeySelector(nn.Module):
     trainable = True
     default_loss = "kl"
     picks_blocks = True
+    whole_blocks = True
     predicts_mass = True
     causal = True
 

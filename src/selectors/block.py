@@ -11,9 +11,9 @@ d_index) per head, against the indexer's Θ(T² · d_index).
 
 The own block is always kept (as MoBA's current block), and the ``recent`` blocks just before it (``selector.recent``,
 NSA's sliding-window branch: the first queries of a block then always see their immediate past); the best earlier
-blocks fill the rest of the budget (src/sparse/choice.py). Its share of the attention, which the dynamic budget (``hybrid.mass``) needs, gets a score
-of its own: a learned linear function of the first query's input (one number per head), since the block's mean
-would read keys after that query.
+blocks fill the rest of the budget (src/sparse/choice.py). Its share of the attention, which the dynamic budget
+(``hybrid.mass``) needs, gets a score of its own: a learned linear function of the first query's input (one number
+per head), since the block's mean would read keys after that query.
 
 Causality: the blocks before a query block lie wholly in the past of each of its queries, and the scores read only
 their inputs and the block's first query, so no query's output can depend on a later token.

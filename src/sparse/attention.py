@@ -100,6 +100,12 @@ class SparseAttention(nn.Module):
         usable = not flex_unavailable(device, needs_grad, self.selector.block_size)
         return "flex" if device.type == "cuda" and usable else "tiles"
 
+    def keys_read(self, T: int) -> int:
+        """Keys each query may read at length T: the budget, in whole blocks for a selector that keeps whole blocks
+        (src/sparse/budget.py ``Budget.keys_read``)."""
+        return self.budget.keys_read(T, self.selector.block_size if getattr(self.selector, "whole_blocks", False)
+                                     else None)
+
     def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, length: int | None = None) -> BlockChoice:
         """A block selector's choice for every block of queries, under the budget counted at ``length`` (default:
         x's T; generation counts it at the model's T, whatever the prompt's length)."""
@@ -110,7 +116,7 @@ class SparseAttention(nn.Module):
         """Every query's keys, token level (B, h, T, K): for the metrics and the teacher-forced stages."""
         if self.picks_blocks:
             return self.choose(x, q, k).keys()
-        return self.selector.select(x, q, k, self.budget.keys(x.size(1)), self.budget.mass)
+        return self.selector.select(x, q, k, self.keys_read(x.size(1)), self.budget.mass)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 phases=None, length: int | None = None) -> torch.Tensor:
@@ -136,7 +142,7 @@ class SparseAttention(nn.Module):
         else:
             with phase("selection"):
                 ctx = self.selector.prepare(x, q, k)
-            K = self.budget.keys(length or T)
+            K = self.keys_read(length or T)
             slots, cols = K, T
             select = lambda rows: self.selector.select_rows(ctx, rows, K, self.budget.mass)  # noqa: E731
         if kernel == "masked":

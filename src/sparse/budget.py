@@ -2,8 +2,8 @@
 
 The peers keep a *fixed* budget (DeepSeek V3.2's indexer: 2048 tokens; NSA: 16 blocks of 64 + a 512 window; MoBA:
 top-k blocks), so the saving grows with T: a causal query sees T/2 keys on average, so a budget of b keys does at
-most T / (2b) times less attention work. A fraction of T (k = T/8, the prototype's and src/costs/accounting.py's default)
-caps the saving at 1 / (2 · fraction) at every length.
+most T / (2b) times less attention work. A fraction of T (k = T/8, the prototype's and src/costs/accounting.py's
+default) caps the saving at 1 / (2 · fraction) at every length.
 
 ``Budget.parse(512)`` keeps 512 keys per query; ``Budget.parse(0.125)`` keeps T/8. Block selectors round the
 budget up to whole blocks, the query's own block included (``blocks``).
@@ -60,9 +60,10 @@ class Budget:
 
     def keys_read(self, T: int, block_size: int | None = None) -> int:
         """Keys each query's approximator reads at length T: the budget, or for a selector that keeps whole blocks
-        of ``block_size`` keys the budget in whole blocks (at most T): the one rule of the hybrid, the benchmark and
+        of ``block_size`` keys the budget in whole blocks -- the width of their selection, which may pass T when
+        the last block is short (its missing keys are invalid slots): the one rule of the hybrid, the benchmark and
         the cost model."""
-        return self.keys(T) if block_size is None else min(T, self.blocks(T, block_size) * block_size)
+        return self.keys(T) if block_size is None else self.blocks(T, block_size) * block_size
 
     @staticmethod
     def ambiguous(value) -> bool:

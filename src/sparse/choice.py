@@ -76,8 +76,8 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
     scores (B, h, R, nb) of the query blocks ``rows`` (R,) against every key block; blocks after a row's own block
     are never chosen, its own is always first. Rows with fewer than n_keep blocks so far (row r has r + 1) mark the
     surplus slots invalid, pointing at the own block; n_keep may exceed nb (a prompt shorter than the length the
-    budget is counted at, src/sparse/decode.py): the slots past nb are invalid. -> BlockChoice with R rows (``rows`` must be all query blocks
-    for a choice the kernels can run; the stages score chunks of rows and concatenate them).
+    budget is counted at, src/sparse/decode.py): the slots past nb are invalid. -> BlockChoice with R rows (``rows``
+    must be all query blocks for a choice the kernels can run; the stages score chunks of rows and concatenate them).
     """
     if n_keep <= 0:
         raise ValueError(f"n_blocks={n_keep} must be 1 or more")

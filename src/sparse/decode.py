@@ -19,8 +19,8 @@ own block first, its rows filled in as its queries arrive): the block's later st
 attention over the tile (SDPA for exact softmax; the MLP approximator where it applies). A token selector's keys
 are gathered from the cache at every step, as the gather path does for one query (src/sparse/gather.py). The budget
 is counted at the cache's length (the model's T), as in the hybrid's forward pass over a whole sequence, so that
-prefill + decode give the same outputs as that pass (tests). Non-causal selectors (``block_oracle`` reads the later queries of its block)
-cannot generate.
+prefill + decode give the same outputs as that pass (tests). Non-causal selectors (``block_oracle`` reads the later
+queries of its block) cannot generate.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class SparseDecoder:
                 first = T0 // bs * bs
                 self.start_block(x[:, first:first + 1], first, T0 - 1, k, v)
         else:
-            self.top_k = sparse.budget.keys(self.max_len)
+            self.top_k = sparse.keys_read(self.max_len)
 
     def append(self, x_t: torch.Tensor, q_t: torch.Tensor, t: int) -> None:
         """Take in the token at position t: x_t (B, 1, C), q_t (B, h, 1, hs)."""
@@ -158,6 +158,9 @@ class SparseDecoder:
             scores = self.selector.summary_scores(self.summaries, x_t, t)  # (B, h, 1, t + 1)
         else:
             ctx = self.selector.prepare(self.x[:, :t + 1], self.q[:, :, :t + 1], k[:, :h, :t + 1])
+            if getattr(self.selector, "whole_blocks", False):  # its own rule: whole blocks, own block first
+                sel = self.selector.select_rows(ctx, row, self.top_k, self.sparse.budget.mass)
+                return self.attend(q_t, gather_rows(k, sel.idx)[:, :, 0], gather_rows(v, sel.idx)[:, :, 0], sel.valid)
             scores = self.selector.score_rows(ctx, row)
         sel = causal_topk(F.pad(scores, (0, self.max_len - scores.size(-1))), self.top_k, row,
                           self.sparse.budget.mass)

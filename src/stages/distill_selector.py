@@ -6,7 +6,8 @@ Losses (``selector.loss``): ``ce`` the teacher's top-1 key (the prototype), ``to
 ``kl`` KL(teacher attention ‖ softmax of the selector's scores) (the lightning indexer's and SeerAttention's).
 A block selector learns at the level it selects: KL from the teacher's attention mass per key block, summed over
 each block of queries (src/sparse/mass.py, computed chunk by chunk), to the softmax of its block scores over the
-earlier blocks (the own block is always kept, so it is not scored).
+earlier blocks (the own block is always kept: only its share is learned); the per-query block selector
+(query_block) the same, from each query's own mass per key block.
 """
 
 from __future__ import annotations
@@ -44,17 +45,18 @@ def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: i
     return (probs * (logp - logq.masked_fill(future, 0.0))).sum(-1).mean()
 
 
-def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    """scores, mass (B, h, R, nb) of every query block -> KL(the teacher's mass over the earlier blocks ‖ softmax
-    of the scores over them) -- which blocks to read -- plus the two-way KL of the own block's share of the mass
-    against softmax(scores over the own and earlier blocks)'s -- how much the rest holds, which the dynamic budget
-    reads. Averaged over the query blocks that have an earlier block (all but the first)."""
-    R, nb = scores.shape[-2:]
-    if R < 2:  # a single block of queries: nothing to choose, nothing to learn
+def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+    """scores, mass (B, h, R, nb) of R rows against every key block -> KL(the teacher's mass over the earlier blocks
+    ‖ softmax of the scores over them) -- which blocks to read -- plus the two-way KL of the own block's share of
+    the mass against softmax(scores over the own and earlier blocks)'s -- how much the rest holds, which the dynamic
+    budget reads. A row is a block of queries (the block selector: row r's own block is r) or one query (``own``
+    (R,): each row's own block, the query's). Averaged over the rows that have an earlier block."""
+    own = torch.arange(scores.size(-2), device=scores.device) if own is None else own
+    keep = own > 0  # the first block's rows: nothing to choose, nothing to learn
+    if not keep.any():
         return scores.sum() * 0.0
-    rows = torch.arange(1, R, device=scores.device)
-    earlier = torch.arange(nb, device=scores.device) < rows[:, None]  # c < r
-    s, m = scores[..., 1:, :], mass[..., 1:, :]
+    rows, s, m = own[keep], scores[..., keep, :], mass[..., keep, :]
+    earlier = torch.arange(scores.size(-1), device=scores.device) < rows[:, None]  # c < own block
     p = m.masked_fill(~earlier, 0.0)
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
     logq = s.masked_fill(~earlier, float("-inf")).log_softmax(-1).masked_fill(~earlier, 0.0)
@@ -75,9 +77,9 @@ class SelectorDistillation(HybridModule):
         self.loss_kind = sel.get("loss") or first.default_loss
         if self.loss_kind not in LOSSES:
             raise UserError(f"selector.loss={self.loss_kind!r} is unknown: use one of {', '.join(LOSSES)}")
-        if first.picks_blocks and self.loss_kind != "kl":
-            raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} picks blocks "
-                            "and learns the teacher's attention mass per block: use selector.loss=kl")
+        if first.whole_blocks and self.loss_kind != "kl":
+            raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} keeps whole "
+                            "blocks and learns the teacher's attention mass per block: use selector.loss=kl")
         self.val_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall"])
 
     def loss(self, layer: int, s) -> torch.Tensor:
@@ -88,6 +90,10 @@ class SelectorDistillation(HybridModule):
             rows = torch.arange(n_blocks(T, selector.block_size), device=q.device)
             return block_selector_loss(selector.block_scores(s.x, q, k, rows),
                                        block_attention_mass(q, k, selector.block_size))
+        if selector.whole_blocks:  # every query's own choice of blocks: its own mass per key block
+            rows, bs = torch.arange(T, device=q.device), selector.block_size
+            mass = F.pad(served.probs, (0, n_blocks(T, bs) * bs - T)).unflatten(-1, (-1, bs)).sum(-1)
+            return block_selector_loss(selector.block_rows(selector.prepare(s.x, q, k), rows), mass, rows // bs)
         return selector_loss(self.loss_kind, selector.scores(s.x, q, k), served.probs, self.spec.budget.keys(T))
 
     def training_step(self, batch, batch_idx):

@@ -112,7 +112,7 @@ class HybridModule(L.LightningModule):
 
     def selection_stats(self, layer: int, s: AttentionSignals, sel: Selection) -> dict:
         """Selection metrics of one layer's sparse heads against the teacher's attention (src/metrics.py)."""
-        ranked = not self.parts.selectors[str(layer)].picks_blocks
+        ranked = not self.parts.selectors[str(layer)].whole_blocks
         return selection_stats(sel, self.served(s).probs, ranked=ranked)
 
     def approximate(self, layer: int, s: AttentionSignals, sel: Selection) -> torch.Tensor:

@@ -70,7 +70,7 @@ def probe_markdown(r: dict) -> list[str]:
 def block_note(cfg: DictConfig, module: HybridModule) -> str:
     """For a block selector: the budget in blocks, and how much of the context one block is."""
     selector = next(iter(module.parts.selectors.values()))
-    if not selector.picks_blocks:
+    if not selector.whole_blocks:
         return ""
     T, bs = cfg.model.seq_len, selector.block_size
     n = module.spec.budget.blocks(T, bs)

@@ -33,11 +33,11 @@ def test_layers_sum_every_head():
 
 def test_keys():
     """Keys read follow the hybrid's own rule (Budget.keys_read): T/8 by default, at least one, at most T, whole
-    blocks for a block selector."""
+    blocks for a block selector (a block may pass T: its slots past T are invalid, but the approximator's width)."""
     assert costs.keys_read("indexer", 64) == 8 and costs.keys_read("indexer", 4) == 1  # T/8, at least one
     assert costs.keys_read("indexer", 64, k=8) == 8 and costs.keys_read("indexer", 16, k=32) == 16  # fixed, <= T
     assert costs.keys_read("block", 256, sizes=ComponentSizes(block=64)) == 64  # T/8 = 32 -> one whole block
-    assert costs.keys_read("block", 32, sizes=ComponentSizes(block=64)) == 32  # never more than T
+    assert costs.keys_read("block", 32, sizes=ComponentSizes(block=64)) == 64  # one whole block, half past T
     assert costs.budget_of(512).blocks(4096, 64) == 8 and costs.budget_of(8).blocks(100, 128) == 1
     assert costs.keys_read("indexer", 256) == 32 and costs.keys_read("block", 4096, 0.25, ComponentSizes()) == 1024
 

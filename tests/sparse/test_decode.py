@@ -44,6 +44,9 @@ CASES = [  # selector, approximator, heads, hybrid settings: summaries (block, i
     ("block", "mlp", [0, 2], {"budget": 16}),
     ("block_window", "softmax", [0], {"budget": 16}),
     ("block_sink_window", "softmax", "all", {"budget": 16}),
+    ("query_block", "softmax", "all", {"budget": 16}),
+    ("query_block", "mlp", [1, 2], {"budget": 16, "recent": 1}),
+    ("query_block", "softmax", "all", {"budget": 24, "mass": 0.8}),
     ("indexer", "softmax", [2], {"budget": 8}),
     ("indexer", "softmax", "all", {"budget": 0.25, "mass": 0.8}),
     ("window", "softmax", "all", {"budget": 8}),
@@ -72,7 +75,8 @@ def test_full_budget_decode_is_dense(selector):
     torch.testing.assert_close(decode(teacher, attention, x, 5), teacher(x).detach(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("selector,heads", [("block", "all"), ("block", [1]), ("indexer", [0, 3]), ("window", "all")])
+@pytest.mark.parametrize("selector,heads", [("block", "all"), ("block", [1]), ("indexer", [0, 3]), ("window", "all"),
+                                            ("query_block", "all")])
 def test_decode_never_reads_a_future_position(selector, heads):
     """Cache rows after the current token hold huge values: a step that read one would change its output."""
     teacher, attention = hybrid(selector, heads=heads, budget=16)

@@ -58,6 +58,6 @@ def test_block_stages_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
 
 def test_token_losses_are_refused_for_blocks(tiny_cfg, tmp_path, teacher_ckpt):
     from src.errors import UserError
-    with pytest.raises(UserError, match="selector.loss=ce ranks single keys; selector=block picks blocks"):
+    with pytest.raises(UserError, match="selector.loss=ce ranks single keys; selector=block keeps whole blocks"):
         train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=block",
                        "selector.loss=ce", "selector.block_size=8"), tmp_path / "s")

@@ -1,0 +1,90 @@
+"""MoBA's gate, learned as ours are: *every query* scores the earlier key blocks and keeps its own top ones.
+
+The block selector (src/selectors/block.py) chooses once per block of queries, from the block's first query, so an
+answer in the middle of a block cannot ask for the block that holds its needle. Here each query chooses: per served
+head, learned index projections of the layer input (as the indexer's, width d_index) score query t against the mean
+index key of every earlier block, plus a learned bias of the distance in blocks; query t keeps its own block (the keys
+up to itself, causally masked) and the best n - 1 earlier blocks, n the budget in whole blocks (``hybrid.budget``
+rounded up to ``selector.block_size``), as MoBA's gate does with the head's own keys. ``selector.recent`` earlier
+blocks just before the own one are always kept (NSA's sliding window); ``hybrid.mass`` keeps only as many as reach
+that share of the predicted attention, the own block's share a learned function of the query's input.
+
+Causality: the blocks a query may pick lie wholly before its own block, and its scores read its own input and those
+blocks' keys, so no query's output depends on a later token. Every query has its own choice, so this is a token-level
+selector to the kernels (``masked``: exact, dense work; ``gather``); Θ(T · T/B · d_index) per head to score.
+
+Distillation (src/stages/distill_selector.py): per query, the teacher's attention mass per key block against the
+softmax of the scores -- KL over the earlier blocks, plus the own block's share -- the block selector's target, one
+query at a time instead of summed over a block of queries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from src.costs import formulas as costs
+from src.selectors.base import KeySelector
+from src.selectors.distance import DistanceBias
+from src.selectors.indexer import index_vectors
+from src.sparse.choice import block_keys, causal_block_topk, n_blocks
+from src.sparse.selection import Selection
+
+
+class QueryBlockSelector(KeySelector):
+    name = "query_block"
+    whole_blocks = True  # keeps whole blocks of keys: the budget is counted in them
+
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """Scoring every query against the causal blocks, one head, Θ(T · T/B · d_index)
+        (src/costs/formulas.py query_block_selector)."""
+        return costs.query_block_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops)
+
+    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
+        super().__init__()
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
+        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+            raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
+        self.n_heads, self.d_index, self.block_size, self.recent = n_heads, d_index, block_size, recent
+        self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
+        self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
+        self.own = nn.Linear(d_model, n_heads)  # the own block's score (only the dynamic budget reads it)
+        self.distance = DistanceBias(n_heads)
+
+    def prepare(self, x, q, k):
+        """The inputs (B, T, C), every position's index query (B, h, T, d) and every block's mean index key
+        (B, h, nb, d; the index keys are linear in the input, so the mean input's)."""
+        T, bs = x.size(1), self.block_size
+        nb = n_blocks(T, bs)
+        pad = torch.nn.functional.pad(x, (0, 0, 0, nb * bs - T)).unflatten(1, (nb, bs)).sum(2)  # (B, nb, C)
+        count = (T - torch.arange(nb, device=x.device) * bs).clamp(max=bs)[:, None]
+        return (x, index_vectors(self.wq, x, self.n_heads, self.d_index),
+                index_vectors(self.wk, pad / count, self.n_heads, self.d_index))
+
+    def block_rows(self, ctx, rows: torch.Tensor) -> torch.Tensor:
+        """The scores of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb); the own
+        block's column holds the own block's score, the later blocks' are never used."""
+        x, qi, kb = ctx
+        own_block = rows // self.block_size
+        scores = qi[:, :, rows] @ kb.transpose(-2, -1) / math.sqrt(self.d_index)
+        scores = scores + self.distance(own_block, kb.size(-2))
+        own = self.own(x[:, rows]).transpose(1, 2)[..., None]  # (B, h, R, 1)
+        B, h, R, _ = scores.shape
+        return scores.scatter(-1, own_block.view(1, 1, R, 1).expand(B, h, R, 1), own)
+
+    def score_rows(self, ctx, rows):
+        """The token view of the block scores: every key its block's score (B, h, R, T)."""
+        T = ctx[0].size(1)
+        return self.block_rows(ctx, rows).repeat_interleave(self.block_size, -1)[..., :T]
+
+    def select_rows(self, ctx, rows, top_k, mass=None) -> Selection:
+        """Each query's own block and its best earlier blocks, the budget of ``top_k`` keys in whole blocks."""
+        T = ctx[0].size(1)
+        n = max(1, math.ceil(top_k / self.block_size))
+        choice = causal_block_topk(self.block_rows(ctx, rows), n, rows // self.block_size, self.block_size, T, mass,
+                                   self.recent)
+        return block_keys(choice.idx, choice.valid, rows, self.block_size)

@@ -1,0 +1,117 @@
+"""The per-query block selector (src/selectors/query_block.py): every query its own choice of whole blocks, causal,
+the budget in blocks; its distillation loss; the stages end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.costs import formulas
+from src.selectors import build_selector
+from src.sparse import n_blocks
+from src.sparse.choice import block_keys
+from src.stages.distill_selector import block_selector_loss
+from src.train import train
+
+
+def needle_selector(block_size: int = 4):
+    """One head over d_model = d_index = 8, index query = index key = 10 x the input, no distance bias: a query's
+    best block is the one whose mean input points its way."""
+    sel = build_selector("query_block", 1, 8, 8, 32, d_index=8, block_size=block_size)
+    with torch.no_grad():
+        sel.wq.weight.copy_(torch.eye(8) * 10), sel.wk.weight.copy_(torch.eye(8) * 10)
+        sel.own.weight.zero_(), sel.own.bias.fill_(-100.0)
+    return sel
+
+
+def test_each_query_fetches_its_own_needle_block():
+    """Blocks 1 and 5 of 8 hold two different needles; in the last block, the query that asks for needle A keeps block
+    1 and the next query, asking for B, keeps block 5 -- one choice per block of queries (selector=block) could
+    serve only one of them, and a window of 2 blocks neither."""
+    x = torch.randn(1, 32, 8) * 0.01
+    x[0, 4:8, 0] = 1.0  # needle A fills block 1
+    x[0, 20:24, 1] = 1.0  # needle B fills block 5
+    x[0, 29, 0], x[0, 30, 1] = 1.0, 1.0  # two queries of block 7 ask for A and B
+    sel = needle_selector()
+    s = sel.select(x, None, None, 8)  # two blocks: the own one and the best earlier one
+    assert s.idx.shape == (1, 1, 32, 8)
+    kept = lambda t: sorted({int(i) // 4 for i in s.idx[0, 0, t][s.valid[0, 0, t]]})  # noqa: E731
+    assert kept(29) == [1, 7] and kept(30) == [5, 7]
+    assert s.valid[0, 0, 29].sum() == 4 + 2  # block 1 whole, block 7 up to the query (28, 29)
+
+
+@pytest.mark.parametrize("T,bs,top_k,recent", [(32, 4, 8, 0), (30, 4, 12, 1), (17, 8, 8, 0), (9, 16, 5, 0)])
+def test_choice_is_causal_and_whole_blocks(T, bs, top_k, recent):
+    """Every query keeps its own block up to itself first, then ``recent`` blocks just before it, then the best
+    earlier blocks: never a key after the query, and a query's choice reads nothing after it."""
+    torch.manual_seed(0)
+    sel = build_selector("query_block", 2, 8, 8, T, d_index=4, block_size=bs, recent=recent)
+    for p in sel.parameters():
+        torch.nn.init.normal_(p, std=3.0)
+    x = torch.randn(2, T, 8)
+    s = sel.select(x, None, None, top_k)
+    n = -(-top_k // bs)
+    t = torch.arange(T)
+    assert s.idx.shape == (2, 2, T, n * bs)
+    assert torch.all(s.idx <= t[:, None]), "a key after its query"
+    assert torch.equal(s.valid.sum(-1)[0, 0], t % bs + 1 + torch.clamp(t // bs, max=n - 1) * bs)
+    blocks = s.idx // bs
+    assert torch.all(blocks[..., :bs] == (t // bs)[:, None]), "the own block is not first"
+    if recent:
+        near = (t // bs >= 1)
+        assert torch.all(blocks[..., bs:2 * bs][:, :, near] == (t // bs - 1)[near][:, None])
+    for q in (0, T // 2, T - 1):
+        y = x.clone()
+        y[:, q + 1:] = torch.randn_like(y[:, q + 1:]) * 9
+        later = sel.select(y, None, None, top_k)
+        assert torch.equal(later.idx[:, :, :q + 1], s.idx[:, :, :q + 1])
+
+
+def test_the_selection_is_block_keys_of_the_block_scores():
+    """select_rows is the block choice of ``block_rows`` turned into keys: the same rule as the block selector's."""
+    torch.manual_seed(0)
+    sel = build_selector("query_block", 2, 8, 8, 24, d_index=4, block_size=4)
+    x = torch.randn(1, 24, 8)
+    rows = torch.arange(24)
+    scores = sel.block_rows(sel.prepare(x, None, None), rows)
+    assert scores.shape == (1, 2, 24, n_blocks(24, 4))
+    best = scores.masked_fill(torch.arange(6) >= (rows // 4)[:, None], float("-inf")).argmax(-1)  # best earlier block
+    s = sel.select(x, None, None, 8)
+    expected = block_keys(torch.stack([(rows // 4).expand(1, 2, 24), best], -1), torch.ones(1, 2, 24, 2, dtype=bool)
+                          & (rows >= 4)[:, None] | (torch.arange(2) == 0), rows, 4)
+    torch.testing.assert_close(s.idx[s.valid], expected.idx[expected.valid])
+
+
+def test_query_loss_is_zero_at_the_teacher_mass_and_learns_it():
+    """Per query: the teacher's mass per key block as scores gives no loss; flat scores some; the first block's
+    queries (nothing earlier to choose) none."""
+    torch.manual_seed(0)
+    T, bs = 12, 4
+    rows = torch.arange(T)
+    probs = torch.softmax(torch.randn(1, 2, T, T).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")), -1)
+    mass = probs.unflatten(-1, (-1, bs)).sum(-1)  # (1, 2, T, 3)
+    own = rows // bs
+    logits = mass.clamp_min(1e-9).log()
+    assert block_selector_loss(logits, mass, own) == pytest.approx(0.0, abs=1e-4)
+    assert block_selector_loss(torch.zeros_like(logits), mass, own) > 0.01
+    assert block_selector_loss(logits[..., :bs, :], mass[..., :bs, :], own[:bs]) == 0
+
+
+def test_cost_counts_every_query_against_the_causal_blocks():
+    # T=8, blocks of 4, d_model=2, d_index=3: pooling 8·2, index queries of 8 + keys of 2 blocks (8 + 2)·2·3,
+    # (query, block) pairs 4·1 + 4·2 = 12, ·3
+    assert formulas.query_block_selector(8, 2, 3, 4, topk_ops=1) == formulas.Cost(macs=16 + 60 + 36, ops=12)
+
+
+def test_query_block_stages_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
+    """selector -> approximator -> evaluation with query_block: it learns from the teacher's per-query block mass;
+    the results name the budget in blocks."""
+    parts = [f"teacher.ckpt={teacher_ckpt}", "selector=query_block", "selector.block_size=8", "hybrid.layers=all",
+             "hybrid.budget=16"]
+    sel = train(tiny_cfg("+experiment=distill_selector", *parts, "selector.max_steps=2"), tmp_path / "outputs" / "s")
+    assert 0 < sel["val/mass_recall"] <= 1 + 1e-6
+    app = train(tiny_cfg("+experiment=distill_approximator", *parts, f"selector.ckpt={sel['checkpoint']}"),
+                tmp_path / "outputs" / "a")
+    result = train(tiny_cfg("+experiment=evaluate", *parts, f"approximator.ckpt={app['checkpoint']}"), tmp_path / "e")
+    assert 0 < result["test/mass_recall"] <= 1 + 1e-6
+    assert "(2 blocks of 8 keys" in (tmp_path / "e" / "results.md").read_text()
