@@ -3,6 +3,7 @@
     python -m src.analyze costs [--out DIR]   # the analytic cost model: tables, CSVs, a plot (analysis/costs.py)
     python -m src.analyze sweep DIR           # one table + plot of a multirun's jobs (analysis/sweep.py)
     python -m src.analyze budget DIR          # quality against key budget, one line per selector (budget_curve.py)
+    python -m src.analyze recall DIR          # needle in a haystack: recall per task, depth and length (recall.py)
 
 Each subcommand is one entry of ``SUBCOMMANDS``: a help line, a function adding its arguments, a function running
 it. Bad arguments end with one line ``error: ...`` and exit status 2.
@@ -28,8 +29,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def gather_and_write(analysis, root: Path) -> None:
-    """``analysis`` (src/analysis/sweep.py or budget_curve.py): gather a multirun's jobs, write its files, print
-    them."""
+    """``analysis`` (src/analysis/sweep.py, budget_curve.py or recall.py): gather a multirun's jobs, write its files,
+    print them."""
     rows = analysis.gather(root)
     try:
         paths = analysis.write(rows, root)
@@ -52,6 +53,17 @@ def run_budget(args: argparse.Namespace) -> None:
     gather_and_write(budget_curve, args.dir)
 
 
+def add_recall_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="a run on data=recall (evaluate, pipeline or teacher: its folder), or the "
+                                          "folder of a multirun of them (outputs/multirun/<timestamp>)")
+
+
+def run_recall(args: argparse.Namespace) -> None:
+    from src.analysis import recall
+
+    gather_and_write(recall, args.dir)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the command line
 
@@ -69,6 +81,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         run_sweep),
     "budget": Subcommand("quality against key budget of a budget_curve multirun: table and plot, one line per "
                          "selector", add_sweep_arguments, run_budget),
+    "recall": Subcommand("needle in a haystack over runs on data=recall: heatmaps of the answers recalled per task, "
+                         "needle depth and context length, one panel per model; a table with the copy probe and the "
+                         "loss change", add_recall_arguments, run_recall),
 }
 
 

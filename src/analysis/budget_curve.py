@@ -39,19 +39,24 @@ def budget_fraction(cfg: dict) -> float | None:
         return None
 
 
-def job_row(job: Path) -> dict:
-    cfg = job_config(job)
-    sel, hyb, m = cfg.get("selector", {}), cfg.get("hybrid", {}), cfg.get("model", {})
+def selector_columns(cfg: dict) -> dict:
+    """Which line of the curve a job is: its selector (``+recentN`` when it always keeps its previous blocks: a line
+    of its own), token or block level, budget (a fraction of T), keys per query and dynamic budget's mass."""
+    sel, m = cfg.get("selector", {}), cfg.get("model", {})
     name = sel.get("name")
-    if sel.get("recent"):  # a block selector that always keeps its previous blocks: a line of its own
+    if sel.get("recent"):
         name = f"{name}+recent{sel['recent']}"
     fraction = budget_fraction(cfg)
-    row: dict = {
-        "job": job.name, "data": cfg.get("data", {}).get("name"), "model": m.get("name"), "seq_len": m.get("seq_len"),
-        "selector": name, "level": "block" if sel.get("name") in BLOCK_SELECTORS else "token", "budget": fraction,
-        "budget_keys": round(fraction * m["seq_len"]) if fraction and m.get("seq_len") else None,
-        "mass": hyb.get("mass"),
-    }
+    return {"selector": name, "level": "block" if sel.get("name") in BLOCK_SELECTORS else "token", "budget": fraction,
+            "budget_keys": round(fraction * m["seq_len"]) if fraction and m.get("seq_len") else None,
+            "mass": cfg.get("hybrid", {}).get("mass")}
+
+
+def job_row(job: Path) -> dict:
+    cfg = job_config(job)
+    m = cfg.get("model", {})
+    row: dict = {"job": job.name, "data": cfg.get("data", {}).get("name"), "model": m.get("name"),
+                 "seq_len": m.get("seq_len"), **selector_columns(cfg)}
     status, metrics = job_status(job)
     row.update(status)
     if metrics:

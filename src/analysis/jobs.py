@@ -39,19 +39,26 @@ def job_config(job: Path) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def job_status(job: Path) -> tuple[dict, dict | None]:
-    """A job's ``status`` (ok, failed, unfinished, not a pipeline) and ``error`` columns, and its metrics.json when
-    it finished a pipeline."""
+def by_stage(metrics: dict) -> dict:
+    """A run's metrics.json in a pipeline's shape: a finished evaluate or teacher run's numbers under "evaluate" or
+    "teacher", as a pipeline's metrics.json holds its steps'."""
+    stage = metrics.get("stage")
+    return {stage: metrics} if stage in ("evaluate", "teacher") else metrics
+
+
+def job_status(job: Path, stages: tuple[str, ...] = ("evaluate",)) -> tuple[dict, dict | None]:
+    """A job's ``status`` (ok, failed, unfinished, not a pipeline) and ``error`` columns, and its metrics.json
+    (``by_stage``) when it finished one of ``stages``: a pipeline or an evaluate run, by default."""
     metrics, error = read_json(job / "metrics.json"), read_json(job / "error.json")
     if error:
         return {"status": "failed", "error": str(error.get("error") or "").splitlines()[0] if error.get("error")
                 else ""}, None
     if not metrics:
         return {"status": "unfinished", "error": "no metrics.json: the job was stopped or is still running"}, None
-    if "evaluate" not in metrics:
+    if not any(stage in by_stage(metrics) for stage in stages):
         return {"status": "not a pipeline", "error": f"a finished {metrics.get('stage', 'other')} run: no hybrid to "
                                                      "compare"}, None
-    return {"status": "ok"}, metrics
+    return {"status": "ok"}, by_stage(metrics)
 
 
 def overrides(job: Path) -> dict[str, str]:

@@ -318,3 +318,47 @@ def compute_scaling_figure(d: dict) -> Figure:
     right.grid(True, which="major", alpha=0.3)
     right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.24))
     return fig
+
+
+def recall_figure(rows: list[dict], tasks: list[str], depths: list[str], title: str = "") -> Figure | None:
+    """Needle in a haystack (src/analysis/recall.py): per task a row of heatmaps, one per model (the teacher, each
+    hybrid: selector and budget), of the share of answers recalled exactly -- colour, and written in each cell -- per
+    needle depth (rows: ``{task}_d{depth}`` of each row) and context length (columns: ``seq_len``). Models that do
+    not fit a row of about 17 inches wrap onto further rows; None when nothing was measured."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.ticker import PercentFormatter
+
+    panels = list(dict.fromkeys(r["panel"] for r in rows))
+    if not (panels and tasks and depths):
+        return None
+    lengths = sorted({r["seq_len"] for r in rows}, key=lambda T: (T is None, T or 0))
+    width = 0.6 * len(lengths) + 0.9  # inches per panel
+    wraps = math.ceil(len(panels) / max(1, int(17 // width)))
+    ncols = math.ceil(len(panels) / wraps)  # the rows of a task as even as they go
+    fig = Figure(figsize=(width * ncols + 1.6, (0.3 * len(depths) + 1.0) * len(tasks) * wraps + 0.6),
+                 layout="constrained")
+    axes = fig.subplots(len(tasks) * wraps, ncols, squeeze=False)
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
+    measured = {(r["panel"], r["seq_len"]): r for r in rows}
+    image = None
+    for t, task in enumerate(tasks):
+        for p, panel in enumerate(panels):
+            ax = axes[t * wraps + p // ncols, p % ncols]
+            grid = np.array([[measured.get((panel, T), {}).get(f"{task}_d{d}") for T in lengths] for d in depths],
+                            dtype=float)  # None: nan, drawn grey
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+            for (i, j), v in np.ndenumerate(grid):
+                ax.text(j, i, "–" if np.isnan(v) else f"{100 * v:.0f}%", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(lengths)), [str(T) for T in lengths], fontsize=7)
+            ax.set_yticks(range(len(depths)), depths if p % ncols == 0 else [], fontsize=7)
+            ax.tick_params(length=0)
+            ax.set_title(panel, fontsize=8)
+            if p % ncols == 0:
+                ax.set_ylabel(f"{task}\nneedle depth", fontsize=8)
+        for p in range(len(panels), ncols * wraps):
+            axes[t * wraps + p // ncols, p % ncols].set_visible(False)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="answers recalled exactly", format=PercentFormatter(1.0))
+    fig.supxlabel("context length T (model.seq_len)", fontsize=9)
+    fig.suptitle(title or "Recall episodes: the share of answers recalled exactly, per needle depth", fontsize=10)
+    return fig

@@ -20,6 +20,11 @@ def num(value, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def percent(share) -> str:
+    """A share as a percentage, one decimal: 0.625 -> '62.5%'; '–' when unknown."""
+    return "–" if num(share) == "–" else f"{100 * share:.1f}%"
+
+
 def millions(x: float) -> str:
     """67108864 -> '67.1' (units of 10⁶, one decimal, thousands separated)."""
     return f"{x / 1e6:,.1f}"

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.report.tables import markdown_table
+from src.report.tables import markdown_table, percent
 from src.stages.hybrid_module import HybridModule
 
 # the prototype's published figures (random tokens, layer 0 head 0, top-3, mlp selector + mlp approximator)
 PROTOTYPE = {"top1_acc": 0.092, "logits_rel_err": 0.5746}
-
-
-def pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
 
 
 def expected_output(r: dict, layer: int, head: int, pair: str, split: str = "test") -> list[str]:
@@ -25,8 +21,8 @@ def expected_output(r: dict, layer: int, head: int, pair: str, split: str = "tes
         f"[result] key selector top-1 accuracy (head {head}, layer {layer}): {top1:.3f}",
         "",
         "Final Results:",
-        f"- KeySelector top-1 accuracy: {pct(top1)}   (prototype: {pct(PROTOTYPE['top1_acc'])}, random tokens)",
-        f"- Hybrid vs Teacher relative error: {pct(err)}   (prototype: {pct(PROTOTYPE['logits_rel_err'])})",
+        f"- KeySelector top-1 accuracy: {percent(top1)}   (prototype: {percent(PROTOTYPE['top1_acc'])}, random tokens)",
+        f"- Hybrid vs Teacher relative error: {percent(err)}   (prototype: {percent(PROTOTYPE['logits_rel_err'])})",
     ]
 
 
@@ -56,8 +52,8 @@ def probe_markdown(r: dict) -> list[str]:
     if recall:
         lines += ["## Recall episodes (the test set: every answer exact, teacher-forced)", "",
                   markdown_table(["task / needle depth", "teacher", "hybrid"],
-                                 [[k.replace("/d", ", depth "), pct(r[f"test/teacher_recall/{k}"]),
-                                   pct(r[f"test/hybrid_recall/{k}"])] for k in recall], "lrr"), ""]
+                                 [[k.replace("/d", ", depth "), percent(r[f"test/teacher_recall/{k}"]),
+                                   percent(r[f"test/hybrid_recall/{k}"])] for k in recall], "lrr"), ""]
     gaps = sorted({k.rsplit("/", 1)[1] for k in r if k.startswith("test/teacher_copy/")}, key=lambda g: int(g[1:]))
     if gaps:
         lines += ["## Copy probe (loss on a passage's second appearance / its first; 1 = no copying)", "",
