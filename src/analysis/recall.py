@@ -25,6 +25,7 @@ from src.costs.accounting import run_budget
 from src.data.recall import TASKS
 from src.errors import UserError
 from src.report.tables import markdown_table, num, percent
+from src.runs.folders import RECORD
 
 MAKE = "python -m src.train -m +experiment=budget_curve data=recall"  # a multirun this analysis reads
 FIX = (f"run evaluate with data=recall: `python -m src.train +experiment=pipeline data=recall`, or a budget sweep "
@@ -96,10 +97,10 @@ def job_rows(job: Path) -> list[dict]:
 
 
 def run_folders(root: Path) -> list[Path]:
-    """ROOT itself when it is one run's folder (it has metrics.json or error.json), else the jobs of the multirun
-    ROOT."""
+    """ROOT itself when it is one run's folder (its metrics.json, error.json or Hydra's record), else the jobs of the
+    multirun ROOT."""
     root = Path(root)
-    if (root / "metrics.json").is_file() or (root / "error.json").is_file():
+    if any((root / name).is_file() for name in ("metrics.json", "error.json", f"{RECORD}/config.yaml")):
         return [root]
     return jobs_of(root, MAKE)
 

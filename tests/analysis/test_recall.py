@@ -177,3 +177,6 @@ def test_no_recall_episodes_is_one_line(tmp_path, capsys):
     assert analyze(["recall", str(failed)]) == 2
     err = capsys.readouterr().err
     assert "(failed failed: no checkpoint): run evaluate with data=recall" in err and "Traceback" not in err
+    running = run_folder(tmp_path / "running", config("teacher", 2048))
+    assert analyze(["recall", str(running)]) == 2
+    assert "(running unfinished: no metrics.json: the job was stopped or is still running)" in capsys.readouterr().err
