@@ -92,9 +92,10 @@ class HybridConf:
     top_k: int = 8  # keys each query keeps (the prototype's script uses 3, its analyses 8 and 16)
     budget: Any = None  # keys per query for every selector: an int (512, as NSA's 16 x 64 + window) or a fraction
     #                     of T (0.125); None: top_k keys. Block selectors round it up to whole blocks
-    kernel: str = "auto"  # auto | gather | flex | tiles | masked (src/sparse/attention.py); auto: a block-sparse
-    #                       kernel when the selector picks blocks and the approximator is softmax (flex on CUDA, tiles
-    #                       elsewhere), masked for a token selector with softmax, else gather
+    kernel: str = "auto"  # auto | gather | flex | tiles | query_flex | query_tiles | masked (src/sparse/attention.py);
+    #                       auto, with softmax: a block-sparse kernel when the selector picks blocks (flex on CUDA,
+    #                       tiles elsewhere) or every query picks blocks (query_flex / query_tiles), masked for a token
+    #                       selector; gather for any other approximator
     mass: Optional[float] = None  # dynamic budget: keep the fewest keys / blocks whose predicted attention reaches
     #                               this share (e.g. 0.9), at most the budget; None: always the whole budget
 

@@ -7,7 +7,8 @@ output projections, so only the selector and approximator are new.
 
 Settings (``hybrid.*``, src/config.py): which layers and heads are sparse (a list or ``all``; default layer 0,
 head 0, as in the prototype), the budget (``budget``: keys per query, fixed or a fraction of T; unset: ``top_k``
-keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | tiles | masked``).
+keys; ``mass``: the dynamic budget) and the kernel (``auto | gather | flex | tiles | query_flex | query_tiles |
+masked``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class HybridSpec:
     heads: tuple[int, ...]
     top_k: int  # the token selectors' K when no budget is set
     budget: Budget  # keys per query: hybrid.budget, or top_k keys; and the dynamic budget's hybrid.mass
-    kernel: str  # auto | gather | flex | tiles | masked
+    kernel: str  # auto | gather | flex | tiles | query_flex | query_tiles | masked
 
     @classmethod
     def from_config(cls, model: GPTConfig, layers=(0,), heads=(0,), top_k: int = 8, budget=None,

@@ -180,7 +180,10 @@ def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_op
 
 def block_sparse_pairs(T: int, block: int, n: int) -> int:
     """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
-    n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks."""
+    n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks; the
+    same count when every query chooses its own n - 1 earlier blocks (query_block), which is what the per-query
+    kernels' FLOP limit counts -- the query_tiles kernel itself scores a tile's union of blocks (src/sparse/
+    query_tiles.py)."""
     pairs = 0
     for r in range(n_blocks(T, block)):
         rows = min(block, T - r * block)
@@ -189,8 +192,9 @@ def block_sparse_pairs(T: int, block: int, n: int) -> int:
 
 
 def block_softmax_attention(T: int, hs: int, block: int, n: int, softmax_ops: int = SOFTMAX_OPS) -> Cost:
-    """Exact softmax over n chosen blocks per block of queries, one head (flex and tiles kernels, or gathered):
-    QK^T + PV over ``block_sparse_pairs`` pairs, softmax counted per score."""
+    """Exact softmax over n chosen blocks per block of queries or per query, one head (flex and tiles kernels,
+    query_flex and query_tiles, or gathered): QK^T + PV over ``block_sparse_pairs`` pairs, softmax counted per
+    score."""
     pairs = block_sparse_pairs(T, block, n)
     return Cost(macs=2 * pairs * hs, ops=softmax_ops * pairs)
 

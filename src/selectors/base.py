@@ -47,6 +47,8 @@ class KeySelector(nn.Module):
     default_loss = "kl"  # the distillation loss used when selector.loss is not set
     picks_blocks = False  # True: one choice per block of queries, which the block-sparse kernels (flex, tiles) run
     whole_blocks = False  # True: keeps whole blocks of keys, so the budget is counted in whole blocks
+    query_blocks = False  # True: every query chooses whole key blocks (``choose`` -> a QueryBlockChoice), which the
+    #                       per-query block-sparse kernels (query_tiles, query_flex) run
     predicts_mass = True  # the softmax of the scores predicts attention (hybrid.mass reads it); False: positions
     causal = True  # a query's choice reads nothing after it (False: an upper bound to measure against, not a model)
 

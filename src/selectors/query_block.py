@@ -10,8 +10,10 @@ blocks just before the own one are always kept (NSA's sliding window); ``hybrid.
 that share of the predicted attention, the own block's share a learned function of the query's input.
 
 Causality: the blocks a query may pick lie wholly before its own block, and its scores read its own input and those
-blocks' keys, so no query's output depends on a later token. Every query has its own choice, so this is a token-level
-selector to the kernels (``masked``: exact, dense work; ``gather``); Θ(T · T/B · d_index) per head to score.
+blocks' keys, so no query's output depends on a later token. Every query has its own choice (``choose``: a
+QueryBlockChoice, src/sparse/choice.py), which the per-query block-sparse kernels run (``query_tiles``, src/sparse/
+query_tiles.py; ``query_flex`` on CUDA); the token kernels take it as keys (``masked``, ``gather``). Θ(T · T/B ·
+d_index) per head to score.
 
 Distillation (src/stages/distill_selector.py): per query, the teacher's attention mass per key block against the
 softmax of the scores -- KL over the earlier blocks, plus the own block's share -- the block selector's target, one
@@ -29,13 +31,16 @@ from src.costs import formulas as costs
 from src.selectors.base import KeySelector
 from src.selectors.distance import DistanceBias
 from src.selectors.indexer import index_vectors
-from src.sparse.choice import block_keys, causal_block_topk, n_blocks
+from src.sparse.choice import QueryBlockChoice, block_keys, causal_block_topk, n_blocks
 from src.sparse.selection import Selection
+
+CHOOSE_ROWS = 1024  # queries scored at a time by ``choose``: (B, h, 1024, T/B) scores
 
 
 class QueryBlockSelector(KeySelector):
     name = "query_block"
     whole_blocks = True  # keeps whole blocks of keys: the budget is counted in them
+    query_blocks = True  # every query its own choice of blocks: ``choose`` -> QueryBlockChoice
 
     @staticmethod
     def cost(T: int, d_model: int, head_dim: int, sizes):
@@ -81,10 +86,24 @@ class QueryBlockSelector(KeySelector):
         T = ctx[0].size(1)
         return self.block_rows(ctx, rows).repeat_interleave(self.block_size, -1)[..., :T]
 
+    def choose_rows(self, ctx, rows: torch.Tensor, n_keep: int, mass: float | None = None) -> QueryBlockChoice:
+        """The own block and the n_keep - 1 best earlier blocks of the queries at positions ``rows`` (R,) -> a
+        QueryBlockChoice of R rows."""
+        T = ctx[0].size(1)
+        choice = causal_block_topk(self.block_rows(ctx, rows), n_keep, rows // self.block_size, self.block_size, T,
+                                   mass, self.recent)
+        return QueryBlockChoice(choice.idx, choice.valid, self.block_size, T)
+
+    def choose(self, x, q, k, n_keep: int, mass: float | None = None, chunk: int = CHOOSE_ROWS) -> QueryBlockChoice:
+        """Every query's choice of n_keep blocks (what the per-query kernels run), ``chunk`` queries scored at a
+        time."""
+        ctx, T = self.prepare(x, q, k), x.size(1)
+        rows = torch.arange(T, device=x.device)
+        parts = [self.choose_rows(ctx, rows[s:s + chunk], n_keep, mass) for s in range(0, T, chunk)]
+        return QueryBlockChoice(torch.cat([p.idx for p in parts], 2), torch.cat([p.valid for p in parts], 2),
+                                self.block_size, T)
+
     def select_rows(self, ctx, rows, top_k, mass=None) -> Selection:
         """Each query's own block and its best earlier blocks, the budget of ``top_k`` keys in whole blocks."""
-        T = ctx[0].size(1)
-        n = max(1, math.ceil(top_k / self.block_size))
-        choice = causal_block_topk(self.block_rows(ctx, rows), n, rows // self.block_size, self.block_size, T, mass,
-                                   self.recent)
+        choice = self.choose_rows(ctx, rows, max(1, math.ceil(top_k / self.block_size)), mass)
         return block_keys(choice.idx, choice.valid, rows, self.block_size)

@@ -1,4 +1,4 @@
-"""``SparseAttention``: the sparse heads of one layer, selection to output, on one of four kernels.
+"""``SparseAttention``: the sparse heads of one layer, selection to output, on one of six kernels.
 
 The one entry point that the hybrid model (src/hybrid.py), the distillation stages and the benchmark all run:
 
@@ -8,10 +8,16 @@ The one entry point that the hybrid model (src/hybrid.py), the distillation stag
   (src/sparse/flex.py). Reads blocks in place; CPU forward only, CUDA forward and backward.
 * ``tiles`` -- a block selector with exact softmax: the chosen blocks copied into tiles, SDPA's fused kernel
   (src/sparse/tiles.py). The fastest on a CPU; differentiable everywhere.
+* ``query_tiles`` -- a selector whose every query chooses whole blocks (query_block, MoBA's gate) with exact
+  softmax: per tile of queries, the union of their chosen blocks copied once, a per-query mask, SDPA's fused kernel
+  (src/sparse/query_tiles.py). Differentiable everywhere.
+* ``query_flex`` -- the same per-query choice on FlexAttention: a BlockMask over the blocks any query of a block
+  chose, a per-query mask_mod (src/sparse/block_mask.py). CPU forward only, CUDA forward and backward.
 * ``masked`` -- any selector with exact softmax: the selection as a boolean mask over each chunk of queries' scores
   against all keys (src/sparse/masked.py). Dense work, no gather: the fast way to run a token selector.
-* ``auto`` -- a block-sparse kernel when the selector picks blocks and the approximator is exact softmax
-  (``flex`` on CUDA, ``tiles`` elsewhere), ``masked`` for a token selector with exact softmax, ``gather`` otherwise.
+* ``auto`` -- with exact softmax, a block-sparse kernel when the selector picks blocks (``flex`` on CUDA, ``tiles``
+  elsewhere) or every query picks blocks (``query_flex`` on CUDA, ``query_tiles`` elsewhere), ``masked`` for a token
+  selector; ``gather`` for any other approximator.
 
 For the same choice every kernel gives the same output (tests: 1e-5), and with every key kept they equal SDPA.
 """
@@ -25,15 +31,18 @@ import torch.nn as nn
 
 from src.sparse.block_mask import block_mask
 from src.sparse.budget import Budget
-from src.sparse.choice import BlockChoice
+from src.sparse.choice import BlockChoice, QueryBlockChoice
 from src.sparse.flex import flex_block_attention, flex_unavailable
 from src.sparse.gather import chunk_rows, gather_attention
 from src.sparse.masked import masked_attention
+from src.sparse.query_tiles import query_tiled_attention
 from src.sparse.selection import Selection
 from src.sparse.tiles import tiled_block_attention
 
-KERNELS = ("auto", "gather", "flex", "tiles", "masked")
-BLOCK_KERNELS = ("flex", "tiles")
+KERNELS = ("auto", "gather", "flex", "tiles", "query_flex", "query_tiles", "masked")
+BLOCK_KERNELS = ("flex", "tiles")  # run a choice per block of queries (selector=block and its baselines)
+QUERY_KERNELS = ("query_flex", "query_tiles")  # run a choice of whole blocks per query (selector=query_block)
+FLEX_KERNELS = ("flex", "query_flex")
 
 
 def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, selector_name: str = "",
@@ -50,10 +59,20 @@ def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, se
         return (f"hybrid.kernel=masked computes exact softmax attention, but approximator="
                 f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "
                 "hybrid.kernel=gather (or auto)")
-    if kernel in BLOCK_KERNELS:
-        if not getattr(selector, "picks_blocks", False):
-            return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={selector_name or 'this one'} "
-                    "picks single keys: use selector=block, or hybrid.kernel=gather (or auto)")
+    if kernel in BLOCK_KERNELS + QUERY_KERNELS:
+        name = selector_name or "this one"
+        if kernel in BLOCK_KERNELS and not getattr(selector, "picks_blocks", False):
+            if getattr(selector, "query_blocks", False):
+                return (f"hybrid.kernel={kernel} runs one choice per block of queries, but selector={name} chooses "
+                        f"per query: use hybrid.kernel=query_{kernel} (or auto)")
+            return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={name} picks single keys: use "
+                    "selector=block, or hybrid.kernel=gather (or auto)")
+        if kernel in QUERY_KERNELS and not getattr(selector, "query_blocks", False):
+            if getattr(selector, "picks_blocks", False):
+                return (f"hybrid.kernel={kernel} runs a choice of blocks per query, but selector={name} chooses per "
+                        f"block of queries: use hybrid.kernel={kernel.removeprefix('query_')} (or auto)")
+            return (f"hybrid.kernel={kernel} runs whole blocks of keys chosen per query, but selector={name} picks "
+                    "single keys: use selector=query_block, or hybrid.kernel=gather (or auto)")
         if not getattr(approximator, "exact_softmax", False):
             return (f"hybrid.kernel={kernel} computes exact softmax attention, but approximator="
                     f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "
@@ -73,6 +92,7 @@ class SparseAttention(nn.Module):
         self.selector, self.approximator, self.budget, self.kernel, self.chunk = (
             selector, approximator, budget, kernel, chunk)
         self.picks_blocks = getattr(selector, "picks_blocks", False)
+        self.query_blocks = getattr(selector, "query_blocks", False)  # a choice of blocks per query
 
     def problem_on(self, device: torch.device, needs_grad: bool = False, kernel: str | None = None) -> str | None:
         """Why this module's kernel (or ``kernel``) cannot serve its parts on ``device`` (None: it can), one line
@@ -82,7 +102,7 @@ class SparseAttention(nn.Module):
             problem = kernel_problem(kernel, self.selector, self.approximator)
             if problem:
                 return problem
-        if kernel == "flex":
+        if kernel in FLEX_KERNELS:
             return flex_unavailable(torch.device(device), needs_grad, self.selector.block_size)
         return None
 
@@ -95,10 +115,11 @@ class SparseAttention(nn.Module):
             return self.kernel
         if not getattr(self.approximator, "exact_softmax", False):
             return "gather"
-        if not self.picks_blocks:
+        if not (self.picks_blocks or self.query_blocks):
             return "masked"
         usable = not flex_unavailable(device, needs_grad, self.selector.block_size)
-        return "flex" if device.type == "cuda" and usable else "tiles"
+        kernel = "flex" if device.type == "cuda" and usable else "tiles"
+        return f"query_{kernel}" if self.query_blocks else kernel
 
     def keys_read(self, T: int) -> int:
         """Keys each query may read at length T: the budget, in whole blocks for a selector that keeps whole blocks
@@ -106,9 +127,11 @@ class SparseAttention(nn.Module):
         return self.budget.keys_read(T, self.selector.block_size if getattr(self.selector, "whole_blocks", False)
                                      else None)
 
-    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, length: int | None = None) -> BlockChoice:
-        """A block selector's choice for every block of queries, under the budget counted at ``length`` (default:
-        x's T; generation counts it at the model's T, whatever the prompt's length)."""
+    def choose(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               length: int | None = None) -> BlockChoice | QueryBlockChoice:
+        """A block selector's choice for every block of queries (a per-query block selector's: for every query),
+        under the budget counted at ``length`` (default: x's T; generation counts it at the model's T, whatever the
+        prompt's length)."""
         return self.selector.choose(x, q, k, self.budget.blocks(length or x.size(1), self.selector.block_size),
                                     self.budget.mass)
 
@@ -127,17 +150,17 @@ class SparseAttention(nn.Module):
         phase = phases or (lambda name: contextlib.nullcontext())
         B, h, T, hs = q.shape
         kernel = self.kernel_for(q)
-        if self.picks_blocks:
+        if self.picks_blocks or kernel in QUERY_KERNELS:
             with phase("selection"):
                 choice = self.choose(x, q, k, length)
-            if kernel == "flex":
+            if kernel in FLEX_KERNELS:
                 with phase("mask"):
                     mask = block_mask(choice, for_backward=torch.is_grad_enabled() and q.requires_grad)
                 with phase("kernel"):
                     return flex_block_attention(q, k, v, choice, mask)
-            if kernel == "tiles":
+            if kernel in ("tiles", "query_tiles"):
                 with phase("kernel"):
-                    return tiled_block_attention(q, k, v, choice)
+                    return (tiled_block_attention if kernel == "tiles" else query_tiled_attention)(q, k, v, choice)
             slots, cols, select = choice.n * choice.block_size, 0, choice.keys
         else:
             with phase("selection"):

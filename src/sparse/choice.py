@@ -8,6 +8,9 @@ what lets a block-sparse kernel read whole tiles of keys instead of gathering ke
 Causality: a block before the query block lies wholly in the past of each of its queries, and a rule that picks
 blocks must read nothing after the block's first query (src/selectors/block.py scores with that query's index
 vector). ``causal_block_topk`` can never pick a later block, whatever the scores (NaN and ±inf included).
+
+MoBA's own gate chooses per *query* (src/selectors/query_block.py): the same rule, one row per query, held as a
+``QueryBlockChoice``, which the per-query kernels (src/sparse/query_tiles.py, flex.py) run.
 """
 
 from __future__ import annotations
@@ -43,9 +46,7 @@ class BlockChoice:
 
     def keep(self) -> torch.Tensor:
         """(B, h, R, nb) bool: key block c is read by query block r."""
-        nb = n_blocks(self.T, self.block_size)
-        table = torch.zeros(*self.idx.shape[:-1], nb, dtype=torch.int32, device=self.idx.device)
-        return table.scatter_add_(-1, self.idx, self.valid.int()) > 0  # add: an invalid slot cannot unset a block
+        return block_table(self.idx, self.valid, n_blocks(self.T, self.block_size))
 
     def keys(self, rows: torch.Tensor | None = None) -> Selection:
         """The choice as key positions, per query: Selection (B, h, R', n * block_size) for the queries at positions
@@ -53,6 +54,50 @@ class BlockChoice:
         rows = torch.arange(self.T, device=self.idx.device) if rows is None else rows
         blocks = rows // self.block_size  # each query reads its query block's choice
         return block_keys(self.idx[:, :, blocks], self.valid[:, :, blocks], rows, self.block_size)
+
+
+@dataclass
+class QueryBlockChoice:
+    """Whole key blocks chosen by *every query* (MoBA's gate, src/selectors/query_block.py): the same blocks and the
+    same rule as a BlockChoice -- own block first (causal inside), then earlier blocks, invalid slots pointing at the
+    own block -- but one row per query instead of one per block of queries. The per-query kernels
+    (src/sparse/query_tiles.py, flex.py) run it; ``keys`` is the gather path's view of it."""
+
+    idx: torch.Tensor  # (B, h, T, n) key blocks of each query: its own block first
+    valid: torch.Tensor  # (B, h, T, n) bool: False for the slots of queries with fewer than n blocks so far
+    block_size: int
+    T: int  # sequence length
+
+    @property
+    def n(self) -> int:
+        return self.idx.size(-1)
+
+    def keep(self) -> torch.Tensor:
+        """(B, h, T, nb) bool: key block c is read by query t."""
+        return block_table(self.idx, self.valid, n_blocks(self.T, self.block_size))
+
+    def keys(self, rows: torch.Tensor | None = None) -> Selection:
+        """The choice as key positions: Selection (B, h, R', n * block_size) of the queries at positions ``rows``
+        (R',; None: all T); keys after the query (the rest of its own block, or past T) are invalid."""
+        if rows is None:
+            return block_keys(self.idx, self.valid, torch.arange(self.T, device=self.idx.device), self.block_size)
+        return block_keys(self.idx[:, :, rows], self.valid[:, :, rows], rows, self.block_size)
+
+
+def block_table(idx: torch.Tensor, valid: torch.Tensor, nb: int) -> torch.Tensor:
+    """Chosen blocks idx, valid (..., n) -> (..., nb) bool: True at every valid block (an invalid slot, which points
+    at a valid one, cannot unset it)."""
+    table = torch.zeros(*idx.shape[:-1], nb, dtype=torch.int32, device=idx.device)
+    return table.scatter_add_(-1, idx, valid.int()) > 0
+
+
+def ordered_blocks(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., nb) bool (or small integers: a rank, higher first) -> how many blocks are set (...,) int32 and the block
+    numbers (..., nb) int32, the set ones first, by rank then in ascending order: the layout of FlexAttention's block
+    tables, and of a tile's union of blocks (src/sparse/query_tiles.py)."""
+    table = table.to(torch.uint8)
+    num = (table > 0).sum(-1, dtype=torch.int32)
+    return num, table.argsort(dim=-1, descending=True, stable=True).to(torch.int32)
 
 
 def block_keys(idx: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, block_size: int) -> Selection:

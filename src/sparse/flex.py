@@ -4,7 +4,8 @@
 Compiled once per shape (``dynamic=False``: a static shape gives the fastest kernel; a new T or batch compiles
 again, a few seconds on a CPU). Past dynamo's recompile limit, torch would silently run the *eager*
 flex_attention, which materialises T × T scores: the limit is raised and hitting it is made an error instead.
-On a CPU, FlexAttention runs forward only (no gradient); on CUDA it runs forward and backward.
+On a CPU, FlexAttention runs forward only (no gradient); on CUDA it runs forward and backward. The same call runs a
+per-query choice (``query_flex``: src/sparse/block_mask.py ``query_block_mask``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from src.sparse.block_mask import block_mask
-from src.sparse.choice import BlockChoice
+from src.sparse.choice import BlockChoice, QueryBlockChoice
 
 RECOMPILE_LIMIT = 256  # shapes compiled per process (a benchmark grid needs more than dynamo's default 8)
 
 _FLEX = None  # flex_attention, compiled on first use
-COMPILED_SHAPES: set[tuple] = set()  # (shape of q, block size, dtype, device) compiled so far in this process
+COMPILED_SHAPES: set[tuple] = set()  # (shape of q, block size, dtype, device, per query) compiled in this process
 
 
 def compiled_flex():
@@ -49,18 +50,26 @@ def flex_unavailable(device: torch.device, needs_grad: bool, block_size: int | N
     return None
 
 
-def is_new_shape(q: torch.Tensor, block_size: int) -> bool:
-    """Whether ``flex_block_attention`` on this shape will compile first (for reporting compile time apart)."""
-    return (tuple(q.shape), block_size, q.dtype, str(q.device)) not in COMPILED_SHAPES
+def shape_key(q: torch.Tensor, block_size: int, per_query: bool = False) -> tuple:
+    """What a compiled kernel is specialised to: q's shape, dtype and device, the blocks, and the choice's kind (a
+    per-query choice has another mask_mod)."""
+    return tuple(q.shape), block_size, q.dtype, str(q.device), per_query
 
 
-def flex_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: BlockChoice,
+def is_new_shape(q: torch.Tensor, block_size: int, per_query: bool = False) -> bool:
+    """Whether ``flex_block_attention`` on this shape (a per-query choice: ``per_query``) will compile first (for
+    reporting compile time apart)."""
+    return shape_key(q, block_size, per_query) not in COMPILED_SHAPES
+
+
+def flex_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: BlockChoice | QueryBlockChoice,
                          mask=None) -> torch.Tensor:
     """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention over the chosen blocks (causal in the own
-    block). ``mask``: the choice's BlockMask when already built (src/sparse/block_mask.py)."""
+    block), per block of queries or, for a QueryBlockChoice, per query. ``mask``: the choice's BlockMask when already
+    built (src/sparse/block_mask.py)."""
     reason = flex_unavailable(q.device, torch.is_grad_enabled() and q.requires_grad, choice.block_size)
     if reason:
         raise RuntimeError(reason)
     mask = block_mask(choice, for_backward=q.requires_grad) if mask is None else mask
-    COMPILED_SHAPES.add((tuple(q.shape), choice.block_size, q.dtype, str(q.device)))
+    COMPILED_SHAPES.add(shape_key(q, choice.block_size, isinstance(choice, QueryBlockChoice)))
     return compiled_flex()(q, k, v, block_mask=mask)

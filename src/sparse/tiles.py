@@ -31,6 +31,25 @@ def tile_mask(choice: BlockChoice, rows: slice, base: torch.Tensor, all_valid: b
     return (base + hidden.repeat_interleave(choice.block_size, dim=-1)[..., None, :]).flatten(0, 1)
 
 
+def padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int):
+    """q, k, v (B, h, T, hs) -> the same zero-padded to whole blocks, contiguous (one block of keys is then one row
+    of ``gather_blocks``), and the padding. Padded keys lie after every real query: the causal masks hide them."""
+    pad = n_blocks(q.size(-2), block_size) * block_size - q.size(-2)
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    return *(t.contiguous() for t in (q, k, v)), pad
+
+
+def gather_blocks(t: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Key (or value) blocks ``blocks`` (B, h, c, m) of t (B, h, nb · bs, hs), contiguous -> c tiles per (sequence,
+    head), (B · h, c, m · bs, hs): each block's bs · hs numbers copied at once (index_select, differentiable)."""
+    B, h, L, hs = t.shape
+    nb = L // block_size
+    flat = blocks + (torch.arange(B * h, device=t.device) * nb).view(B, h, 1, 1)  # row numbers of the blocks
+    rows = t.view(B * h * nb, block_size * hs).index_select(0, flat.reshape(-1))
+    return rows.view(B * h, blocks.size(2), blocks.size(3) * block_size, hs)
+
+
 def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: BlockChoice,
                           chunk: int | None = None) -> torch.Tensor:
     """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention over the chosen blocks (causal in the own
@@ -38,14 +57,9 @@ def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
     B, h, T, hs = q.shape
     bs, n, dev = choice.block_size, choice.n, q.device
     nb = n_blocks(T, bs)
-    pad = nb * bs - T  # padded keys lie after every query of the last block: the causal mask hides them
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q, k, v = (t.contiguous() for t in (q, k, v))
+    q, k, v, pad = padded(q, k, v, bs)
     per_block = B * h * n * bs * hs * q.element_size() * 2
     chunk = chunk or max(1, TILE_BYTES // per_block)
-    k_rows, v_rows = k.view(B * h * nb, bs * hs), v.view(B * h * nb, bs * hs)  # one row per key block
-    flat = choice.idx + (torch.arange(B * h, device=dev) * nb).view(B, h, 1, 1)  # (B, h, R, n) row numbers
     q_blocks = q.view(B * h, nb, bs, hs)  # a query block of every (sequence, head): the tiles' "heads"
     base = torch.zeros(bs, n * bs, dtype=q.dtype, device=dev)
     base[:, :bs].masked_fill_(torch.ones(bs, bs, dtype=torch.bool, device=dev).triu(1), float("-inf"))
@@ -54,10 +68,8 @@ def tiled_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
     y_blocks = y.view(B * h, nb, bs, hs)
     for s in range(0, nb, chunk):
         rows = slice(s, min(s + chunk, nb))
-        c = rows.stop - rows.start
-        ids = flat[:, :, rows].reshape(-1)
-        k_tile = k_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
-        v_tile = v_rows.index_select(0, ids).view(B * h, c, n * bs, hs)
-        y_blocks[:, rows] = F.scaled_dot_product_attention(q_blocks[:, rows], k_tile, v_tile,
+        blocks = choice.idx[:, :, rows]
+        y_blocks[:, rows] = F.scaled_dot_product_attention(q_blocks[:, rows], gather_blocks(k, blocks, bs),
+                                                           gather_blocks(v, blocks, bs),
                                                            attn_mask=tile_mask(choice, rows, base, all(complete[rows])))
     return y[:, :, :T] if pad else y

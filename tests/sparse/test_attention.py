@@ -87,7 +87,8 @@ def test_phases_split_the_time():
     ("flex", "indexer", "softmax", "hybrid.kernel=flex runs whole blocks of keys, but selector=indexer picks single"),
     ("tiles", "mlp", "softmax", "selector=mlp picks single keys: use selector=block"),
     ("flex", "block", "mlp", "approximator=mlp is another function: use approximator=softmax"),
-    ("fast", "block", "softmax", "hybrid.kernel='fast' is unknown: use one of auto, gather, flex, tiles, masked"),
+    ("fast", "block", "softmax", "hybrid.kernel='fast' is unknown: use one of auto, gather, flex, tiles, query_flex, "
+                                 "query_tiles, masked"),
     ("masked", "indexer", "mlp", "hybrid.kernel=masked computes exact softmax attention, but approximator=mlp"),
 ])
 def test_kernel_that_cannot_serve(kernel, selector, approximator, msg):
