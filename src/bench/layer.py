@@ -13,7 +13,10 @@ every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by tor
 * ``SELECTOR+APPROXIMATOR`` (e.g. ``indexer+softmax``, ``mlp+mlp``, ``block+softmax``) the gather path:
   selection included, the selected keys and values gathered, the approximator's output;
 * ``block+flex`` the block selector's choice as a FlexAttention BlockMask, compiled kernel (compile time reported
-  apart, never timed); ``block+tiles`` the same choice as tiles of keys under SDPA's fused kernel.
+  apart, never timed); ``block+tiles`` the same choice as tiles of keys under SDPA's fused kernel;
+* ``query_block+query_tiles`` / ``query_block+query_flex`` the per-query block selector (MoBA's gate) on the
+  per-query kernels: a tile's union of chosen blocks under SDPA with a per-query mask / FlexAttention. Their work
+  depends on how far a tile's queries agree, and random weights make them choose independently: the worst case.
 
 Every sparse cell runs under a key budget (``--budgets``): a fixed number of keys per query (``512``) or a fraction
 of T (``0.125``); the default grid has both. Each row reports the FLOP limit -- dense causal FLOPs over the sparse
@@ -59,15 +62,19 @@ from src.costs import accounting
 from src.errors import Parser, UserError, int_list
 from src.report.tables import markdown_table, megabytes, num, write_report
 from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
-from src.sparse import Budget, SparseAttention, n_blocks, naive_attention, sdpa_attention
+from src.sparse import QUERY_KERNELS, Budget, SparseAttention, n_blocks, naive_attention, sdpa_attention
+from src.sparse.attention import FLEX_KERNELS
 from src.sparse.flex import is_new_shape
 from src.sparse.gather import chunk_rows
 from src.sparse.tiles import TILE_BYTES
 
-BLOCK_KERNEL_VARIANTS = {"block+flex": "flex", "block+tiles": "tiles"}  # the block selector on a block-sparse kernel
+KERNEL_VARIANTS = {  # SELECTOR+KERNEL: a block selector with exact softmax on a block-sparse kernel
+    "block+flex": ("block", "flex"), "block+tiles": ("block", "tiles"),
+    "query_block+query_flex": ("query_block", "query_flex"), "query_block+query_tiles": ("query_block", "query_tiles"),
+}
 DEFAULT_VARIANTS = ("sdpa", "naive", "mlp+mlp", "indexer+softmax", "block+softmax", "block+flex", "block+tiles")
 VARIANTS = ("sdpa", "naive", *(f"{s}+{a}" for s, cls in SELECTORS.items() if cls.causal for a in APPROXIMATORS),
-            *BLOCK_KERNEL_VARIANTS)  # the causal selectors: the block oracle is a bound, not a model to time
+            *KERNEL_VARIANTS)  # the causal selectors: the block oracle is a bound, not a model to time
 DENSE = ("sdpa", "naive")  # no budget: measured once per size and T
 
 MAX_GB = 8.0  # skip a cell whose estimated memory (inputs, weights, working memory) exceeds this
@@ -81,8 +88,9 @@ PHASES = ("selection", "mask", "kernel")
 
 def pair_of(variant: str) -> tuple[str, str, str]:
     """variant -> (selector, approximator, kernel) of the library."""
-    if variant in BLOCK_KERNEL_VARIANTS:
-        return "block", "softmax", BLOCK_KERNEL_VARIANTS[variant]
+    if variant in KERNEL_VARIANTS:
+        selector, kernel = KERNEL_VARIANTS[variant]
+        return selector, "softmax", kernel
     selector, _, approximator = variant.partition("+")
     return selector, approximator, "gather"
 
@@ -136,6 +144,11 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     selector, approximator, kernel = pair_of(variant)
     slots, nb = keys_read(variant, T, budget, block_size), n_blocks(T, block_size)
     prepared = batch * n_head * T * max(SelectorConf.hidden, 2 * SelectorConf.d_index) * elem  # per query
+    if kernel in QUERY_KERNELS:  # per query: the choice, its scores (a chunk), its table; one chunk of tiles, each
+        #                           tile's keys, values and mask at most every block (a union of independent choices)
+        n = slots // block_size
+        per_query = batch * n_head * (T * (n * 9 + nb) + min(T, 1024) * nb * 12)
+        return inputs + prepared + per_query + 2 * TILE_BYTES + batch * n_head * nb * block_size * (2 * hs + 64) * elem
     if kernel != "gather":  # the choice and its tables (B, h, nb, nb) + one chunk of tiles
         return inputs + prepared + batch * n_head * nb * nb * 24 + 2 * TILE_BYTES
     cols = 0 if SELECTORS[selector].picks_blocks else T
@@ -199,7 +212,8 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
         return {**row, "status": "skipped", "note": f"budget {budget} > T"}
     if est > max_gb * 1e9:
         return {**row, "status": "skipped", "note": f"estimated {est / 1e9:.1f} GB > --max-gb {max_gb:g}"}
-    if variant == "block+flex" and dev.type not in ("cpu", "cuda"):
+    flex = pair_of(variant)[2] in FLEX_KERNELS
+    if flex and dev.type not in ("cpu", "cuda"):
         return {**row, "status": "skipped", "note": f"FlexAttention runs on CPU and CUDA, not {dev.type}"}
 
     torch.manual_seed(seed)
@@ -211,7 +225,7 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
     args = (x, q, k, v)
     try:
         with torch.no_grad():
-            if variant == "block+flex" and is_new_shape(q, block_size):
+            if flex and is_new_shape(q, block_size, per_query=pair_of(variant)[2] in QUERY_KERNELS):
                 row["compile_s"] = round(timed(fn, args, dev), 2)  # the first call compiles
             times = time_runs(fn, args, dev, repeats, warmup, max_seconds)
             if phases and variant not in DENSE:  # the phases of (up to) 3 more runs, median of each
@@ -230,7 +244,7 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
         first = (str(e).splitlines() or [""])[0][:160]
         if "can't allocate memory" in str(e) or "out of memory" in str(e):
             return {**row, "status": "skipped", "note": f"out of memory: {first}"}
-        if variant != "block+flex":  # flex's kernel may refuse a shape or a device; anything else is a bug
+        if not flex:  # flex's kernel may refuse a shape or a device; anything else is a bug
             raise
         return {**row, "status": "skipped", "note": f"flex_attention failed: {type(e).__name__}: {first}"}
     row.update(median_ms=round(statistics.median(times) * 1e3, 4), min_ms=round(min(times) * 1e3, 4),
@@ -438,7 +452,9 @@ NOTES = (
     "Peak MB (10⁶ bytes): most memory allocated at "
     "once during one forward above what was live before it (inputs and weights excluded), from a separate untimed "
     "run (CUDA: max_memory_allocated; CPU: torch.profiler allocator events). block+flex: compiled FlexAttention "
-    "(compile time excluded); block+tiles: the chosen blocks as tiles under SDPA's fused kernel."
+    "(compile time excluded); block+tiles: the chosen blocks as tiles under SDPA's fused kernel; query_block+"
+    "query_tiles / +query_flex: every query's own chosen blocks, per tile of queries their union under SDPA with a "
+    "per-query mask / on FlexAttention (random weights: the queries choose independently, the union's worst case)."
 )
 
 

@@ -58,6 +58,15 @@ def test_block_variants_are_the_same_choice():
         torch.testing.assert_close(ys[name], ys["block+softmax"], atol=1e-5, rtol=1e-5)
 
 
+def test_query_block_variants_are_the_same_choice():
+    """query_block+softmax (gather) and query_block+query_tiles: one per-query selector, one choice, one output."""
+    x, q, k, v = inputs(64)
+    with torch.no_grad():
+        ys = {v_: layer(v_, 64, 32)(x, q, k, v) for v_ in ("query_block+softmax", "query_block+query_tiles")}
+    assert not torch.allclose(ys["query_block+softmax"], sdpa_attention(q, k, v), atol=1e-3)
+    torch.testing.assert_close(ys["query_block+query_tiles"], ys["query_block+softmax"], atol=1e-5, rtol=1e-5)
+
+
 def test_variants_are_library_code():
     """Every sparse variant is SparseAttention with the library's selector and approximator; src/bench/layer.py itself
     defines no attention: it calls no softmax, matmul, top-k, gather or attention kernel."""
@@ -99,6 +108,12 @@ def test_flop_limits():
     assert len(set(limits.values())) == 1 and 14 < limits["block+flex"] < 18.5
     assert 3.5 < bench.flop_limit("block+tiles", 4096, 512, 8, Budget(512), 64) < 4.6
     assert bench.flop_limit("mlp+mlp", 4096, 512, 8, Budget(512), 64) < 1  # the prototype's design costs more
+    per_query = {v: bench.flop_limit(v, 16384, 512, 8, Budget(512), 64) for v in ("query_block+softmax",
+                                                                                  "query_block+query_tiles",
+                                                                                  "query_block+query_flex")}
+    assert len(set(per_query.values())) == 1  # the same pairs read; its selector scores every query, so a lower limit
+    assert 12 < per_query["query_block+query_tiles"] < limits["block+tiles"]
+    assert bench.keys_read("query_block+query_tiles", 4096, Budget(500), 64) == 512  # whole blocks
 
 
 @pytest.mark.slow  # compiles the flex kernel
