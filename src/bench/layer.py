@@ -15,8 +15,9 @@ every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by tor
 * ``block+flex`` the block selector's choice as a FlexAttention BlockMask, compiled kernel (compile time reported
   apart, never timed); ``block+tiles`` the same choice as tiles of keys under SDPA's fused kernel;
 * ``query_block+query_tiles`` / ``query_block+query_flex`` the per-query block selector (MoBA's gate) on the
-  per-query kernels: a tile's union of chosen blocks under SDPA with a per-query mask / FlexAttention. Their work
-  depends on how far a tile's queries agree, and random weights make them choose independently: the worst case.
+  per-query kernels: key block by key block, the queries that chose it in tiles (only the chosen pairs' work) /
+  FlexAttention over the union of a query block's choices, whose size depends on how far its queries agree (random
+  weights: they choose independently, the union's worst case).
 
 Every sparse cell runs under a key budget (``--budgets``): a fixed number of keys per query (``512``) or a fraction
 of T (``0.125``); the default grid has both. Each row reports the FLOP limit -- dense causal FLOPs over the sparse
@@ -65,7 +66,9 @@ from src.selectors import BLOCK_SELECTORS, SELECTORS, build_selector
 from src.sparse import QUERY_KERNELS, Budget, SparseAttention, n_blocks, naive_attention, sdpa_attention
 from src.sparse.attention import FLEX_KERNELS
 from src.sparse.flex import is_new_shape
+from src.selectors.query_block import CHOOSE_ROWS
 from src.sparse.gather import chunk_rows
+from src.sparse.query_tiles import CHUNK_PAIRS
 from src.sparse.tiles import TILE_BYTES
 
 KERNEL_VARIANTS = {  # SELECTOR+KERNEL: a block selector with exact softmax on a block-sparse kernel
@@ -144,11 +147,12 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     selector, approximator, kernel = pair_of(variant)
     slots, nb = keys_read(variant, T, budget, block_size), n_blocks(T, block_size)
     prepared = batch * n_head * T * max(SelectorConf.hidden, 2 * SelectorConf.d_index) * elem  # per query
-    if kernel in QUERY_KERNELS:  # per query: the choice, its scores (a chunk), its table; one chunk of tiles, each
-        #                           tile's keys, values and mask at most every block (a union of independent choices)
-        n = slots // block_size
-        per_query = batch * n_head * (T * (n * 9 + nb) + min(T, 1024) * nb * 12)
-        return inputs + prepared + per_query + 2 * TILE_BYTES + batch * n_head * nb * block_size * (2 * hs + 64) * elem
+    if kernel in QUERY_KERNELS:  # every query's choice and a chunk of its scores; query_flex: the per-query table
+        #                           and the block tables; query_tiles: the own blocks' output and one chunk of pairs
+        choice = batch * n_head * (T * (slots // block_size) * 9 + min(T, CHOOSE_ROWS) * nb * 12)
+        if kernel == "query_flex":
+            return inputs + prepared + choice + batch * n_head * nb * (block_size * nb + 16 * nb)
+        return inputs + prepared + choice + 2 * io + CHUNK_PAIRS * (4 * hs * elem + 48)
     if kernel != "gather":  # the choice and its tables (B, h, nb, nb) + one chunk of tiles
         return inputs + prepared + batch * n_head * nb * nb * 24 + 2 * TILE_BYTES
     cols = 0 if SELECTORS[selector].picks_blocks else T
@@ -453,8 +457,8 @@ NOTES = (
     "once during one forward above what was live before it (inputs and weights excluded), from a separate untimed "
     "run (CUDA: max_memory_allocated; CPU: torch.profiler allocator events). block+flex: compiled FlexAttention "
     "(compile time excluded); block+tiles: the chosen blocks as tiles under SDPA's fused kernel; query_block+"
-    "query_tiles / +query_flex: every query's own chosen blocks, per tile of queries their union under SDPA with a "
-    "per-query mask / on FlexAttention (random weights: the queries choose independently, the union's worst case)."
+    "query_tiles: every query's own chosen blocks, key block by key block (the queries that chose it in tiles, the "
+    "parts merged by logsumexp); query_block+query_flex: the union of a query block's choices on FlexAttention."
 )
 
 

@@ -181,9 +181,8 @@ def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_op
 def block_sparse_pairs(T: int, block: int, n: int) -> int:
     """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
     n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks; the
-    same count when every query chooses its own n - 1 earlier blocks (query_block), which is what the per-query
-    kernels' FLOP limit counts -- the query_tiles kernel itself scores a tile's union of blocks (src/sparse/
-    query_tiles.py)."""
+    same count when every query chooses its own n - 1 earlier blocks (query_block): what query_tiles computes
+    (src/sparse/query_tiles.py), while query_flex works on the union of a query block's choices."""
     pairs = 0
     for r in range(n_blocks(T, block)):
         rows = min(block, T - r * block)

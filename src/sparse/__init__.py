@@ -4,7 +4,7 @@
 * ``budget``     keys per query, fixed or a fraction of T;       ``mass``    the teacher's attention per key block;
 * ``dense``      SDPA and the materialised reference;            ``gather``  select -> gather -> approximate;
 * ``block_mask`` + ``flex``  the FlexAttention block-sparse kernel; ``tiles``  the SDPA-on-tiles block-sparse kernel;
-* ``query_tiles``  the per-query block-sparse kernel on SDPA (a tile's union of blocks, a mask per query);
+* ``query_tiles``  the per-query block-sparse kernel (key block by key block, the parts merged by logsumexp);
 * ``attention``  ``SparseAttention``: one layer's sparse heads, on the kernel asked for;
 * ``decode``     ``SparseDecoder``: those heads generating one token at a time from the KV cache.
 """

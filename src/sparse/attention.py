@@ -9,10 +9,11 @@ The one entry point that the hybrid model (src/hybrid.py), the distillation stag
 * ``tiles`` -- a block selector with exact softmax: the chosen blocks copied into tiles, SDPA's fused kernel
   (src/sparse/tiles.py). The fastest on a CPU; differentiable everywhere.
 * ``query_tiles`` -- a selector whose every query chooses whole blocks (query_block, MoBA's gate) with exact
-  softmax: per tile of queries, the union of their chosen blocks copied once, a per-query mask, SDPA's fused kernel
-  (src/sparse/query_tiles.py). Differentiable everywhere.
-* ``query_flex`` -- the same per-query choice on FlexAttention: a BlockMask over the blocks any query of a block
-  chose, a per-query mask_mod (src/sparse/block_mask.py). CPU forward only, CUDA forward and backward.
+  softmax: key block by key block, the queries that chose it gathered into tiles, each part's softmax merged by its
+  logsumexp (src/sparse/query_tiles.py). Only the chosen pairs' work; differentiable everywhere.
+* ``query_flex`` -- the same per-query choice on FlexAttention: a BlockMask of the blocks any query of a block
+  chose, a per-query mask_mod (src/sparse/block_mask.py); it works on that union. CPU forward only, CUDA forward
+  and backward.
 * ``masked`` -- any selector with exact softmax: the selection as a boolean mask over each chunk of queries' scores
   against all keys (src/sparse/masked.py). Dense work, no gather: the fast way to run a token selector.
 * ``auto`` -- with exact softmax, a block-sparse kernel when the selector picks blocks (``flex`` on CUDA, ``tiles``

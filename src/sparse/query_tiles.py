@@ -1,94 +1,106 @@
-"""The per-query block-sparse kernel on SDPA: MoBA's gate, where every query chooses its own key blocks
-(src/selectors/query_block.py, a QueryBlockChoice), run as tiles of keys under PyTorch's fused attention kernel.
+"""The per-query block-sparse kernel: MoBA's gate, where every query chooses its own key blocks
+(src/selectors/query_block.py, a QueryBlockChoice), run key block by key block, as MoBA's own kernel does.
 
-A block choice serves a whole block of queries with one tile (src/sparse/tiles.py); here the queries of a tile each
-chose their own blocks. So for each tile of ``TILE_ROWS`` consecutive queries, the *union* of the blocks they chose
-(the tile's own blocks always among them) is copied once into a tile of keys and values (tiles.py's
-``gather_blocks``), and an additive mask gives each query exactly its own chosen blocks, keys up to itself; SDPA's
-fused CPU kernel runs the tiles of a chunk in one call. Blocks no query of a tile chose are never read. Exact -- the
-function of the gather path with softmax (tests: 1e-5) -- causal, and differentiable (index_select and SDPA have
-gradients).
+A block choice serves a whole block of queries with one tile of keys (src/sparse/tiles.py). Here the queries of a
+block each chose their own blocks, and one tile per block of queries would have to hold the *union* of their
+choices, which for queries that choose independently is every earlier block: dense work under a mask. So the
+layout is turned around. Every query attends
 
-The price is the union: every query of a tile scores all of it, so the kernel works union / n times more than the
-choice (the FLOP limit counts the choice). Queries that agree -- neighbours asking for the same blocks, as a gate
-does on smooth hidden states -- make a union near n blocks and the kernel near the block kernel's rate; queries that
-choose independently (random weights) make it every earlier block: dense causal attention under a mask
-(docs/costs_and_kernels.md measures both).
+* its own block, causally: one fused attention per block of queries, all blocks in one call;
+* each earlier block it chose: the queries that chose key block c are gathered into tiles of ``TILE_ROWS`` rows
+  (sorted by block, padded only at the end of each block's list), and each tile attends that one block of keys.
+
+Each part yields the output of a softmax over its keys and the log of its normaliser (logsumexp); a query's parts
+merge exactly into the softmax over all its keys (weights softmax(lse)), as flash attention merges its tiles. The
+work is the choice's pairs alone, whatever the queries chose (the FLOP limit's count), at the rate of 64-key GEMMs;
+the copies are the gathered queries and one key and value block per tile. Without a gradient on a CPU, the parts
+run PyTorch's fused CPU attention kernel (which returns the logsumexp); otherwise the same parts in plain tensor
+operations, differentiable on any device. Exact -- the gather path's output (tests: 1e-5) -- and causal.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from src.sparse.choice import QueryBlockChoice, block_table, ceil_div, n_blocks, ordered_blocks
-from src.sparse.tiles import TILE_BYTES, gather_blocks, padded
+from src.sparse.choice import QueryBlockChoice, ceil_div, n_blocks
+from src.sparse.tiles import gather_blocks, padded
 
-TILE_ROWS = 64  # queries per tile: one union per 64 queries
-
-
-def padded_choice(choice: QueryBlockChoice, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The choice's idx, valid (B, h, T, n) extended to ``rows`` queries: a query past T keeps its own block (the
-    last one at most), so that its row of the mask is never empty; its output is dropped."""
-    idx, valid, T = choice.idx, choice.valid, choice.T
-    if rows == T:
-        return idx, valid
-    last = n_blocks(T, choice.block_size) - 1
-    own = (torch.arange(T, rows, device=idx.device) // choice.block_size).clamp(max=last)  # (rows - T,)
-    extra = torch.zeros(*idx.shape[:2], rows - T, choice.n, dtype=idx.dtype, device=idx.device)
-    extra[..., 0] = own
-    first = torch.arange(choice.n, device=idx.device) == 0  # slot 0 alone valid
-    return torch.cat((idx, extra), 2), torch.cat((valid, first.expand_as(extra)), 2)
+TILE_ROWS = 128  # queries per tile of one key block (64 was slower: a key and value block copied per tile)
+CHUNK_PAIRS = 2**17  # (query, earlier block) pairs per chunk: ~32 MB of gathered fp32 queries of 64
 
 
-def own_blocks(nt: int, rows: int, block_size: int, nb: int, device) -> torch.Tensor:
-    """(nt, nb) bool: the blocks holding the queries of each tile of ``rows`` (a query past the end: the last one)."""
-    pos = torch.arange(nt * rows, device=device).view(nt, rows)
-    table = torch.zeros(nt, nb, dtype=torch.bool, device=device)
-    return table.scatter_(-1, (pos // block_size).clamp(max=nb - 1), True)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, fused: bool):
+    """Softmax attention of q (N, H, S, hs) over k, v (N, H, L, hs) (``causal``: key j <= query j) -> the output
+    (N, H, S, hs) and the log of each row's normaliser (N, H, S), fp32: PyTorch's fused CPU kernel when ``fused``,
+    else plain (differentiable) tensor operations."""
+    if fused:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+    scores = (q @ k.transpose(-2, -1)).float() * q.size(-1) ** -0.5
+    if causal:
+        future = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    lse = scores.logsumexp(-1)
+    return ((scores - lse[..., None]).exp().to(v.dtype) @ v), lse
 
 
-def chunks(width: list[int], per_block: int, tile_bytes: int) -> list[tuple[int, int, int]]:
-    """Tiles of union widths ``width`` (blocks) -> runs (first, end, widest) of consecutive tiles whose keys and
-    values, every tile as wide as the widest (``per_block`` bytes a block), fit ``tile_bytes`` (one tile at least)."""
-    out, s = [], 0
-    while s < len(width):
-        e, widest = s + 1, width[s]
-        while e < len(width) and (e + 1 - s) * max(widest, width[e]) * per_block <= tile_bytes:
-            widest = max(widest, width[e])
-            e += 1
-        out.append((s, e, widest))
-        s = e
-    return out
+def tiles_of(group: torch.Tensor, groups: int, rows: int):
+    """Pairs of group ``group`` (P,) (a group: one key block of one sequence and head; ``groups`` = not a pair) -> the
+    valid pairs sorted by group (their numbers ``order``), each one's slot in tiles of ``rows`` (tile · rows + row),
+    every tile's group and the number of tiles: each group's pairs fill whole tiles but its last."""
+    count = torch.bincount(group, minlength=groups + 1)[:groups]
+    group, order = torch.sort(group, stable=True)
+    valid = int(count.sum())  # one read
+    group, order = group[:valid], order[:valid]  # not a pair: the last group, sorted last
+    tiles = ceil_div(count, rows)  # per group
+    first_tile = tiles.cumsum(0) - tiles
+    rank = torch.arange(valid, device=group.device) - (count.cumsum(0) - count)[group]  # within its group
+    slot = (first_tile[group] + rank // rows) * rows + rank % rows
+    tile_group = torch.repeat_interleave(torch.arange(groups, device=group.device), tiles)
+    return order, slot, tile_group, len(tile_group)
 
 
 def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: QueryBlockChoice,
-                          rows: int = TILE_ROWS, tile_bytes: int = TILE_BYTES) -> torch.Tensor:
+                          rows: int = TILE_ROWS, chunk_pairs: int = CHUNK_PAIRS) -> torch.Tensor:
     """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention of every query over its own chosen blocks
-    (causal in its own block), ``rows`` queries a tile, as many tiles per SDPA call as fill ``tile_bytes``."""
+    (causal in its own block); ``rows`` queries a tile, about ``chunk_pairs`` (query, earlier block) pairs at once."""
     B, h, T, hs = q.shape
-    bs, dev = choice.block_size, q.device
-    nb, nt = n_blocks(T, bs), ceil_div(T, rows)
-    _, k, v, _ = padded(q, k, v, bs)  # keys and values in whole blocks
-    q = F.pad(q, (0, 0, 0, nt * rows - T)).contiguous()  # queries in whole tiles
-    idx, valid = padded_choice(choice, nt * rows)  # (B, h, nt · rows, n)
-    own = own_blocks(nt, rows, bs, nb, dev)  # (nt, nb): every query keeps its own; the only blocks masked causally
-    union = block_table(idx.view(B, h, nt, -1), valid.view(B, h, nt, -1), nb)  # (B, h, nt, nb): read by the tile
-    count, order = ordered_blocks(union.to(torch.uint8) + own)  # the own blocks first, then the others chosen
-    width, diagonal = count.amax((0, 1)).tolist(), own.sum(-1).tolist()  # per tile: the widest union, own blocks
-    q_tiles = q.view(B * h, nt, rows, hs)
-    y = torch.empty_like(q)
-    y_tiles = y.view(B * h, nt, rows, hs)
-    for s, e, U in chunks(width, B * h * bs * hs * q.element_size() * 2, tile_bytes):
-        c, D = e - s, max(diagonal[s:e])
-        blocks = order[:, :, s:e, :U].long()  # (B, h, c, U): a narrower union's last slots hold blocks none chose
-        mine = block_table(idx[:, :, s * rows:e * rows], valid[:, :, s * rows:e * rows], nb)  # (B, h, c · rows, nb)
-        mine = mine.view(B, h, c, rows, nb).gather(-1, blocks[:, :, :, None].expand(B, h, c, rows, U))
-        mask = torch.zeros(mine.shape, dtype=q.dtype, device=dev).masked_fill_(~mine, float("-inf"))
-        mask = mask.repeat_interleave(bs, dim=-1).flatten(0, 1)  # (B · h, c, rows, U · bs): each query its blocks
-        key_pos = (blocks[..., :D, None] * bs + torch.arange(bs, device=dev)).view(B * h, c, 1, D * bs)
-        query_pos = torch.arange(s * rows, e * rows, device=dev).view(c, rows, 1)
-        mask[..., :D * bs].masked_fill_(key_pos > query_pos, float("-inf"))  # causal: only the own blocks can be
-        y_tiles[:, s:e] = F.scaled_dot_product_attention(q_tiles[:, s:e], gather_blocks(k, blocks, bs),
-                                                         gather_blocks(v, blocks, bs), attn_mask=mask)
-    return y[:, :, :T]
+    bs, BH = choice.block_size, B * h
+    nb = n_blocks(T, bs)
+    L = nb * bs
+    fused = q.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    q, k, v, pad = padded(q, k, v, bs)
+    own, own_lse = attend(*(t.view(BH, nb, bs, hs) for t in (q, k, v)), causal=True, fused=fused)  # each block
+    own, own_lse = own.view(BH, L, hs)[:, :T].reshape(BH * T, hs), own_lse.reshape(BH, L)[:, :T].reshape(BH * T)
+    n1 = choice.n - 1  # earlier blocks per query
+    if n1 == 0:
+        return own.view(B, h, T, hs)
+    idx, valid = choice.idx[..., 1:].reshape(BH * T, n1), choice.valid[..., 1:].reshape(BH * T, n1)
+    q_rows = q.view(BH * L, hs)
+    y = torch.empty_like(own)
+    step = max(1, chunk_pairs // n1)  # queries (of every sequence and head, in order) per chunk
+    for s in range(0, BH * T, step):
+        e = min(s + step, BH * T)
+        at = torch.arange(s, e, device=q.device)  # row of (sequence and head, query)
+        group = (at // T * nb)[:, None] + idx[s:e]  # (R, n1): key block of one sequence and head
+        group = group.masked_fill(~valid[s:e], BH * nb).flatten()
+        order, slot, tile_group, tiles = tiles_of(group, BH * nb, rows)
+        if not tiles:  # these queries have no earlier block yet
+            y[s:e] = own[s:e]
+            continue
+        query = torch.zeros(tiles * rows, dtype=torch.long, device=q.device)  # padding rows: any query
+        query[slot] = at[order // n1] // T * L + at[order // n1] % T
+        blocks = tile_group.view(1, 1, tiles, 1)  # one key block per tile
+        out, lse = attend(q_rows.index_select(0, query).view(tiles, 1, rows, hs),
+                          *(gather_blocks(t.view(1, 1, BH * L, hs), blocks, bs).view(tiles, 1, bs, hs)
+                            for t in (k, v)), causal=False, fused=fused)
+        slot_of = torch.zeros(len(group), dtype=torch.long, device=q.device)  # not a pair: any slot, weight 0
+        slot_of[order] = slot
+        slot_of = slot_of.view(-1, n1)
+        parts = torch.cat((own_lse[s:e, None], lse.flatten()[slot_of].masked_fill(~valid[s:e], float("-inf"))), 1)
+        w = parts.softmax(-1).to(own.dtype)  # (R, 1 + n1): each part's share of the query's softmax
+        out = out.view(tiles * rows, hs)
+        y_c = own[s:e] * w[:, :1]
+        for j in range(n1):  # slot by slot: one (R, hs) gather at a time
+            y_c.addcmul_(out.index_select(0, slot_of[:, j]), w[:, j + 1:j + 2])
+        y[s:e] = y_c
+    return y.view(B, h, T, hs)

@@ -27,7 +27,7 @@ from tests.helpers import HS, D, H, qkv
 
 def query_choice(B: int, T: int, bs: int, n: int, seed: int = 0, mass: float | None = None,
                  recent: int = 0) -> QueryBlockChoice:
-    """Every query's own block and n - 1 earlier blocks from random scores: the queries of a tile disagree."""
+    """Every query's own block and n - 1 earlier blocks from random scores: neighbouring queries disagree."""
     torch.manual_seed(seed)
     rows = torch.arange(T)
     c = causal_block_topk(torch.randn(B, H, T, n_blocks(T, bs)) * 3, n, rows // bs, bs, T, mass, recent)
@@ -52,20 +52,20 @@ def query_attention(kernel: str, T: int = 64, bs: int = 16, budget=32, approxima
 
 
 @pytest.mark.parametrize("B,T,bs,n,rows", [
-    (1, 64, 16, 2, 16), (2, 64, 16, 4, 32),  # whole blocks; a tile of two blocks
-    (2, 50, 16, 2, 16), (1, 50, 16, 3, 64),  # a short last block; one tile for all
+    (1, 64, 16, 2, 16), (2, 64, 16, 4, 32),  # whole blocks
+    (2, 50, 16, 2, 16), (1, 50, 16, 3, 64),  # a short last block; tiles longer than any block's list of queries
     (2, 10, 16, 1, 16), (1, 10, 16, 2, 8),  # T < block_size: the own block only
-    (2, 40, 8, 5, 24), (1, 100, 8, 4, 7),  # tiles across block boundaries, a short last tile
+    (2, 40, 8, 5, 24), (1, 100, 8, 4, 7),  # tiles of other sizes than the blocks
 ])
 def test_query_tiles_equals_gather(B, T, bs, n, rows):
-    """The same per-query choice through query_tiles and the gather path: equal to 1e-5, one tile per SDPA call or
-    every tile in one."""
+    """The same per-query choice through query_tiles and the gather path: equal to 1e-5, every pair in one chunk or
+    a few queries a chunk (some of them with no earlier block)."""
     _, q, k, v = qkv(B, T)
     choice = query_choice(B, T, bs, n)
     with torch.no_grad():
         ref = gathered(q, k, v, choice)
-        for tile_bytes in (1, 2**30):
-            y = query_tiled_attention(q, k, v, choice, rows=rows, tile_bytes=tile_bytes)
+        for chunk_pairs in (2**20, 5):
+            y = query_tiled_attention(q, k, v, choice, rows=rows, chunk_pairs=chunk_pairs)
             torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -136,7 +136,8 @@ def test_query_tiles_is_causal():
 
 
 def test_query_tiles_train_through():
-    """The kernel has the gather path's gradient, for q, k and v."""
+    """With a gradient the kernel runs its parts in plain tensor operations: the gather path's output and gradient,
+    for q, k and v."""
     _, q, k, v = qkv(2, 50)
     choice = query_choice(2, 50, 16, 2)
     grads = []
