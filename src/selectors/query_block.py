@@ -75,11 +75,13 @@ class QueryBlockSelector(KeySelector):
         block's column holds the own block's score, the later blocks' are never used."""
         x, qi, kb = ctx
         own_block = rows // self.block_size
-        scores = qi[:, :, rows] @ kb.transpose(-2, -1) / math.sqrt(self.d_index)
-        scores = scores + self.distance(own_block, kb.size(-2))
+        scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # in place: (B, h, R, nb)
+        blocks = torch.arange(kb.size(-2), device=rows.device)  # the bias depends on the own block: rows of a table
+        scores.add_(self.distance(blocks, len(blocks)).index_select(1, own_block))  # (passes over T · nb scores
+        #                                                                            are most of the selection)
         own = self.own(x[:, rows]).transpose(1, 2)[..., None]  # (B, h, R, 1)
         B, h, R, _ = scores.shape
-        return scores.scatter(-1, own_block.view(1, 1, R, 1).expand(B, h, R, 1), own)
+        return scores.scatter_(-1, own_block.view(1, 1, R, 1).expand(B, h, R, 1), own)
 
     def score_rows(self, ctx, rows):
         """The token view of the block scores: every key its block's score (B, h, R, T)."""

@@ -126,17 +126,19 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
     """
     if n_keep <= 0:
         raise ValueError(f"n_blocks={n_keep} must be 1 or more")
-    if n_keep > scores.size(-1):  # blocks that do not exist yet: never chosen (they lie after every row)
-        scores = F.pad(scores, (0, n_keep - scores.size(-1)))
+    width = max(n_keep, int(rows.max()) + 1) if len(rows) else n_keep  # blocks after every row: never chosen
+    if width > scores.size(-1):  # blocks that do not exist yet: never chosen (they lie after every row)
+        scores = F.pad(scores, (0, width - scores.size(-1)))
+    scores = scores[..., :width]  # (later rows of a long sequence score many more blocks: ranking them costs time)
     nb = scores.size(-1)
     own = rows[:, None]  # (R, 1)
     blk = torch.arange(nb, device=scores.device)
-    ranked = finite_scores(scores).masked_fill(blk > own, float("-inf"))
+    ranked = finite_scores(scores).masked_fill_(blk > own, float("-inf"))  # a copy: filled in place from here on
     if recent:  # next after the own block: the recent ones, the nearest first
         near = (blk < own) & (blk >= own - recent)
         ranked = torch.where(near, torch.finfo(ranked.dtype).max / 4 * (1 + (blk - own + recent) / (recent + 1)),
                              ranked)
-    ranked = ranked.masked_fill(blk == own, float("inf"))
+    ranked.masked_fill_(blk == own, float("inf"))
     idx = ranked.topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), then the recent, then by score
     slot = torch.arange(n_keep, device=scores.device)
     valid = (slot <= own).expand_as(idx)  # row r has r + 1 candidates
