@@ -36,6 +36,12 @@ class DataConf:
     queries: int = 2  # mqar: keys asked at the end
     depths: Any = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # the test episodes' needle depths
     test_episodes: int = 20  # test episodes per task and depth (a fixed, seeded set from the test split)
+    # teaching a small model to look back (src/data/recall.py; any text corpus): without them a 4 x 128 teacher at
+    # T = 2048 does not copy at all after 3200 steps -- the few answer characters of the episodes are too rare a signal
+    repeats: float = 0.0  # share of the training windows with passages of random characters repeated later on
+    warmup: Any = field(default_factory=list)  # induction warm-up: [[length, steps], ...] -- the first steps train on
+    #   periodic random strings of these short lengths (the copying forms in ~1000 steps at 64 characters, not in
+    #   3200 at 2048), then the corpus's windows; e.g. [[64, 1200], [256, 300], [1024, 200]]
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

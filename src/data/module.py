@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from src.data.corpora import TEXTS, corpus_text, synthetic_tokens
 from src.data.recall import ALPHABET, TASKS, Episode, episode, episode_rng, evaluation_episodes
 from src.data.vocab import Vocab
-from src.data.windows import ConsecutiveWindows, EpisodeWindows, RandomWindows, StepBatches
+from src.data.windows import ConsecutiveWindows, MixedWindows, RandomWindows, StepBatches
 from src.errors import UserError
 
 
@@ -35,6 +35,19 @@ def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, 
         raise UserError(f"data.depths={list(depths)} must be fractions in [0, 1] of the text before the question")
     if test_episodes < 1:
         raise UserError(f"data.test_episodes={test_episodes} must be 1 or more per task and depth")
+
+
+def check_warmup(warmup, seq_len: int) -> list[tuple[int, int]]:
+    """data.warmup as [(length, steps), ...], or one line naming the fix."""
+    try:
+        out = [(int(length), int(steps)) for length, steps in warmup or ()]
+    except (TypeError, ValueError):
+        raise UserError(f"data.warmup={warmup}: give [[length, steps], ...], e.g. [[64,1200],[256,300]]") from None
+    for length, steps in out:
+        if not 2 <= length <= seq_len or steps < 0:
+            raise UserError(f"data.warmup: a length of 2 to model.seq_len={seq_len} characters and 0 or more steps "
+                            f"each, got [{length}, {steps}]")
+    return out
 
 
 class CharDataModule(L.LightningDataModule):
@@ -61,6 +74,8 @@ class CharDataModule(L.LightningDataModule):
         queries: int = 2,
         depths=(0.1, 0.3, 0.5, 0.7, 0.9),
         test_episodes: int = 20,
+        repeats: float = 0.0,
+        warmup=(),
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -78,6 +93,13 @@ class CharDataModule(L.LightningDataModule):
             check_recall(filler, tasks, episodes, pairs, queries, depths, test_episodes)
         self.filler, self.tasks, self.episodes = filler, tuple(tasks), float(episodes) if self.recall else 0.0
         self.pairs, self.queries, self.depths, self.test_episodes = pairs, queries, tuple(depths), test_episodes
+        self.repeats, self.warmup = float(repeats), check_warmup(warmup, seq_len)
+        if not 0 <= self.repeats <= 1 - self.episodes:
+            raise UserError(f"data.repeats={repeats} must be a share of the training windows in [0, "
+                            f"{1 - self.episodes:g}] (data.episodes={self.episodes:g} of them carry an episode)")
+        if (self.repeats or self.warmup) and name == "synthetic":
+            raise UserError("data.repeats and data.warmup write random characters into a text corpus: data=synthetic"
+                            " is random already; set them on a text corpus or data=recall")
 
     def load_tokens(self) -> torch.Tensor:
         """Read the corpus and encode it; sets ``self.vocab`` unless a checkpoint's vocabulary was given."""
@@ -131,7 +153,15 @@ class CharDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
         woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
                  if self.recall else "")
+        if self.repeats:
+            woven += f" (repeated passages in {self.repeats:.0%} of the training windows)"
+        if self.warmup:
+            woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
         return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}{woven}"
+
+    def symbols(self) -> str:
+        """The characters of the repeated passages and the warm-up: the vocabulary's letters, digits and space."""
+        return "".join(c for c in self.vocab.itos if c.isascii() and (c.isalnum() or c == " "))
 
     def recall_episodes(self, split: str = "test") -> list[Episode]:
         """The fixed, seeded episodes of a split: ``test_episodes`` of each task at each depth, woven into windows of
@@ -149,10 +179,12 @@ class CharDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if shuffle:
-            windows = (EpisodeWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs,
-                                      self.queries) if self.recall else RandomWindows(self.splits[split], self.seq_len))
+            windows = (MixedWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
+                                    self.symbols()) if self.recall or self.repeats or self.warmup
+                       else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
-            batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes)
+            batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,
+                                  self.warmup, self.seq_len)
             return DataLoader(windows, batch_sampler=batches, **workers)
         windows = ConsecutiveWindows(self.splits[split], self.seq_len)
         sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None

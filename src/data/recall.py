@@ -14,7 +14,13 @@ Three tasks, character-level, in the filler's alphabet plus what the templates n
 An episode ends its window with the question and the answer(s); the asked needle sits at a depth -- a fraction of the
 text before the question -- drawn uniformly for training, so that most answers lie beyond a window of T/8 (Zoology's
 power-law gaps would put half of them within 256 characters at T = 2048), and at fixed depths for the test set, a
-seeded set of episodes woven into the test split's text. ``copy_windows`` builds the copy probe's windows: a passage
+seeded set of episodes woven into the test split's text.
+
+Two kinds of training text teach the model to look back at all, which a small character model on a CPU budget does
+not learn from the episodes alone (the answers are a few characters in thousands): ``repeat_passages`` writes
+passages of random characters into the filler and repeats each later on (only copying predicts a repeat), and
+``periodic`` is a short window of a random string repeated with a random period (Olsson et al.'s repeated random
+tokens), the induction warm-up's text. ``copy_windows`` builds the copy probe's windows: a passage
 and, ``gap`` characters after it, the same passage again (Olsson et al.'s in-context learning score reads the loss on
 its second appearance against its first).
 """
@@ -146,6 +152,29 @@ def evaluation_episodes(text: str, length: int, tasks, depths, n: int, pairs: in
                 start = rng.randrange(0, len(text) - length + 1)
                 out.append(episode(task, rng, text[start:start + length], depth, pairs, queries))
     return out
+
+
+def periodic(rng: random.Random, symbols: str, length: int) -> str:
+    """``length`` characters: a random string of ``symbols``, 16 to length / 2 long, repeated (the induction warm-up:
+    after its first period, every character is predicted by the one after the same character a period back)."""
+    period = rng.randint(min(16, length // 2), max(1, length // 2))
+    unit = "".join(rng.choice(symbols) for _ in range(period))
+    return (unit * (length // period + 1))[:length]
+
+
+def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4) -> str:
+    """``text`` with 1 to ``most`` passages of random ``symbols`` (20 to 200 characters, at most a quarter of the
+    text) written at random places, each repeated at a random later place: only copying predicts a repeat."""
+    chars, n = list(text), len(text)
+    for _ in range(rng.randint(1, most)):
+        p = rng.randint(min(20, n // 4), min(200, n // 4))
+        if p < 1:
+            break
+        a = rng.randrange(0, n - 2 * p + 1)
+        b = rng.randrange(a + p, n - p + 1)
+        chars[a:a + p] = [rng.choice(symbols) for _ in range(p)]
+        chars[b:b + p] = chars[a:a + p]
+    return "".join(chars)
 
 
 def copy_windows(text: str, length: int, passage: int, gaps, n: int, seed: int) -> list[tuple[str, int, int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from src.data.recall import episode, episode_rng
+from src.data.recall import episode, episode_rng, periodic, repeat_passages
 
 
 class RandomWindows(Dataset):
@@ -22,30 +22,54 @@ class RandomWindows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
+PLAIN, EPISODE, REPEAT, WARM = range(4)  # what a training window holds (MixedWindows)
+
+
 class StepBatches(Sampler):
     """Training batches drawn per optimisation step: the batch of step i holds ``batch_size`` window offsets drawn
     uniformly (with replacement, as nanoGPT's get_batch) by a generator seeded with (seed, rank, i). A step's batch
     is the same however the run got there, so a run resumed at step s goes on exactly as it would have without the
-    interruption; each process of a multi-device run draws its own. ``step()`` gives the step an epoch starts at."""
+    interruption; each process of a multi-device run draws its own. ``step()`` gives the step an epoch starts at.
 
-    def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0, episodes: float = 0.0):
+    With ``episodes`` or ``repeats`` an item is (kind, offset, seed): that share of the windows carries a recall
+    episode or repeated passages (MixedWindows). ``warmup`` [(length, steps), ...] makes the first steps an induction
+    warm-up: periodic random strings of each length in turn, as many of them as hold batch_size x seq_len
+    characters; the corpus's windows start after them."""
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0, episodes: float = 0.0,
+                 repeats: float = 0.0, warmup=(), seq_len: int = 0):
         self.n, self.batch_size, self.seed, self.step, self.rank = n_windows, batch_size, seed, step, rank
-        self.episodes = episodes  # a share of the windows carry an episode: items (offset, its seed, or -1)
+        self.episodes, self.repeats = episodes, repeats
+        self.warmup, self.seq_len = [(int(length), int(steps)) for length, steps in warmup], seq_len
 
     def __len__(self) -> int:  # an "epoch": as many steps as one pass over the windows would take
         return max(1, self.n // self.batch_size)
+
+    def warm_length(self, i: int) -> int:
+        """The warm-up's window length at step i (0: past the warm-up)."""
+        for length, steps in self.warmup:
+            if i < steps:
+                return length
+            i -= steps
+        return 0
 
     def __iter__(self):
         start = self.step()
         for i in range(start, start + len(self)):
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + i)
+            if length := self.warm_length(i):
+                count = max(1, self.batch_size * self.seq_len // length)
+                yield [(WARM, length, s) for s in torch.randint(2**62, (count,), generator=g).tolist()]
+                continue
             offsets = torch.randint(self.n, (self.batch_size,), generator=g).tolist()
-            if not self.episodes:
+            if not self.episodes and not self.repeats:
                 yield offsets
                 continue
-            carry = (torch.rand(self.batch_size, generator=g) < self.episodes).tolist()
+            share = torch.rand(self.batch_size, generator=g).tolist()
             seeds = torch.randint(2**62, (self.batch_size,), generator=g).tolist()
-            yield [(o, s if c else -1) for o, c, s in zip(offsets, carry, seeds)]
+            kinds = [EPISODE if u < self.episodes else REPEAT if u < self.episodes + self.repeats else PLAIN
+                     for u in share]
+            yield list(zip(kinds, offsets, seeds))
 
 
 class ConsecutiveWindows(RandomWindows):
@@ -58,20 +82,29 @@ class ConsecutiveWindows(RandomWindows):
         return super().__getitem__(i * self.seq_len)
 
 
-class EpisodeWindows(RandomWindows):
-    """Training windows of a filler with a recall episode woven into some (src/data/recall.py): an item is (offset,
-    seed); a seed of -1 is the filler alone, any other draws the episode's task, depth, keys and values."""
+class MixedWindows(RandomWindows):
+    """Training windows of a corpus, some with text woven in (src/data/recall.py): an item is an offset (the corpus
+    alone) or (kind, offset, seed) from StepBatches -- PLAIN the corpus alone, EPISODE a recall episode (the seed
+    draws its task, depth, keys and values), REPEAT passages of random ``symbols`` repeated later, WARM a periodic
+    random string of ``offset`` characters (the induction warm-up)."""
 
-    def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks, pairs: int, queries: int):
+    def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks=(), pairs: int = 4, queries: int = 2,
+                 symbols: str = ""):
         super().__init__(data, seq_len)
-        self.vocab, self.tasks, self.pairs, self.queries = vocab, tuple(tasks), pairs, queries
+        self.vocab, self.tasks, self.pairs, self.queries, self.symbols = vocab, tuple(tasks), pairs, queries, symbols
 
     def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor]:
-        offset, seed = item
-        if seed < 0:
+        if isinstance(item, int):
+            return super().__getitem__(item)
+        kind, offset, seed = item
+        if kind == PLAIN:
             return super().__getitem__(offset)
         rng = episode_rng(seed)
-        filler = self.vocab.decode(self.data[offset:offset + self.seq_len + 1])
-        task = rng.choice(self.tasks)
-        chunk = self.vocab.encode(episode(task, rng, filler, rng.random(), self.pairs, self.queries).text)
+        if kind == WARM:
+            text = periodic(rng, self.symbols, offset + 1)
+        else:
+            filler = self.vocab.decode(self.data[offset:offset + self.seq_len + 1])
+            text = (episode(rng.choice(self.tasks), rng, filler, rng.random(), self.pairs, self.queries).text
+                    if kind == EPISODE else repeat_passages(rng, filler, self.symbols))
+        chunk = self.vocab.encode(text)
         return chunk[:-1], chunk[1:]

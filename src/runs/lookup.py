@@ -63,6 +63,10 @@ def data_spec(cfg: DictConfig) -> dict:
         out["package"] = d.package
     if d.name == "synthetic":
         out.update(vocab_size=d.vocab_size, num_tokens=d.num_tokens)
+    if d.get("repeats"):  # the training mix, where it is not the corpus alone (unset: the spec of older runs)
+        out["repeats"] = d.repeats
+    if d.get("warmup"):
+        out["warmup"] = [list(w) for w in d.warmup]
     return out
 
 

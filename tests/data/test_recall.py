@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from src.data import CharDataModule
-from src.data.recall import ALPHABET, TASKS, copy_windows, episode, episode_rng, evaluation_episodes
+from src.data.recall import (ALPHABET, TASKS, copy_windows, episode, episode_rng, evaluation_episodes, periodic,
+                             repeat_passages)
+from src.data.windows import EPISODE, PLAIN, REPEAT, WARM
 from src.errors import UserError
 
 
@@ -101,7 +103,7 @@ def test_training_windows_carry_episodes_in_their_share(recall_data):
     texts = [recall_data.vocab.decode(row) for row in y]
     carried = [t for t in texts if t.endswith(".") and ("pass key is" in t or "magic number" in t or ":" in t[-12:])]
     batches = [b for _, b in zip(range(20), loader.batch_sampler)]
-    share = sum(seed >= 0 for batch in batches for _, seed in batch) / (20 * 8)
+    share = sum(kind == EPISODE for batch in batches for kind, _, _ in batch) / (20 * 8)
     assert 0.3 < share < 0.7 and carried  # about data.episodes = 0.5 of the windows
     again = [b for _, b in zip(range(20), recall_data.train_dataloader().batch_sampler)]
     assert again == batches  # a step's windows and episodes depend on the step only: exact resume
@@ -130,6 +132,50 @@ def test_validation_and_test_are_the_filler_alone(recall_data):
 ])
 def test_bad_recall_settings_are_one_line(settings, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        CharDataModule(name="recall", seq_len=600, **settings)
+
+
+def test_periodic_text_repeats_its_period_and_passages_repeat_later():
+    for seed in range(20):
+        rng = random.Random(seed)
+        text = periodic(rng, "abc123 ", 64)
+        period = next(p for p in range(1, 65) if all(text[i] == text[i - p] for i in range(p, 64)))
+        assert len(text) == 64 and 16 <= period <= 32 and set(text) <= set("abc123 ")
+        filler = "~" * 600
+        out = repeat_passages(rng, filler, "xyz", most=1)
+        runs = re.findall(r"[xyz]+", out)  # the passage and its repeat (one run of both where they touch)
+        half = len("".join(runs)) // 2
+        assert len(out) == 600 and 20 <= half <= 150 and "".join(runs)[:half] == "".join(runs)[half:]
+        assert len(runs) == 2 or runs[0][:half] == runs[0][half:]
+
+
+def test_warmup_steps_then_repeats_and_episodes_in_their_shares():
+    dm = CharDataModule(name="recall", seq_len=600, batch_size=4, episodes=0.25, repeats=0.5, pairs=3,
+                        warmup=[[50, 2], [150, 1]])
+    dm.setup()
+    loader = dm.train_dataloader()
+    batches = [b for _, b in zip(range(40), loader.batch_sampler)]
+    assert [len(b) for b in batches[:3]] == [48, 48, 16]  # as many characters per step as 4 windows of 600
+    assert all(kind == WARM and length == (50 if i < 2 else 150) for i, b in enumerate(batches[:3])
+               for kind, length, _ in b)
+    kinds = [kind for b in batches[3:] for kind, _, _ in b]
+    assert set(kinds) == {PLAIN, EPISODE, REPEAT} and 0.3 < kinds.count(REPEAT) / len(kinds) < 0.7
+    it = iter(loader)
+    x, y = next(it)
+    assert x.shape == (48, 50) and torch.equal(x[:, 1:], y[:, :-1])
+    for _ in range(3):
+        x, y = next(it)
+    assert x.shape == (4, 600)
+    assert "data.warmup" not in dm.summary() and "induction warm-up: 2 steps at 50" in dm.summary()
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),
+    ({"warmup": [[700, 10]]}, r"data.warmup: a length of 2 to model.seq_len=600 characters .* got \[700, 10\]"),
+    ({"warmup": [64]}, r"data.warmup=\[64\]: give \[\[length, steps\], ...\]"),
+])
+def test_bad_mix_settings_are_one_line(settings, message):
+    with pytest.raises(UserError, match=message):
         CharDataModule(name="recall", seq_len=600, **settings)
 
 
