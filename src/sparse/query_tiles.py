@@ -25,7 +25,7 @@ import torch
 from src.sparse.choice import QueryBlockChoice, ceil_div, n_blocks
 from src.sparse.tiles import gather_blocks, padded
 
-TILE_ROWS = 128  # queries per tile of one key block (64 was slower: a key and value block copied per tile)
+TILE_ROWS = 128  # queries per tile of one key block (64 and 256 were no faster on the 2-core reference machine)
 CHUNK_PAIRS = 2**16  # (query, earlier block) pairs per chunk: ~20 MB of gathered fp32 queries of 64 (2**15: 10 %
 #                     slower, 2**17: no faster and 120 MB more at T = 16384)
 
@@ -45,9 +45,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, fuse
 
 
 def tiles_of(group: torch.Tensor, groups: int, rows: int):
-    """Pairs of group ``group`` (P,) (a group: one key block of one sequence and head; ``groups`` = not a pair) -> the
-    valid pairs sorted by group (their numbers ``order``), each one's slot in tiles of ``rows`` (tile · rows + row),
-    every tile's group and the number of tiles: each group's pairs fill whole tiles but its last."""
+    """The group of every (query, earlier block) pair, ``group`` (P,) -- one key block of one sequence and head, or
+    ``groups`` for an invalid slot -> the valid pairs' numbers sorted by group (``order``), each one's slot in tiles of
+    ``rows`` queries (tile · rows + row), every tile's group, and the number of tiles: each group's pairs fill whole
+    tiles but its last one."""
     count = torch.bincount(group, minlength=groups + 1)[:groups]
     group, order = torch.sort(group, stable=True)
     valid = int(count.sum())  # one read
@@ -69,9 +70,10 @@ def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
     nb = n_blocks(T, bs)
     L = nb * bs
     fused = q.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    q, k, v, pad = padded(q, k, v, bs)
+    q, k, v, _ = padded(q, k, v, bs)  # (B, h, L, hs), whole blocks
     own, own_lse = attend(*(t.view(BH, nb, bs, hs) for t in (q, k, v)), causal=True, fused=fused)  # each block
     own, own_lse = own.view(BH, L, hs)[:, :T].reshape(BH * T, hs), own_lse.reshape(BH, L)[:, :T].reshape(BH * T)
+    # own (BH · T, hs), own_lse (BH · T,): every query over its own block, one row per (sequence and head, query)
     n1 = choice.n - 1  # earlier blocks per query
     if n1 == 0:
         return own.view(B, h, T, hs)
@@ -84,7 +86,7 @@ def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
         at = torch.arange(s, e, device=q.device)  # row of (sequence and head, query)
         group = (at // T * nb)[:, None] + idx[s:e]  # (R, n1): key block of one sequence and head
         group = group.masked_fill(~valid[s:e], BH * nb).flatten()
-        order, slot, tile_group, tiles = tiles_of(group, BH * nb, rows)
+        order, slot, tile_group, tiles = tiles_of(group, BH * nb, rows)  # (P,), (P,), (tiles,), P valid pairs
         if not tiles:  # these queries have no earlier block yet
             y[s:e] = own[s:e]
             continue
@@ -93,10 +95,10 @@ def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
         blocks = tile_group.view(1, 1, tiles, 1)  # one key block per tile
         out, lse = attend(q_rows.index_select(0, query).view(tiles, 1, rows, hs),
                           *(gather_blocks(t.view(1, 1, BH * L, hs), blocks, bs).view(tiles, 1, bs, hs)
-                            for t in (k, v)), causal=False, fused=fused)
+                            for t in (k, v)), causal=False, fused=fused)  # (tiles, 1, rows, hs), (tiles, 1, rows)
         slot_of = torch.zeros(len(group), dtype=torch.long, device=q.device)  # not a pair: any slot, weight 0
         slot_of[order] = slot
-        slot_of = slot_of.view(-1, n1)
+        slot_of = slot_of.view(-1, n1)  # (R, n1): where each query's part over each earlier block lies
         parts = torch.cat((own_lse[s:e, None], lse.flatten()[slot_of].masked_fill(~valid[s:e], float("-inf"))), 1)
         w = parts.softmax(-1).to(own.dtype)  # (R, 1 + n1): each part's share of the query's softmax
         out = out.view(tiles * rows, hs)
