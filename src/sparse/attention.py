@@ -61,19 +61,18 @@ def kernel_problem(kernel: str, selector: nn.Module, approximator: nn.Module, se
                 f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "
                 "hybrid.kernel=gather (or auto)")
     if kernel in BLOCK_KERNELS + QUERY_KERNELS:
-        name = selector_name or "this one"
-        if kernel in BLOCK_KERNELS and not getattr(selector, "picks_blocks", False):
-            if getattr(selector, "query_blocks", False):
-                return (f"hybrid.kernel={kernel} runs one choice per block of queries, but selector={name} chooses "
-                        f"per query: use hybrid.kernel=query_{kernel} (or auto)")
-            return (f"hybrid.kernel={kernel} runs whole blocks of keys, but selector={name} picks single keys: use "
-                    "selector=block, or hybrid.kernel=gather (or auto)")
-        if kernel in QUERY_KERNELS and not getattr(selector, "query_blocks", False):
-            if getattr(selector, "picks_blocks", False):
-                return (f"hybrid.kernel={kernel} runs a choice of blocks per query, but selector={name} chooses per "
-                        f"block of queries: use hybrid.kernel={kernel.removeprefix('query_')} (or auto)")
-            return (f"hybrid.kernel={kernel} runs whole blocks of keys chosen per query, but selector={name} picks "
-                    "single keys: use selector=query_block, or hybrid.kernel=gather (or auto)")
+        name, per_query = selector_name or "this one", kernel in QUERY_KERNELS
+        query_choice = getattr(selector, "query_blocks", False)
+        if not query_choice and not getattr(selector, "picks_blocks", False):
+            return (f"hybrid.kernel={kernel} runs whole blocks of keys{' chosen per query' * per_query}, but selector="
+                    f"{name} picks single keys: use selector={'query_block' if per_query else 'block'}, or "
+                    "hybrid.kernel=gather (or auto)")
+        if query_choice != per_query:
+            runs, chooses, other = (
+                ("a choice of blocks per query", "per block of queries", kernel.removeprefix("query_")) if per_query
+                else ("one choice per block of queries", "per query", f"query_{kernel}"))
+            return (f"hybrid.kernel={kernel} runs {runs}, but selector={name} chooses {chooses}: use "
+                    f"hybrid.kernel={other} (or auto)")
         if not getattr(approximator, "exact_softmax", False):
             return (f"hybrid.kernel={kernel} computes exact softmax attention, but approximator="
                     f"{approximator_name or 'this one'} is another function: use approximator=softmax, or "

@@ -52,36 +52,23 @@ class BlockChoice:
         """The choice as key positions, per query: Selection (B, h, R', n * block_size) for the queries at positions
         ``rows`` (R',; None: all T). Keys after the query (the rest of its own block, or past T) are invalid."""
         rows = torch.arange(self.T, device=self.idx.device) if rows is None else rows
-        blocks = rows // self.block_size  # each query reads its query block's choice
-        return block_keys(self.idx[:, :, blocks], self.valid[:, :, blocks], rows, self.block_size)
+        own = self.rows_of(rows)
+        return block_keys(self.idx[:, :, own], self.valid[:, :, own], rows, self.block_size)
+
+    def rows_of(self, queries: torch.Tensor) -> torch.Tensor:
+        """The rows of idx that the queries at positions ``queries`` read: their query block's."""
+        return queries // self.block_size
 
 
 @dataclass
-class QueryBlockChoice:
+class QueryBlockChoice(BlockChoice):
     """Whole key blocks chosen by *every query* (MoBA's gate, src/selectors/query_block.py): the same blocks and the
     same rule as a BlockChoice -- own block first (causal inside), then earlier blocks, invalid slots pointing at the
-    own block -- but one row per query instead of one per block of queries. The per-query kernels
-    (src/sparse/query_tiles.py, flex.py) run it; ``keys`` is the gather path's view of it."""
+    own block -- but one row per query instead of one per block of queries: idx, valid (B, h, T, n), ``keep`` (B, h,
+    T, nb). The per-query kernels (src/sparse/query_tiles.py, flex.py) run it; ``keys`` is the gather path's view."""
 
-    idx: torch.Tensor  # (B, h, T, n) key blocks of each query: its own block first
-    valid: torch.Tensor  # (B, h, T, n) bool: False for the slots of queries with fewer than n blocks so far
-    block_size: int
-    T: int  # sequence length
-
-    @property
-    def n(self) -> int:
-        return self.idx.size(-1)
-
-    def keep(self) -> torch.Tensor:
-        """(B, h, T, nb) bool: key block c is read by query t."""
-        return block_table(self.idx, self.valid, n_blocks(self.T, self.block_size))
-
-    def keys(self, rows: torch.Tensor | None = None) -> Selection:
-        """The choice as key positions: Selection (B, h, R', n * block_size) of the queries at positions ``rows``
-        (R',; None: all T); keys after the query (the rest of its own block, or past T) are invalid."""
-        if rows is None:
-            return block_keys(self.idx, self.valid, torch.arange(self.T, device=self.idx.device), self.block_size)
-        return block_keys(self.idx[:, :, rows], self.valid[:, :, rows], rows, self.block_size)
+    def rows_of(self, queries: torch.Tensor) -> torch.Tensor:
+        return queries  # each query reads its own row
 
 
 def block_table(idx: torch.Tensor, valid: torch.Tensor, nb: int) -> torch.Tensor:
