@@ -6,7 +6,9 @@ runs it. What is timed: the forward pass of one attention layer, all heads, from
 layer input x (B, T, C) to the heads' outputs (B, nh, T, hs); the Q/K/V and output projections are the same for
 every variant and left out. Under torch.no_grad, after ``--warmup`` runs, by torch.utils.benchmark
 (src/bench/timing.py ``time_runs``): the median of blocked autorange's blocks for a call under 50 ms, else of
-``--repeats`` single calls.
+``--repeats`` single calls. ``--backward`` times a training step's attention instead: the forward and the gradients
+of q, k and v (the selection is a discrete choice: no gradient flows through it), against SDPA's forward and
+backward.
 
 * ``sdpa``  F.scaled_dot_product_attention(is_causal=True): the baseline of every speed-up;
 * ``naive`` the materialised causal softmax(QKᵀ/√hs)V;
@@ -45,6 +47,7 @@ one line ``error: ...`` and exit status 2. Functions for other code: ``time_runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -120,15 +123,16 @@ def keys_read(variant: str, T: int, budget: Budget, block_size: int) -> int:
     return budget.keys_read(T, block_size if pair_of(variant)[0] in BLOCK_SELECTORS else None)
 
 
-def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int) -> float:
+def flop_limit(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int,
+               backward: bool = False) -> float:
     """Dense causal attention FLOPs / the variant's FLOPs, selection included (src/costs/accounting.py): the speed-up a
-    kernel running at SDPA's rate would reach."""
+    kernel running at SDPA's rate would reach; with ``backward``, of forward + backward (the selection once)."""
     if variant in DENSE:
         return 1.0
     selector, approximator, _ = pair_of(variant)
     sizes = accounting.ComponentSizes(block=block_size)
-    sparse = accounting.sparse_layer(f"{selector}+{approximator}", d_model, n_head, T, budget, sizes)
-    return accounting.dense_layer(d_model, n_head, T, sizes).flops / sparse.flops
+    sparse = accounting.sparse_layer(f"{selector}+{approximator}", d_model, n_head, T, budget, sizes, backward)
+    return accounting.dense_layer(d_model, n_head, T, sizes, backward).flops / sparse.flops
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -162,6 +166,15 @@ def estimate_bytes(variant: str, T: int, d_model: int, n_head: int, budget: Budg
     return inputs + prepared + work + weights
 
 
+def with_backward(fn: Callable) -> Callable:
+    """fn(x, q, k, v) -> one call of fn and the gradients of q, k and v for an output gradient of ones: what a training
+    step spends in the attention (the projections are the same for every variant and left out)."""
+    def step(x, q, k, v, phases=None):
+        out = fn(x, q, k, v)
+        return torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    return step
+
+
 def check_cell(variant: str, T: int, d_model: int, n_head: int, block_size: int, batch: int, repeats: int,
                warmup: int) -> None:
     if variant not in VARIANTS:
@@ -184,12 +197,13 @@ def parse_budget(value) -> Budget:
 
 
 def new_row(variant: str, T: int, d_model: int, n_head: int, budget: Budget, block_size: int, batch: int,
-            device: torch.device, dtype: str, est_gb: float | None = None) -> dict:
+            device: torch.device, dtype: str, est_gb: float | None = None, backward: bool = False) -> dict:
     """One cell's row before it is measured (status 'ok'; ``measure`` fills in the times, ``run`` the speed-up)."""
     return dict(d_model=d_model, n_head=n_head, head_dim=d_model // n_head, T=T, variant=variant,
                 budget="–" if variant in DENSE else str(budget), keys_read=keys_read(variant, T, budget, block_size),
                 status="ok", median_ms=None, min_ms=None, speedup=None,
-                flop_limit=round(flop_limit(variant, T, d_model, n_head, budget, block_size), 3), of_limit=None,
+                flop_limit=round(flop_limit(variant, T, d_model, n_head, budget, block_size, backward), 3),
+                of_limit=None, passes="forward + backward" if backward else "forward",
                 selection_ms=None, mask_ms=None, kernel_ms=None, peak_mb=None, est_gb=est_gb, repeats=0,
                 compile_s=None, block_size=block_size, batch=batch, device=str(device), dtype=dtype, note="")
 
@@ -197,9 +211,11 @@ def new_row(variant: str, T: int, d_model: int, n_head: int, budget: Budget, blo
 def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: Budget | int | float = 0.125,
             block_size: int = SelectorConf.block_size, batch: int = 1, repeats: int = 5, warmup: int = 1,
             device: str = "auto", dtype: str = "fp32", max_gb: float = MAX_GB,
-            max_seconds: float | None = MAX_SECONDS, memory: bool = True, seed: int = 0, phases: bool = True) -> dict:
+            max_seconds: float | None = MAX_SECONDS, memory: bool = True, seed: int = 0, phases: bool = True,
+            backward: bool = False) -> dict:
     """Time one variant at one shape: a row with median_ms, peak_mb, ... (status 'ok' or 'skipped' + note);
-    ``memory`` / ``phases``: also its peak memory / its time split into phases (from extra, untimed runs).
+    ``memory`` / ``phases``: also its peak memory / its time split into phases (from extra, untimed runs);
+    ``backward``: the forward and the backward to q, k and v (a training step's attention; no phases).
 
     The row's ``speedup`` and ``of_limit`` are filled in by ``run`` (they need SDPA's time).
     """
@@ -211,7 +227,9 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
     elem = torch.finfo(dt).bits // 8
     hs = d_model // n_head
     est = estimate_bytes(variant, T, d_model, n_head, budget, block_size, batch, elem)
-    row = new_row(variant, T, d_model, n_head, budget, block_size, batch, dev, dtype, est_gb=round(est / 1e9, 3))
+    est *= 3 if backward else 1  # the saved activations and the gradients
+    row = new_row(variant, T, d_model, n_head, budget, block_size, batch, dev, dtype, est_gb=round(est / 1e9, 3),
+                  backward=backward)
     if variant not in DENSE and budget.fixed and budget.value > T:
         return {**row, "status": "skipped", "note": f"budget {budget} > T"}
     if est > max_gb * 1e9:
@@ -219,16 +237,20 @@ def measure(variant: str, T: int, d_model: int = 512, n_head: int = 8, budget: B
     flex = pair_of(variant)[2] in FLEX_KERNELS
     if flex and dev.type not in ("cpu", "cuda"):
         return {**row, "status": "skipped", "note": f"FlexAttention runs on CPU and CUDA, not {dev.type}"}
+    if flex and backward and dev.type == "cpu":
+        return {**row, "status": "skipped", "note": "FlexAttention has no backward on the CPU"}
 
     torch.manual_seed(seed)
     x = torch.randn(batch, T, d_model, device=dev, dtype=dt)
     q, k, v = (torch.randn(batch, n_head, T, hs, device=dev, dtype=dt) for _ in range(3))
     fn = build(variant, d_model, n_head, T, budget, block_size)
     if isinstance(fn, nn.Module):
-        fn = fn.to(device=dev, dtype=dt).eval()
+        fn = fn.to(device=dev, dtype=dt).eval().requires_grad_(False)  # a choice has no gradient
     args = (x, q, k, v)
+    if backward:
+        fn, args, phases = with_backward(fn), (x, *(t.requires_grad_() for t in (q, k, v))), False
     try:
-        with torch.no_grad():
+        with contextlib.nullcontext() if backward else torch.no_grad():
             if flex and is_new_shape(q, block_size, per_query=pair_of(variant)[2] in QUERY_KERNELS):
                 row["compile_s"] = round(timed(fn, args, dev), 2)  # the first call compiles
             times = time_runs(fn, args, dev, repeats, warmup, max_seconds)
@@ -282,11 +304,16 @@ class Settings:
     quick: bool = False  # QUICK's grid where --seq-lens / --repeats are not given
     memory: bool = True  # each cell's peak memory (an extra, untimed run)
     phases: bool = True  # each sparse cell's time split into selection / mask / kernel (up to 3 extra runs)
+    backward: bool = False  # time forward + backward to q, k, v (training) instead of the forward alone
+
+    @property
+    def passes(self) -> str:
+        return "forward + backward" if self.backward else "forward"
 
     def describe(self, device: str) -> str:
         budgets = ", ".join(str(parse_budget(b)) for b in self.budgets)
-        return (f"measured, {device}, {self.dtype}, batch {self.batch}, budgets {budgets} per query, block "
-                f"{self.block_size}, torch.utils.benchmark (blocks under 50 ms, else {self.repeats} calls) after "
+        return (f"measured {self.passes}, {device}, {self.dtype}, batch {self.batch}, budgets {budgets} per query, "
+                f"block {self.block_size}, torch.utils.benchmark (blocks under 50 ms, else {self.repeats} calls) after "
                 f"{self.warmup} warm-up, "
                 f"{torch.get_num_threads()} threads")
 
@@ -340,7 +367,8 @@ def run(args: argparse.Namespace | Settings, log=print) -> list[dict]:
                                             f"T={T0}) > --max-seconds {s.max_seconds:g}")
         else:
             row = measure(v, repeats=s.repeats, warmup=s.warmup, device=s.device, dtype=s.dtype, max_gb=s.max_gb,
-                          max_seconds=s.max_seconds, seed=s.seed, memory=s.memory, phases=s.phases, **common)
+                          max_seconds=s.max_seconds, seed=s.seed, memory=s.memory, phases=s.phases,
+                          backward=s.backward, **common)
         if row["status"] == "ok":
             last[key] = (T, row["min_ms"] / 1e3)
         base = next((r for r in rows if r["variant"] == "sdpa" and (r["d_model"], r["n_head"], r["T"]) == (d, h, T)),
@@ -355,7 +383,8 @@ def run(args: argparse.Namespace | Settings, log=print) -> list[dict]:
 
 def skipped_row(variant: str, s: Settings, common: dict, note: str) -> dict:
     return {**new_row(variant, common["T"], common["d_model"], common["n_head"], common["budget"], s.block_size,
-                      s.batch, resolve_device(s.device, "--device"), s.dtype), "status": "skipped", "note": note}
+                      s.batch, resolve_device(s.device, "--device"), s.dtype, backward=s.backward), "status": "skipped",
+            "note": note}
 
 
 def cell_text(row: dict) -> str:
@@ -449,7 +478,10 @@ def table(rows: list[dict]) -> str:
 
 NOTES = (
     "Forward of one attention layer, all heads, from q, k, v and x (the QKV/output projections are the same for "
-    "every variant and left out); torch.no_grad; selection included; random weights. Budget: keys per query "
+    "every variant and left out); torch.no_grad; selection included; random weights. With --backward: the forward "
+    "and the gradients of q, k and v (torch.autograd.grad, an output gradient of ones), as a training step spends in "
+    "the attention; the choice is discrete (no gradient through the selection), FLOP limits count the attention's "
+    "backward as twice its forward and the selection once. Budget: keys per query "
     "(block variants: rounded up to whole blocks, the own block included). FLOP limit: dense causal FLOPs / the "
     "variant's FLOPs, selection included (src/costs/accounting.py); 'of limit': the measured speed-up over that limit. "
     "select / mask / kernel: the median of up to 3 extra untimed runs, split into phases. "
@@ -478,8 +510,8 @@ def write(rows: list[dict], s: Settings, out: Path, elapsed: float | None = None
     cross = {size_name(d, h): {f"{v}" + ("" if b == "–" else f" @ {b}"): crossover(rows, v, d, h, b)
                                for v, b in series(rows) if v != "sdpa"}
              for d, h in sizes_of(rows)}
-    markdown = (f"# Measured: one attention layer, dense vs sparse\n\n{label}; torch {info['torch']}.\n\n{NOTES}\n\n"
-                f"{table(rows)}")
+    markdown = (f"# Measured: one attention layer, dense vs sparse, {s.passes}\n\n{label}; torch {info['torch']}."
+                f"\n\n{NOTES}\n\n{table(rows)}")
     return write_report(out, "bench", rows, markdown, lambda path: plot(path, rows, label),
                         meta={"machine": info, "settings": settings, "label": label, "elapsed_s": elapsed,
                               "crossover": cross, "notes": NOTES})
@@ -552,6 +584,9 @@ def build_parser() -> Parser:
                    help="the whole run: skip the cells after it (default: no limit)")
     p.add_argument("--seed", type=int, default=d.seed, help="random inputs and weights")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/TIMESTAMP)")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward + backward to q, k, v (a training step's attention) instead of the forward; "
+                        "the variants that have a backward (flex only on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="a small grid (512d / 8 heads, T 256 and 1024, 3 repeats) in about a minute on 2 CPU cores")
     return p
@@ -573,7 +608,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     block_size=args.block_size, variants=tuple(args.variants), batch=args.batch, repeats=repeats,
                     warmup=args.warmup, device=args.device, dtype=args.dtype, max_gb=args.max_gb,
                     max_seconds=args.max_seconds, max_total_seconds=args.max_total_seconds, seed=args.seed,
-                    out=str(args.out) if args.out else None, quick=quick)
+                    out=str(args.out) if args.out else None, quick=quick, backward=args.backward)
 
 
 def main(argv: list[str] | None = None) -> int:

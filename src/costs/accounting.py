@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 
 from src.approximators import APPROXIMATORS as APPROXIMATOR_CLASSES
 from src.config import ApproximatorConf, SelectorConf, approximator_settings, selector_settings
-from src.costs.formulas import (PROTO_BATCH, SOFTMAX_OPS, TOPK_OPS, Cost, PrototypeMemoryRow, block_softmax_attention,
-                                dense_attention, prototype_dense_macs, prototype_memory_row, prototype_sparse_macs,
-                                rest_of_layer)
+from src.costs.formulas import (BACKWARD, PROTO_BATCH, SOFTMAX_OPS, TOPK_OPS, Cost, PrototypeMemoryRow,
+                                block_softmax_attention, dense_attention, prototype_dense_macs, prototype_memory_row,
+                                prototype_sparse_macs, rest_of_layer)
 from src.selectors import BLOCK_SELECTORS
 from src.selectors import SELECTORS as SELECTOR_CLASSES
 from src.sparse.budget import Budget
@@ -123,14 +123,17 @@ def keys_read(selector: str, T: int, k=None, sizes: ComponentSizes = ComponentSi
     return budget_of(k).keys_read(T, sizes.block if selector in BLOCK_SELECTORS else None)
 
 
-def dense_layer(d_model: int, n_head: int, T: int, sizes: ComponentSizes = ComponentSizes()) -> Cost:
-    """Dense causal attention core of one layer: every head."""
-    return n_head * dense_attention(T, d_model // n_head, sizes.softmax_ops)
+def dense_layer(d_model: int, n_head: int, T: int, sizes: ComponentSizes = ComponentSizes(),
+                backward: bool = False) -> Cost:
+    """Dense causal attention core of one layer: every head; with ``backward``, its forward and backward."""
+    return n_head * dense_attention(T, d_model // n_head, sizes.softmax_ops) * (1 + BACKWARD * backward)
 
 
 def sparse_layer(pair: str, d_model: int, n_head: int, T: int, k=None,
-                 sizes: ComponentSizes = ComponentSizes()) -> Cost:
-    """Sparse attention core of one layer: n_head × (selector + approximator). ``pair`` is 'selector+approximator'."""
+                 sizes: ComponentSizes = ComponentSizes(), backward: bool = False) -> Cost:
+    """Sparse attention core of one layer: n_head × (selector + approximator). ``pair`` is 'selector+approximator'.
+    With ``backward``, the approximator's forward and backward and the selection once (a discrete choice: no
+    gradient flows through it)."""
     selector, _, approximator = pair.partition("+")
     if selector not in SELECTORS or approximator not in APPROXIMATORS:
         raise ValueError(f"unknown pair {pair!r}: selectors {sorted(SELECTORS)}, approximators {sorted(APPROXIMATORS)}")
@@ -139,7 +142,7 @@ def sparse_layer(pair: str, d_model: int, n_head: int, T: int, k=None,
         attend = block_softmax_attention(T, hs, sizes.block, budget_of(k).blocks(T, sizes.block), sizes.softmax_ops)
     else:
         attend = APPROXIMATORS[approximator](T, hs, keys_read(selector, T, k, sizes), sizes)
-    return n_head * (SELECTORS[selector](T, d_model, hs, sizes) + attend)
+    return n_head * (SELECTORS[selector](T, d_model, hs, sizes) + attend * (1 + BACKWARD * backward))
 
 
 def model_flops(d_model: int, n_head: int, n_layer: int, T: int, vocab: int) -> int:

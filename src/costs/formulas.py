@@ -21,6 +21,8 @@ from src.sparse.choice import ceil_div, n_blocks
 
 SOFTMAX_OPS = 5  # FLOPs per score element in a softmax: max, subtract, exp, sum, divide
 TOPK_OPS = 1  # FLOPs per candidate score in a top-k (linear-time selection; a full sort would cost more)
+BACKWARD = 2  # the backward pass of attention over its forward: the gradients of q, k and v take four products
+#              (dV = PᵀdO, dP = dOVᵀ, dQ = dSK, dK = dSᵀQ) against the forward's two (QKᵀ, PV); the usual 2x
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,37 @@ def test_flop_limits():
     assert bench.keys_read("query_block+query_tiles", 4096, Budget(500), 64) == 512  # whole blocks
 
 
+def test_backward_flop_limit_lies_between_the_forward_limit_and_three_times_it():
+    """The selection runs once per training step, the attention forward and backward: the limit of forward +
+    backward is above the forward's (the selection weighs less) and below three times it."""
+    for variant in ("block+tiles", "query_block+query_tiles"):
+        forward = bench.flop_limit(variant, 8192, 512, 8, Budget(512), 64)
+        both = bench.flop_limit(variant, 8192, 512, 8, Budget(512), 64, backward=True)
+        assert forward < both < 3 * forward
+    assert bench.flop_limit("sdpa", 8192, 512, 8, Budget(512), 64, backward=True) == 1.0
+
+
+@pytest.mark.parametrize("variant", ["block+tiles", "query_block+query_tiles", "indexer+softmax"])
+def test_backward_gives_the_gradients_of_sdpa_when_every_key_is_kept(variant):
+    """What ``--backward`` times is the forward and the gradients of q, k, v: with every key kept, SDPA's."""
+    x, q, k, v = inputs(64)
+    fn = layer(variant, 64, 1.0, 16).requires_grad_(False)
+    sparse = bench.with_backward(fn)(x, *(t.clone().requires_grad_() for t in (q, k, v)))
+    dense = bench.with_backward(lambda x, q, k, v: sdpa_attention(q, k, v))(
+        x, *(t.clone().requires_grad_() for t in (q, k, v)))
+    for a, b in zip(sparse, dense):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_backward_rows():
+    row = bench.measure("block+tiles", 128, D, H, 32, 16, repeats=2, memory=False, backward=True)
+    assert row["status"] == "ok" and row["passes"] == "forward + backward" and row["selection_ms"] is None
+    assert row["flop_limit"] > bench.measure("block+tiles", 128, D, H, 32, 16, repeats=1, memory=False)["flop_limit"]
+    flex = bench.measure("block+flex", 128, D, H, 32, 16, repeats=1, device="cpu", backward=True)
+    assert flex["status"] == "skipped" and "no backward on the CPU" in flex["note"]
+    assert bench.settings_from_args(bench.build_parser().parse_args(["--backward"])).backward
+
+
 @pytest.mark.slow  # compiles the flex kernel
 def test_harness_end_to_end(tmp_path, capsys, monkeypatch):
     from src.sparse import flex

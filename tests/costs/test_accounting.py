@@ -31,6 +31,13 @@ def test_layers_sum_every_head():
     assert costs.dense_layer(d_model=4, n_head=2, T=4) == Cost(macs=80, ops=100)
 
 
+def test_backward_counts_the_attention_three_times_and_the_selection_once():
+    # the same layer forward + backward: softmax (32, 40) three times, the oracle's selection (20, 10) once
+    assert costs.sparse_layer("oracle+softmax", 4, 2, 4, 2, backward=True) == Cost(macs=2 * (20 + 96),
+                                                                                   ops=2 * (10 + 120))
+    assert costs.dense_layer(4, 2, 4, backward=True) == Cost(macs=240, ops=300)
+
+
 def test_keys():
     """Keys read follow the hybrid's own rule (Budget.keys_read): T/8 by default, at least one, at most T, whole
     blocks for a block selector (a block may pass T: its slots past T are invalid, but the approximator's width)."""
