@@ -180,6 +180,15 @@ def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_op
                 ops=topk_ops * pairs)
 
 
+def moba_gate(T: int, head_dim: int, block: int, per_query: bool, topk_ops: int = TOPK_OPS) -> Cost:
+    """MoBA's parameter-free gate (src/selectors/moba.py), one head: the mean key of every block T·hs, then the
+    head's own query against the mean keys of the own and earlier blocks -- the first query of each block of
+    queries, R(R+1)/2·hs MACs (``moba``), or every query, ``causal_block_pairs``·hs (``query_moba``) -- and top-k
+    over them. Θ((T/B)²·hs) or Θ(T²/B·hs)."""
+    pairs = causal_block_pairs(T, block) if per_query else causal_pairs(n_blocks(T, block))
+    return Cost(macs=T * head_dim + pairs * head_dim, ops=topk_ops * pairs)
+
+
 def block_sparse_pairs(T: int, block: int, n: int) -> int:
     """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
     n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks; the
