@@ -24,7 +24,7 @@ from src.approximators import build_approximator
 from src.config import approximator_settings, selector_settings
 from src.model import GPT, CausalSelfAttention, GPTConfig, LayerCache, cached_attention
 from src.selectors import build_selector
-from src.sparse import KERNELS, Budget, SparseAttention, SparseDecoder, kernel_problem
+from src.sparse import KERNELS, Budget, SparseAttention, kernel_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ class HybridSpec:
                 raise ValueError(f"hybrid.{what}={value} must be 'all' or a list of indices in 0..{n - 1}")
             return tuple(sorted(set(items)))
 
+        if model.sparse != "none":
+            raise ValueError(f"the teacher is natively sparse (model.sparse={model.sparse}): it is its own sparse "
+                             "model, and a hybrid over it is not supported; evaluate the teacher itself, or distil "
+                             "from a dense one (model.sparse=none)")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"hybrid.top_k={top_k} must be a positive number of keys")
         if top_k > model.seq_len:
@@ -146,12 +150,7 @@ class HybridCausalSelfAttention(nn.Module):
         y = torch.empty_like(q)
         if self.dense:
             y[:, n:] = cached_attention(q[:, n:], keys[:, n:], values[:, n:], pos)
-        if pos == 0:  # prefill: the whole prompt as in a forward pass, the budget counted at the cache's length
-            max_len = cache.k.size(-2)
-            y[:, :n] = self.sparse(x, q[:, :n], k[:, :n], v[:, :n], length=max_len)
-            cache.state = SparseDecoder(self.sparse, x, q[:, :n], cache.k, cache.v)
-        else:  # one token (GPT.forward allows nothing else)
-            y[:, :n] = cache.state.step(x, q[:, :n], cache.k, cache.v, pos)
+        y[:, :n] = self.sparse.decode(x, q[:, :n], cache)  # the prompt, then one token per call
         return self.attn.merge_heads(y if self.unorder is None else y[:, self.unorder])
 
     def forward(self, x: torch.Tensor, signals: list | None = None, cache: LayerCache | None = None) -> torch.Tensor:
@@ -175,3 +174,27 @@ def hybrid_attention(teacher: GPT, spec: HybridSpec, parts: SparseParts) -> dict
     """
     return {layer: HybridCausalSelfAttention(teacher.blocks[layer].attn, spec.heads, parts.attention(layer))
             for layer in spec.layers}
+
+
+def native_attention(cfg: GPTConfig) -> SparseAttention:
+    """One natively sparse layer of ``cfg`` (``model.sparse``): every head on MoBA's parameter-free gate, exact
+    softmax over the chosen blocks on the block-sparse kernel ``auto`` picks (tiles / query_tiles on the CPU, flex /
+    query_flex on CUDA). No weights: the layer's own q and k choose."""
+    if Budget.ambiguous(cfg.sparse_budget):
+        raise ValueError("model.sparse_budget=1 is one key per query: give keys per query (512) or a fraction of T "
+                         "(0.125); for dense attention, model.sparse=none")
+    budget = Budget.parse(cfg.sparse_budget, "model.sparse_budget")
+    budget.check(cfg.seq_len, "model.sparse_budget")
+    selector = build_selector(cfg.sparse, cfg.n_head, cfg.d_model, cfg.head_dim, cfg.seq_len,
+                              block_size=cfg.sparse_block)
+    slots = budget.keys_read(cfg.seq_len, cfg.sparse_block)
+    return SparseAttention(selector, build_approximator("softmax", cfg.n_head, cfg.head_dim, slots), budget)
+
+
+def build_gpt(cfg: GPTConfig) -> GPT:
+    """The model a config describes: a GPT whose ``model.sparse_layers`` are natively sparse when ``model.sparse`` is
+    set (ValueError, one line naming the setting, when its settings do not fit). Every stage builds its model here."""
+    gpt = GPT(cfg)
+    for layer in cfg.sparse_layer_list():
+        gpt.blocks[layer].attn.sparse = native_attention(cfg)
+    return gpt

@@ -7,6 +7,11 @@ The teacher of every later stage. Two things are added to nanoGPT's design:
 * ``GPT.forward(idx, signals=...)`` can return, for chosen layers, the teacher signals that the
   distillation stages read: Q, K, V, the attention probabilities and each head's output.
 
+* ``model.sparse`` makes chosen layers natively sparse, from the first training step: every head reads only the key
+  blocks a parameter-free gate picks (MoBA's, src/selectors/moba.py), on a block-sparse kernel. This file keeps the
+  hook (``CausalSelfAttention.sparse``); src/hybrid.py ``build_gpt`` fills it in, so the model file imports nothing
+  of the sparse library.
+
 * ``GPT.forward(idx, cache=KVCache(...))`` runs with a KV cache: the prompt once (prefill), then one token per step
   against the cached keys and values (``GPT.generate``); an attention module may keep more beside them (a sparse
   layer keeps its block summaries, src/sparse/decode.py).
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 
 
 POSITIONS = ("learned", "rope")
+GATES = ("none", "moba", "query_moba")  # model.sparse: dense, or natively sparse on MoBA's gate (src/selectors/moba.py)
 
 
 @dataclass
@@ -39,6 +45,13 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm; False is a little better and faster
     pos: str = "learned"  # positions: "learned" embeddings (nanoGPT, GPT-2) or "rope" (rotary q and k, as LLaMA);
     #                       at T = 2048 learned embeddings stall at the bigram loss on a CPU budget, rope does not
+    sparse: str = "none"  # natively sparse layers, trained so from step 0: "moba" (MoBA's parameter-free gate, one
+    #                       choice per block of queries from its first query, on the block-sparse kernel: the fast
+    #                       one), "query_moba" (every query chooses, MoBA's own rule; the per-query kernel), "none"
+    sparse_budget: Any = 512  # keys per query of the sparse layers: whole numbers count keys (512: NSA's and MoBA's
+    #                           order), decimals are fractions of T (0.125); rounded up to whole blocks
+    sparse_block: int = 64  # keys (and queries) per block of the sparse layers: 64 keeps 8 blocks at 512 keys
+    sparse_layers: Any = "all"  # which layers are sparse: "all" or a list of indices (every head of each)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
@@ -54,6 +67,26 @@ class GPTConfig:
             raise ValueError(f"model.pos={self.pos!r} is unknown: use one of {', '.join(POSITIONS)}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"model.pos=rope rotates pairs of dimensions: the head size {self.head_dim} must be even")
+        if self.sparse not in GATES:
+            raise ValueError(f"model.sparse={self.sparse!r} is unknown: use one of {', '.join(GATES)}")
+        if self.sparse != "none":
+            if isinstance(self.sparse_block, bool) or not isinstance(self.sparse_block, int) or self.sparse_block <= 0:
+                raise ValueError(f"model.sparse_block={self.sparse_block} must be a positive number of keys")
+            self.sparse_layer_list()
+
+    def sparse_layer_list(self) -> tuple[int, ...]:
+        """The natively sparse layers (none for a dense model); ValueError naming the setting when it is invalid."""
+        if self.sparse == "none":
+            return ()
+        value = self.sparse_layers
+        if value == "all":
+            return tuple(range(self.n_layer))
+        items = [value] if isinstance(value, int) else list(value)
+        if not items or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layer
+                            for i in items):
+            raise ValueError(f"model.sparse_layers={value} must be 'all' or a list of layer indices in "
+                             f"0..{self.n_layer - 1}")
+        return tuple(sorted(set(items)))
 
     @property
     def head_dim(self) -> int:
@@ -182,6 +215,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.sparse: nn.Module | None = None  # model.sparse: src.sparse's SparseAttention over every head, set by
+        #                                       src/hybrid.py build_gpt (it holds no weights)
 
     def qkv(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, C) at positions start..start+T-1 -> q, k, v, each (B, nh, T, hs); q and k rotated by their
@@ -201,9 +236,16 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # generation: the new tokens against every cached key
             q, k, v = self.qkv(x, cache.pos)
             pos = cache.pos
-            return self.merge_heads(cached_attention(q, *cache.append(k, v), pos))
+            keys, values = cache.append(k, v)
+            if self.sparse is not None:  # the gate's blocks only (src/sparse/decode.py)
+                return self.merge_heads(self.sparse.decode(x, q, cache))
+            return self.merge_heads(cached_attention(q, keys, values, pos))
         q, k, v = self.qkv(x)  # (B, nh, T, hs)
-        if signals is None:
+        if self.sparse is not None:  # natively sparse: the blocks the gate picks, on a block-sparse kernel
+            y = self.sparse(x, q, k, v)
+            if signals is not None:
+                signals.append(AttentionSignals(x=x, q=q, k=k, v=v, head_out=y))
+        elif signals is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
@@ -296,6 +338,9 @@ class GPT(nn.Module):
                              f"{T} tokens at position {start}")
         if start + T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {start + T} is longer than model.seq_len={self.cfg.seq_len}")
+        if self.cfg.sparse != "none" and self.blocks[self.cfg.sparse_layer_list()[0]].attn.sparse is None:
+            raise ValueError(f"model.sparse={self.cfg.sparse}: build the model with src.hybrid.build_gpt, which gives "
+                             "its sparse layers their gate (GPT(cfg) alone is dense)")
         x = self.embed(idx, start)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             box: list | None = [] if signals is not None and i in signals else None

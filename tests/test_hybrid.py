@@ -183,3 +183,87 @@ def test_a_hybrid_that_keeps_every_key_says_so(caplog):
                     {"name": "softmax"})
         SparseParts(HybridSpec.from_config(CFG, budget=1.0), CFG, {"name": "indexer"}, {"name": "softmax"})
     assert caplog.text.count("every key is kept") == 1 and "the budget T/1 covers T=24" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# natively sparse models (model.sparse): build_gpt
+
+NATIVE = dict(vocab_size=19, seq_len=48, n_layer=2, n_head=2, d_model=16, pos="rope", sparse_budget=16,
+              sparse_block=8)
+
+
+def native(gate: str = "moba", seed: int = 0, **kw) -> GPT:
+    from src.hybrid import build_gpt
+
+    torch.manual_seed(seed)
+    model = build_gpt(GPTConfig(**{**NATIVE, "sparse": gate, **kw})).eval()
+    for p in model.parameters():  # large weights: a gate that read a later key would show
+        torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("gate", ["moba", "query_moba"])
+def test_a_native_model_has_the_dense_model_s_weights_and_drops_keys(gate):
+    """Its checkpoint is a dense model's (the gate has no weights); with the same weights its output differs from the
+    dense model's where the budget drops keys, and equals it where every key is kept."""
+    sparse, dense = native(gate), GPT(GPTConfig(**NATIVE)).eval()
+    assert sparse.state_dict().keys() == dense.state_dict().keys()
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randint(0, 19, (2, 48))
+    with torch.no_grad():
+        assert not torch.allclose(sparse(x), dense(x), atol=1e-3)
+        torch.testing.assert_close(sparse(x)[:, :16], dense(x)[:, :16], atol=1e-5, rtol=1e-5)  # 2 blocks: all kept
+        everything = native(gate, sparse_budget=1.0)
+        dense.load_state_dict(everything.state_dict())
+        torch.testing.assert_close(everything(x), dense(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gate,layers", [("moba", "all"), ("query_moba", [1])])
+def test_a_native_model_is_causal_and_trains(gate, layers):
+    model = native(gate, sparse_layers=layers)
+    assert [b.attn.sparse is not None for b in model.blocks] == [layers == "all", True]
+    x = torch.randint(0, 19, (1, 48))
+    y = x.clone()
+    y[0, 30:] = (y[0, 30:] + 1) % 19
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:, :30], model(y)[:, :30], atol=1e-5, rtol=1e-5)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:])
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("gate", ["moba", "query_moba"])
+@pytest.mark.parametrize("prompt", [1, 13])
+def test_a_native_model_decodes_as_it_runs(gate, prompt):
+    from src.model import KVCache
+
+    model = native(gate)
+    x = torch.randint(0, 19, (2, 48))
+    cache = KVCache(model.cfg, 2)
+    with torch.no_grad():
+        steps = [model(x[:, :prompt], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(prompt, 48)]
+        torch.testing.assert_close(torch.cat(steps, 1), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(sparse="nsa"), "model.sparse='nsa' is unknown"),
+    (dict(sparse="moba", sparse_layers=[2]), "model.sparse_layers=[2] must be 'all' or a list"),
+    (dict(sparse="moba", sparse_block=0), "model.sparse_block=0 must be a positive"),
+])
+def test_bad_native_settings(kw, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        GPTConfig(**{**NATIVE, **kw})
+
+
+def test_bad_native_budget_and_a_model_built_without_its_gate():
+    from src.hybrid import build_gpt
+
+    with pytest.raises(ValueError, match="model.sparse_budget=1 is one key per query"):
+        build_gpt(GPTConfig(**{**NATIVE, "sparse": "moba", "sparse_budget": 1}))
+    with pytest.raises(ValueError, match="model.sparse_budget=100 keys is larger than the sequence length 48"):
+        build_gpt(GPTConfig(**{**NATIVE, "sparse": "moba", "sparse_budget": 100}))
+    with pytest.raises(ValueError, match="build the model with src.hybrid.build_gpt"):
+        GPT(GPTConfig(**{**NATIVE, "sparse": "moba"}))(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="the teacher is natively sparse"):
+        HybridSpec.from_config(GPTConfig(**{**NATIVE, "sparse": "moba"}))

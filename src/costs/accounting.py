@@ -151,6 +151,19 @@ def model_flops(d_model: int, n_head: int, n_layer: int, T: int, vocab: int) -> 
     return n_layer * (dense_layer(d_model, n_head, T) + rest_of_layer(d_model, T)).flops + 2 * T * d_model * vocab
 
 
+def training_flops(d_model: int, n_head: int, n_layer: int, T: int, vocab: int, gate: str = "none",
+                   sparse_layers: int = 0, budget=None, block: int = 64) -> int:
+    """FLOPs of one training step (forward + backward, the backward twice the forward) over T tokens of a model whose
+    ``sparse_layers`` layers are natively sparse on ``gate`` (``model.sparse``; their selection counted once) and
+    whose others are dense."""
+    dense = 3 * model_flops(d_model, n_head, n_layer, T, vocab)
+    if gate == "none" or not sparse_layers:
+        return dense
+    sizes = ComponentSizes(block=block)
+    sparse = sparse_layer(f"{gate}+softmax", d_model, n_head, T, budget, sizes, backward=True)
+    return dense - sparse_layers * (3 * dense_layer(d_model, n_head, T, sizes).flops - sparse.flops)
+
+
 @dataclass(frozen=True)
 class PairCost:
     """Dense vs one sparse pair for one model size, forward pass of one sequence (batch 1)."""

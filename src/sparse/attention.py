@@ -33,6 +33,7 @@ import torch.nn as nn
 from src.sparse.block_mask import block_mask
 from src.sparse.budget import Budget
 from src.sparse.choice import BlockChoice, QueryBlockChoice
+from src.sparse.decode import SparseDecoder
 from src.sparse.flex import flex_block_attention, flex_unavailable
 from src.sparse.gather import chunk_rows, gather_attention
 from src.sparse.masked import masked_attention
@@ -140,6 +141,18 @@ class SparseAttention(nn.Module):
         if self.picks_blocks:
             return self.choose(x, q, k).keys()
         return self.selector.select(x, q, k, self.keys_read(x.size(1)), self.budget.mass)
+
+    def decode(self, x: torch.Tensor, q: torch.Tensor, cache) -> torch.Tensor:
+        """Generation against a KV cache (src/model.py LayerCache) whose first h heads are the served ones, the new
+        tokens' keys and values already written: x (B, Tn, C), q (B, h, Tn, hs) -> (B, h, Tn, hs). The prompt, at
+        position 0, runs as one forward pass (the budget counted at the cache's length) and leaves a SparseDecoder
+        in ``cache.state``; after it, one token per call reads only the keys that decoder chooses."""
+        h, Tn = q.size(1), q.size(2)
+        if cache.pos == 0:
+            y = self(x, q, cache.k[:, :h, :Tn], cache.v[:, :h, :Tn], length=cache.k.size(-2))
+            cache.state = SparseDecoder(self, x, q, cache.k, cache.v)
+            return y
+        return cache.state.step(x, q, cache.k, cache.v, cache.pos)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 phases=None, length: int | None = None) -> torch.Tensor:

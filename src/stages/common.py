@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.config import DataConf
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
+from src.hybrid import build_gpt
 from src.model import GPT, GPTConfig
 from src.runs.commands import command_for
 from src.runs.lookup import mismatch
@@ -22,6 +23,15 @@ def gpt_config(model: dict, vocab_size: int) -> GPTConfig:
     names = {f.name for f in fields(GPTConfig)}
     try:
         return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in model.items() if k in names})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def build_model(model: dict, vocab_size: int) -> GPT:
+    """Model group of the Hydra config (+ the vocabulary size) -> the model (src/hybrid.py build_gpt: natively sparse
+    layers where ``model.sparse`` asks); a setting that does not fit ends in one line naming it."""
+    try:
+        return build_gpt(gpt_config(model, vocab_size))
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -18,15 +18,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from src.costs.accounting import model_flops
+from src.costs.accounting import training_flops
 from src.data import Vocab
-from src.model import GPT
 from src.runs.checkpoints import read_checkpoint
 from src.runs.lookup import spec
 from src.runs.records import scalar_metrics, write_json
 from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
-from src.stages.common import build_datamodule, gpt_config, plain, sample_text, warmup_cosine
+from src.stages.common import build_datamodule, build_model, plain, sample_text, warmup_cosine
 from src.stages.probes import probe_results
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class TeacherLM(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.vocab = Vocab(list(vocab))
-        self.gpt = GPT(gpt_config(model, len(vocab)))
+        self.gpt = build_model(model, len(vocab))
         V = len(vocab)
         self.metrics = torch.nn.ModuleDict(
             {
@@ -103,13 +102,15 @@ class TeacherLM(L.LightningModule):
     @property
     def flops_per_batch(self) -> int | None:
         """Training FLOPs of one batch -- forward + backward ~ 3 x the forward's, counted by the cost model (causal
-        attention, projections and MLP of every layer, the lm_head) -- from which Lightning's ThroughputMonitor logs
+        attention, or the natively sparse layers' chosen blocks and gate, projections and MLP of every layer, the
+        lm_head) -- from which Lightning's ThroughputMonitor logs
         train/device/flops_per_sec."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return None
         m = self.gpt.cfg
-        return 3 * dm.batch_size * model_flops(m.d_model, m.n_head, m.n_layer, m.seq_len, m.vocab_size)
+        return dm.batch_size * training_flops(m.d_model, m.n_head, m.n_layer, m.seq_len, m.vocab_size, m.sparse,
+                                              len(m.sparse_layer_list()), m.sparse_budget, m.sparse_block)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TeacherLM:
