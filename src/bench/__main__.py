@@ -1,5 +1,6 @@
 """``python -m src.bench``: one attention layer, dense against sparse (src/bench/layer.py); ``--decode``: generation,
-one decode step and whole-model tokens per second (src/bench/decode.py)."""
+one decode step and whole-model tokens per second (src/bench/decode.py); ``--train``: one training step of the
+whole model, dense against natively sparse (src/bench/training.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
         from src.bench import decode
 
         return decode.main(argv)
+    if "--train" in argv:
+        from src.bench import training
+
+        return training.main(argv)
     from src.bench import layer
 
     return layer.main(argv)

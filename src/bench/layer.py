@@ -553,9 +553,12 @@ def build_parser() -> Parser:
     d = Settings()
     p = Parser(prog="python -m src.bench", description=__doc__.splitlines()[0],
                epilog="python -m src.bench --decode measures generation instead: one decode step against a KV cache "
-                      "and whole-model tokens per second (python -m src.bench --decode --help).")
+                      "and whole-model tokens per second (python -m src.bench --decode --help); --train one "
+                      "training step of the whole model, dense vs natively sparse (--train --help).")
     p.add_argument("--decode", action="store_true",
                    help="measure generation instead (its own options: --decode --help)")
+    p.add_argument("--train", action="store_true",
+                   help="measure a whole training step instead (its own options: --train --help)")
     p.add_argument("--seq-lens", type=int_list, default=None,
                    help=f"sequence lengths T (default {','.join(map(str, d.seq_lens))}; --quick: "
                         f"{','.join(map(str, QUICK['seq_lens']))})")

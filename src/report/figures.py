@@ -271,6 +271,30 @@ def decode_figure(rows: list[dict], label: str) -> Figure:
     return fig
 
 
+def training_figure(rows: list[dict], label: str) -> Figure:
+    """The training benchmark (src/bench/training.py): tokens per second of one training step against T, dense and
+    natively sparse; each sparse model's speed-up over the dense step beside its FLOP limit."""
+    fig = Figure(figsize=(13, 5.5), layout="tight")
+    left, right = fig.subplots(1, 2)
+    for i, variant in enumerate(dict.fromkeys(r["variant"] for r in rows)):
+        rs = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["T"])
+        left.plot([r["T"] for r in rs], [r["tokens_per_s"] for r in rs], marker="o", color=f"C{i}", label=variant)
+        if variant != "dense":
+            right.plot([r["T"] for r in rs], [r["speedup"] for r in rs], marker="o", color=f"C{i}", label=variant)
+            right.plot([r["T"] for r in rs], [r["flop_limit"] for r in rs], ":", color=f"C{i}",
+                       label=f"{variant}: FLOP limit")
+    right.axhline(1.0, color="k", lw=1)
+    left.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="training tokens per second",
+             title="One training step (forward, backward, AdamW)")
+    right.set(xscale="log", xlabel="sequence length T", ylabel="speed-up over the dense step",
+              title="Natively sparse over dense")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(label, fontsize=9)
+    return fig
+
+
 def compute_scaling_figure(d: dict) -> Figure:
     """The cost model's scaling (python -m src.analyze costs; ``analyze.compute_scaling_series`` makes ``d``): cost per
     layer across the model grid, prototype accounting (dashed) against the full one (solid); attention speed-up
