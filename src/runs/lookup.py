@@ -21,6 +21,8 @@ from src.runs.records import read_json
 
 STAGES = ("teacher", "distill_selector", "distill_approximator")  # the stages whose checkpoints others start from
 SHAPE = ("n_layer", "n_head", "d_model", "seq_len", "bias", "pos")  # model settings the weights depend on
+SPARSE = ("sparse", "sparse_budget", "sparse_block", "sparse_layers")  # ... and, for a natively sparse model, the
+#                                                                       attention it was trained with
 SELECTOR = ("name", "hidden", "d_index", "loss", "block_size", "sinks")  # selector settings its weights depend on
 APPROXIMATOR = ("name", "hidden")  # approximator settings its weights depend on
 HYBRID = ("layers", "heads", "top_k", "budget")  # hybrid settings the trained parts depend on
@@ -39,7 +41,10 @@ def parts_spec(model: dict, hybrid: dict | None, selector: dict | None, approxim
                stage: str) -> dict:
     """The settings of ``stage``'s output among these plain dicts (a config's groups or a checkpoint's
     hyper-parameters): what ``spec`` and ``checkpoint_spec`` share."""
-    out = {"model": {k: (model or {}).get(k, OLDER.get(k)) for k in SHAPE}}
+    model = model or {}
+    out = {"model": {k: model.get(k, OLDER.get(k)) for k in SHAPE}}
+    if model.get("sparse", "none") != "none":  # a dense model's spec stays that of the runs before model.sparse
+        out["model"].update({k: model.get(k) for k in SPARSE})
     if stage in ("distill_selector", "distill_approximator"):
         selector = selector or {}
         keys = HYBRID if reads_budget(selector, stage) else tuple(k for k in HYBRID if k not in BUDGET)

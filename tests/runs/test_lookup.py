@@ -54,6 +54,14 @@ def test_newest_compatible_teacher_is_found(tiny_cfg, tmp_path, teacher_run):
                                         "spec": {**spec, "model": {**spec["model"], "n_layer": 1}}})  # another size
     assert find(tiny_cfg(), "teacher") == str(newer / "checkpoints" / "best.ckpt")
     assert find(tiny_cfg("model.n_layer=1"), "teacher") == str(other / "checkpoints" / "best.ckpt")
+    assert find(tiny_cfg("model.sparse=moba"), "teacher") is None  # a dense teacher is not a natively sparse one
+    write_json(other / "metrics.json", {**teacher_run, "checkpoint": str(other / "checkpoints" / "best.ckpt"),
+                                        "spec": {**spec, "model": {**spec["model"], "sparse": "moba",
+                                                                   "sparse_budget": 16, "sparse_block": 8,
+                                                                   "sparse_layers": "all"}}})
+    assert find(tiny_cfg("model.sparse=moba", "model.sparse_budget=16", "model.sparse_block=8"),
+                "teacher") == str(other / "checkpoints" / "best.ckpt")
+    assert find(tiny_cfg("model.sparse=moba", "model.sparse_budget=32", "model.sparse_block=8"), "teacher") is None
     result = train(tiny_cfg("+experiment=distill_selector", "selector.max_steps=2"), tmp_path / "run")
     assert result["teacher_ckpt"] == str(newer / "checkpoints" / "best.ckpt")
 
