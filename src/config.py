@@ -156,6 +156,14 @@ class EvaluateConf:
 
 
 @dataclass
+class FinetuneConf:
+    lr: float = 3e-4  # the model's weights: a tenth of the teacher's 3e-3 peak (fine-tuning, not training anew)
+    max_steps: int = 300  # optimisation steps through the sparse kernel
+    kl_weight: float = 1.0  # the selector's KL to the dense attention's block mass beside the language-model loss
+    #                         (DeepSeek V3.2's second stage; the selector's own lr is selector.lr); 0: frozen selector
+
+
+@dataclass
 class PipelineConf:
     measure_speed: bool = False  # after evaluation, time one attention layer: SDPA against this hybrid's sparse variant
     bench_repeats: int = 5  # timed forward passes per variant (median reported), after one warm-up
@@ -177,7 +185,8 @@ class RunConf:
 
 GROUPS = {"paths": PathsConf, "data": DataConf, "model": ModelConf, "device": DeviceConf, "optim": OptimConf,
           "trainer": TrainerConf, "teacher": TeacherConf, "hybrid": HybridConf, "selector": SelectorConf,
-          "approximator": ApproximatorConf, "evaluate": EvaluateConf, "pipeline": PipelineConf}  # key -> its schema
+          "approximator": ApproximatorConf, "evaluate": EvaluateConf, "pipeline": PipelineConf,
+          "finetune": FinetuneConf}  # key -> its schema
 # the whole config: the run's own keys, then one key per group (each defaulted to its schema's defaults)
 Config = make_dataclass("Config", [(key, conf, field(default_factory=conf)) for key, conf in GROUPS.items()],
                         bases=(RunConf,))
@@ -255,5 +264,10 @@ def check_config(cfg) -> None:
         if part in cfg:
             positive(f"{part}.max_steps", cfg[part].max_steps, "1 or more distillation steps")
             positive(f"{part}.lr", cfg[part].lr, "a positive learning rate, e.g. 3e-3")
+    if "finetune" in cfg:
+        positive("finetune.max_steps", cfg.finetune.max_steps, "1 or more fine-tuning steps")
+        positive("finetune.lr", cfg.finetune.lr, "a positive learning rate, e.g. 3e-4")
+        if cfg.finetune.kl_weight < 0:
+            raise UserError(f"finetune.kl_weight={cfg.finetune.kl_weight} must be 0 or more")
     if str(cfg.device.accelerator) != "auto":
         resolve_device(cfg.device.accelerator, "device")

@@ -46,7 +46,7 @@ warnings.filterwarnings("ignore", message=".*you need to define a `flops_per_bat
 
 def stages() -> dict:
     """Stage name -> ``run(cfg, run_dir) -> dict``; imported lazily so that `--help` stays quick."""
-    from src.stages import distill_approximator, distill_selector, evaluate, pipeline, teacher
+    from src.stages import distill_approximator, distill_selector, evaluate, finetune, pipeline, teacher
 
     return {
         "teacher": teacher.run,
@@ -54,6 +54,7 @@ def stages() -> dict:
         "distill_approximator": distill_approximator.run,
         "evaluate": evaluate.run,
         "pipeline": pipeline.run,
+        "finetune": finetune.run,
     }
 
 

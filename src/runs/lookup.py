@@ -33,8 +33,8 @@ OLDER = {"pos": "learned"}  # settings an older checkpoint lacks, and the value 
 def reads_budget(selector: dict, stage: str) -> bool:
     """Whether a stage's output depends on the budget: an approximator always (it reads the kept keys); a selector
     only when distilled with the top-K loss (kl and ce read the teacher's attention, not K), so a selector distilled
-    once serves every budget."""
-    return stage == "distill_approximator" or selector.get("loss") == "topk"
+    once serves every budget; fine-tuned weights always (trained through it)."""
+    return stage in ("distill_approximator", "finetune") or selector.get("loss") == "topk"
 
 
 def parts_spec(model: dict, hybrid: dict | None, selector: dict | None, approximator: dict | None,
@@ -45,12 +45,12 @@ def parts_spec(model: dict, hybrid: dict | None, selector: dict | None, approxim
     out = {"model": {k: model.get(k, OLDER.get(k)) for k in SHAPE}}
     if model.get("sparse", "none") != "none":  # a dense model's spec stays that of the runs before model.sparse
         out["model"].update({k: model.get(k) for k in SPARSE})
-    if stage in ("distill_selector", "distill_approximator"):
+    if stage in ("distill_selector", "distill_approximator", "finetune"):
         selector = selector or {}
         keys = HYBRID if reads_budget(selector, stage) else tuple(k for k in HYBRID if k not in BUDGET)
         out["hybrid"] = {k: (hybrid or {}).get(k) for k in keys}
         out["selector"] = {k: selector.get(k) for k in SELECTOR}
-    if stage == "distill_approximator":
+    if stage in ("distill_approximator", "finetune"):
         out["approximator"] = {k: (approximator or {}).get(k) for k in APPROXIMATOR}
     return out
 

@@ -19,7 +19,8 @@ from src.runs.lookup import mismatch
 from src.runs.records import read_json
 
 STAGE_STEPS = {"teacher": "trainer.max_steps", "distill_selector": "selector.max_steps",
-               "distill_approximator": "approximator.max_steps"}  # the stages that train, and their step setting
+               "distill_approximator": "approximator.max_steps",
+               "finetune": "finetune.max_steps"}  # the stages that train, and their step setting
 
 
 def original_overrides(run: Path) -> list[str]:

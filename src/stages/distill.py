@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from src.errors import UserError
 from src.runs.commands import command_for
 from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import scalar_metrics, write_json
@@ -16,6 +17,23 @@ from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
 from src.stages.common import build_datamodule
 from src.stages.hybrid_module import HybridModule
+
+
+def load_selector(cfg: DictConfig, module: HybridModule) -> dict:
+    """Load into ``module`` the trained selector it works with (nothing for a parameter-free one): ``selector.ckpt``,
+    or the newest one distilled with these settings from a teacher of the same data -> {"selector_ckpt": path}."""
+    selector_ckpt = None
+    if module.selector_learned or cfg.selector.ckpt:
+        make = command_for("distill_selector", cfg)
+        selector_ckpt, ckpt = checkpoint_for(cfg, "distill_selector", make, vocab=module.vocab.itos)
+        selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
+                     if k.startswith("parts.selectors.")}
+        try:
+            module.parts.selectors.load_state_dict(selectors)
+        except RuntimeError:
+            raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
+                            f"version (made by an older one?): make a new one with `{make}`") from None
+    return {"selector_ckpt": selector_ckpt}
 
 
 def fit_or_measure(module: HybridModule, trainable: bool, trainer: L.Trainer, dm, run_dir: Path,

@@ -15,11 +15,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
-from src.errors import UserError
 from src.metrics import approximation_stats
-from src.runs.commands import command_for
-from src.runs.lookup import checkpoint_for
-from src.stages.distill import distil
+from src.stages.distill import distil, load_selector
 from src.stages.hybrid_module import HybridModule
 
 log = logging.getLogger(__name__)
@@ -65,23 +62,11 @@ class ApproximatorDistillation(HybridModule):
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    def load_selector(module: ApproximatorDistillation) -> dict:
-        """The trained selector this approximator learns to work with (nothing to load for a parameter-free one):
-        ``selector.ckpt``, or the newest one distilled with these settings from a teacher of the same data."""
-        selector_ckpt = None
-        if module.selector_learned or cfg.selector.ckpt:
-            make = command_for("distill_selector", cfg)
-            selector_ckpt, ckpt = checkpoint_for(cfg, "distill_selector", make, vocab=module.vocab.itos)
-            selectors = {k.removeprefix("parts.selectors."): v for k, v in ckpt["state_dict"].items()
-                         if k.startswith("parts.selectors.")}
-            try:
-                module.parts.selectors.load_state_dict(selectors)
-            except RuntimeError:
-                raise UserError(f"the weights in {selector_ckpt} do not fit the {cfg.selector.name} selector of this "
-                                f"version (made by an older one?): make a new one with `{make}`") from None
+    def prepare(module: ApproximatorDistillation) -> dict:
+        found = load_selector(cfg, module)
         log.info("approximator %s over the %s budget of the %s selector (%s)", cfg.approximator.name,
-                 module.spec.budget, cfg.selector.name, selector_ckpt or "nothing to load")
-        return {"selector_ckpt": selector_ckpt}
+                 module.spec.budget, cfg.selector.name, found["selector_ckpt"] or "nothing to load")
+        return found
 
     return distil(cfg, run_dir, "distill_approximator", ApproximatorDistillation, "approximator",
-                  "val/approx_rel_err", "min", load_selector)
+                  "val/approx_rel_err", "min", prepare)
