@@ -42,6 +42,9 @@ class DataConf:
     warmup: Any = field(default_factory=list)  # induction warm-up: [[length, steps], ...] -- the first steps train on
     #   periodic random strings of these short lengths (the copying forms in ~1000 steps at 64 characters, not in
     #   3200 at 2048), then the corpus's windows; e.g. [[64, 1200], [256, 300], [1024, 200]]
+    periodic: float = 0.0  # share of the training windows, after the warm-up, that are periodic random strings of the
+    #   whole window (the warm-up's text, kept in the mix: without it the copying the warm-up formed fades within a
+    #   few hundred steps of the corpus)
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

@@ -76,6 +76,7 @@ class CharDataModule(L.LightningDataModule):
         test_episodes: int = 20,
         repeats: float = 0.0,
         warmup=(),
+        periodic: float = 0.0,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -97,9 +98,13 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= self.repeats <= 1 - self.episodes:
             raise UserError(f"data.repeats={repeats} must be a share of the training windows in [0, "
                             f"{1 - self.episodes:g}] (data.episodes={self.episodes:g} of them carry an episode)")
-        if (self.repeats or self.warmup) and name == "synthetic":
-            raise UserError("data.repeats and data.warmup write random characters into a text corpus: data=synthetic"
-                            " is random already; set them on a text corpus or data=recall")
+        self.periodic = float(periodic)
+        if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
+            raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
+                            f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
+        if (self.repeats or self.warmup or self.periodic) and name == "synthetic":
+            raise UserError("data.repeats, data.warmup and data.periodic write random characters into a text corpus: "
+                            "data=synthetic is random already; set them on a text corpus or data=recall")
 
     def load_tokens(self) -> torch.Tensor:
         """Read the corpus and encode it; sets ``self.vocab`` unless a checkpoint's vocabulary was given."""
@@ -157,6 +162,8 @@ class CharDataModule(L.LightningDataModule):
             woven += f" (repeated passages in {self.repeats:.0%} of the training windows)"
         if self.warmup:
             woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
+        if self.periodic:
+            woven += f" (periodic random strings in {self.periodic:.0%} of the training windows)"
         return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}{woven}"
 
     def symbols(self) -> str:
@@ -180,11 +187,11 @@ class CharDataModule(L.LightningDataModule):
         workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if shuffle:
             windows = (MixedWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                                    self.symbols()) if self.recall or self.repeats or self.warmup
+                                    self.symbols()) if self.recall or self.repeats or self.warmup or self.periodic
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
             batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,
-                                  self.warmup, self.seq_len)
+                                  self.warmup, self.seq_len, self.periodic)
             return DataLoader(windows, batch_sampler=batches, **workers)
         windows = ConsecutiveWindows(self.splits[split], self.seq_len)
         sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None

@@ -34,12 +34,13 @@ class StepBatches(Sampler):
     With ``episodes`` or ``repeats`` an item is (kind, offset, seed): that share of the windows carries a recall
     episode or repeated passages (MixedWindows). ``warmup`` [(length, steps), ...] makes the first steps an induction
     warm-up: periodic random strings of each length in turn, as many of them as hold batch_size x seq_len
-    characters; the corpus's windows start after them."""
+    characters; the corpus's windows start after them. ``periodic``: that share of the later windows are periodic
+    random strings of the whole window (the warm-up kept in the mix)."""
 
     def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0, episodes: float = 0.0,
-                 repeats: float = 0.0, warmup=(), seq_len: int = 0):
+                 repeats: float = 0.0, warmup=(), seq_len: int = 0, periodic: float = 0.0):
         self.n, self.batch_size, self.seed, self.step, self.rank = n_windows, batch_size, seed, step, rank
-        self.episodes, self.repeats = episodes, repeats
+        self.episodes, self.repeats, self.periodic = episodes, repeats, periodic
         self.warmup, self.seq_len = [(int(length), int(steps)) for length, steps in warmup], seq_len
 
     def __len__(self) -> int:  # an "epoch": as many steps as one pass over the windows would take
@@ -62,14 +63,15 @@ class StepBatches(Sampler):
                 yield [(WARM, length, s) for s in torch.randint(2**62, (count,), generator=g).tolist()]
                 continue
             offsets = torch.randint(self.n, (self.batch_size,), generator=g).tolist()
-            if not self.episodes and not self.repeats:
+            if not self.episodes and not self.repeats and not self.periodic:
                 yield offsets
                 continue
             share = torch.rand(self.batch_size, generator=g).tolist()
             seeds = torch.randint(2**62, (self.batch_size,), generator=g).tolist()
-            kinds = [EPISODE if u < self.episodes else REPEAT if u < self.episodes + self.repeats else PLAIN
-                     for u in share]
-            yield list(zip(kinds, offsets, seeds))
+            e, r, p = self.episodes, self.repeats, self.periodic
+            kinds = [EPISODE if u < e else REPEAT if u < e + r else WARM if u < e + r + p else PLAIN for u in share]
+            yield [(WARM, self.seq_len, s) if kind == WARM else (kind, o, s)  # a whole window of a periodic string
+                   for kind, o, s in zip(kinds, offsets, seeds)]
 
 
 class ConsecutiveWindows(RandomWindows):

@@ -72,6 +72,8 @@ def data_spec(cfg: DictConfig) -> dict:
         out["repeats"] = d.repeats
     if d.get("warmup"):
         out["warmup"] = [list(w) for w in d.warmup]
+    if d.get("periodic"):
+        out["periodic"] = d.periodic
     return out
 
 

@@ -169,7 +169,24 @@ def test_warmup_steps_then_repeats_and_episodes_in_their_shares():
     assert "data.warmup" not in dm.summary() and "induction warm-up: 2 steps at 50" in dm.summary()
 
 
+def test_periodic_windows_keep_the_warm_up_in_the_mix():
+    """data.periodic: that share of the windows after the warm-up are periodic random strings of the whole window."""
+    dm = CharDataModule(name="shakespeare", seq_len=300, batch_size=8, periodic=0.25, warmup=[[50, 1]])
+    dm.setup()
+    batches = [b for _, b in zip(range(30), dm.train_dataloader().batch_sampler)]
+    later = [item for b in batches[1:] for item in b]
+    periodic = [length for kind, length, _ in later if kind == WARM]
+    assert {kind for kind, _, _ in later} == {PLAIN, WARM} and 0.1 < len(periodic) / len(later) < 0.4
+    assert set(periodic) == {300}  # the whole window
+    x, y = dm.train_dataloader().dataset[next(item for item in later if item[0] == WARM)]
+    text = dm.vocab.decode(torch.cat([x, y[-1:]]))
+    period = next(p for p in range(1, 151) if text[p:] == text[:-p])  # a string repeated with some period
+    assert len(text) == 301 and period <= 150
+    assert "periodic random strings in 25% of the training windows" in dm.summary()
+
+
 @pytest.mark.parametrize("settings,message", [
+    ({"repeats": 0.4, "periodic": 0.2}, r"data.periodic=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),
     ({"warmup": [[700, 10]]}, r"data.warmup: a length of 2 to model.seq_len=600 characters .* got \[700, 10\]"),
     ({"warmup": [64]}, r"data.warmup=\[64\]: give \[\[length, steps\], ...\]"),
