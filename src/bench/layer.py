@@ -312,7 +312,7 @@ class Settings:
 
     def describe(self, device: str) -> str:
         budgets = ", ".join(str(parse_budget(b)) for b in self.budgets)
-        return (f"measured {self.passes}, {device}, {self.dtype}, batch {self.batch}, budgets {budgets} per query, "
+        return (f"measured, {device}, {self.passes}, {self.dtype}, batch {self.batch}, budgets {budgets} per query, "
                 f"block {self.block_size}, torch.utils.benchmark (blocks under 50 ms, else {self.repeats} calls) after "
                 f"{self.warmup} warm-up, "
                 f"{torch.get_num_threads()} threads")
