@@ -25,21 +25,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from src.approximators import build_approximator
-from src.bench.harness import DTYPES, command_line
+from src.bench.harness import DTYPES, command_line, write_bench
 from src.bench.timing import machine_info, median_seconds
 from src.config import DEVICES, resolve_device
 from src.costs import formulas as costs
 from src.errors import Parser, UserError, int_list
 from src.hybrid import HybridSpec, SparseParts, hybrid_attention
 from src.model import GPT, GPTConfig, KVCache
-from src.report.tables import markdown_table, write_report
+from src.report.tables import markdown_table
 from src.selectors import build_selector
 from src.sparse import Budget, SparseAttention, SparseDecoder, n_blocks
 
@@ -232,20 +232,11 @@ def table(rows: list[dict]) -> str:
                            "FLOP limit", "of limit", "note"], cells, "lrlrrrrrrl")
 
 
-def plot(path: Path, rows: list[dict], label: str) -> None:
-    from src.report.figures import decode_figure, save
+def write(rows: list[dict], s, out: Path, elapsed: float) -> list[Path]:
+    from src.report.figures import decode_figure
 
-    save(decode_figure(rows, label), path)
-
-
-def write(rows: list[dict], s: DecodeSettings, out: Path, elapsed: float) -> list[Path]:
-    info = machine_info(resolve_device(s.device, "--device"))
-    label = s.describe(info["device_name"])
-    markdown = (f"# Measured: generation, dense vs block-sparse decoding\n\n{label}; torch {info['torch']}.\n\n"
-                f"{table(rows)}\n")
-    return write_report(out, "decode", rows, markdown, lambda path: plot(path, rows, label),
-                        meta={"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
-                              "notes": __doc__})
+    return write_bench(out, "decode", "generation, dense vs block-sparse decoding", rows, s, table(rows),
+                       decode_figure, __doc__, elapsed)
 
 
 HELP = {  # the --help text of each size option

@@ -43,3 +43,23 @@ def command_line(parse: Callable, check: Callable, describe: Callable, measure: 
     print("\n" + show(rows))
     print(f"took {elapsed:.0f} s; wrote " + " ".join(str(p) for p in paths))
     return 0
+
+
+def write_bench(out: Path, name: str, title: str, rows: list[dict], s, table: str, figure: Callable,
+                notes: str, elapsed: float | None) -> list[Path]:
+    """A benchmark's files in ``out``: NAME.csv, NAME.json (machine, settings, label, notes), NAME.md (``title``, the
+    machine and settings, ``table``) and NAME.png (``figure(rows, label)``, src/report/figures.py)."""
+    from dataclasses import asdict
+
+    from src.bench.timing import machine_info
+    from src.config import resolve_device
+    from src.report.figures import save
+    from src.report.tables import write_report
+
+    info = machine_info(resolve_device(s.device, "--device"))
+    label = s.describe(info["device_name"])
+    markdown = f"# Measured: {title}\n\n{label}; torch {info['torch']}.\n\n{table}\n"
+    return write_report(out, name, rows, markdown, lambda path: save(figure(rows, label), path),
+                        meta={"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
+                              "notes": notes})
+

@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from src.bench.harness import DTYPES, command_line, name_list
+from src.bench.harness import DTYPES, command_line, name_list, write_bench
 from src.bench.timing import machine_info, median_seconds, peak_bytes
 from src.config import DEVICES, resolve_device
 from src.costs.accounting import training_flops
 from src.errors import Parser, UserError, int_list
 from src.hybrid import build_gpt
 from src.model import GATES, GPTConfig
-from src.report.tables import markdown_table, megabytes, write_report
+from src.report.tables import markdown_table, megabytes
 
 QUICK = dict(lens=(1024, 4096), repeats=2)  # --quick: about a minute on 2 CPU cores
 
@@ -159,20 +159,11 @@ def table(rows: list[dict]) -> str:
                            "peak MB"], cells, "rlrrrrrr")
 
 
-def plot(path: Path, rows: list[dict], label: str) -> None:
-    from src.report.figures import save, training_figure
+def write(rows: list[dict], s, out: Path, elapsed: float) -> list[Path]:
+    from src.report.figures import training_figure
 
-    save(training_figure(rows, label), path)
-
-
-def write(rows: list[dict], s: TrainSettings, out: Path, elapsed: float) -> list[Path]:
-    info = machine_info(resolve_device(s.device, "--device"))
-    label = s.describe(info["device_name"])
-    markdown = (f"# Measured: one training step, dense vs natively sparse\n\n{label}; torch {info['torch']}.\n\n"
-                f"{table(rows)}\n")
-    return write_report(out, "train", rows, markdown, lambda path: plot(path, rows, label),
-                        meta={"machine": info, "settings": asdict(s), "label": label, "elapsed_s": elapsed,
-                              "notes": __doc__})
+    return write_bench(out, "train", "one training step, dense vs natively sparse", rows, s, table(rows),
+                       training_figure, __doc__, elapsed)
 
 
 def build_parser() -> Parser:
