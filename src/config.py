@@ -45,6 +45,9 @@ class DataConf:
     periodic: float = 0.0  # share of the training windows, after the warm-up, that are periodic random strings of the
     #   whole window (the warm-up's text, kept in the mix: without it the copying the warm-up formed fades within a
     #   few hundred steps of the corpus)
+    lengths: Any = field(default_factory=list)  # length curriculum after the warm-up: [[length, steps], ...] -- the
+    #   mix at these shorter windows first (as many as hold batch_size x seq_len characters), then at model.seq_len;
+    #   e.g. [[512, 1500], [1024, 500]] (a recall learned at 512 carries over to 2048 faster than it forms there)
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

@@ -37,15 +37,15 @@ def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, 
         raise UserError(f"data.test_episodes={test_episodes} must be 1 or more per task and depth")
 
 
-def check_warmup(warmup, seq_len: int) -> list[tuple[int, int]]:
-    """data.warmup as [(length, steps), ...], or one line naming the fix."""
+def check_schedule(schedule, seq_len: int, setting: str = "data.warmup") -> list[tuple[int, int]]:
+    """data.warmup or data.lengths as [(length, steps), ...], or one line naming the fix."""
     try:
-        out = [(int(length), int(steps)) for length, steps in warmup or ()]
+        out = [(int(length), int(steps)) for length, steps in schedule or ()]
     except (TypeError, ValueError):
-        raise UserError(f"data.warmup={warmup}: give [[length, steps], ...], e.g. [[64,1200],[256,300]]") from None
+        raise UserError(f"{setting}={schedule}: give [[length, steps], ...], e.g. [[64,1200],[256,300]]") from None
     for length, steps in out:
         if not 2 <= length <= seq_len or steps < 0:
-            raise UserError(f"data.warmup: a length of 2 to model.seq_len={seq_len} characters and 0 or more steps "
+            raise UserError(f"{setting}: a length of 2 to model.seq_len={seq_len} characters and 0 or more steps "
                             f"each, got [{length}, {steps}]")
     return out
 
@@ -77,6 +77,7 @@ class CharDataModule(L.LightningDataModule):
         repeats: float = 0.0,
         warmup=(),
         periodic: float = 0.0,
+        lengths=(),
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -94,7 +95,8 @@ class CharDataModule(L.LightningDataModule):
             check_recall(filler, tasks, episodes, pairs, queries, depths, test_episodes)
         self.filler, self.tasks, self.episodes = filler, tuple(tasks), float(episodes) if self.recall else 0.0
         self.pairs, self.queries, self.depths, self.test_episodes = pairs, queries, tuple(depths), test_episodes
-        self.repeats, self.warmup = float(repeats), check_warmup(warmup, seq_len)
+        self.repeats, self.warmup = float(repeats), check_schedule(warmup, seq_len)
+        self.lengths = check_schedule(lengths, seq_len, "data.lengths")
         if not 0 <= self.repeats <= 1 - self.episodes:
             raise UserError(f"data.repeats={repeats} must be a share of the training windows in [0, "
                             f"{1 - self.episodes:g}] (data.episodes={self.episodes:g} of them carry an episode)")
@@ -164,6 +166,8 @@ class CharDataModule(L.LightningDataModule):
             woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
         if self.periodic:
             woven += f" (periodic random strings in {self.periodic:.0%} of the training windows)"
+        if self.lengths:
+            woven += " (length curriculum: " + ", ".join(f"{s} steps at {n}" for n, s in self.lengths) + ")"
         return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}{woven}"
 
     def symbols(self) -> str:
@@ -187,11 +191,12 @@ class CharDataModule(L.LightningDataModule):
         workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if shuffle:
             windows = (MixedWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                                    self.symbols()) if self.recall or self.repeats or self.warmup or self.periodic
+                                    self.symbols())
+                       if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
             batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,
-                                  self.warmup, self.seq_len, self.periodic)
+                                  self.warmup, self.seq_len, self.periodic, self.lengths)
             return DataLoader(windows, batch_sampler=batches, **workers)
         windows = ConsecutiveWindows(self.splits[split], self.seq_len)
         sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None

@@ -74,6 +74,8 @@ def data_spec(cfg: DictConfig) -> dict:
         out["warmup"] = [list(w) for w in d.warmup]
     if d.get("periodic"):
         out["periodic"] = d.periodic
+    if d.get("lengths"):
+        out["lengths"] = [list(w) for w in d.lengths]
     return out
 
 

@@ -185,11 +185,35 @@ def test_periodic_windows_keep_the_warm_up_in_the_mix():
     assert "periodic random strings in 25% of the training windows" in dm.summary()
 
 
+def test_length_curriculum_shortens_the_mix_then_grows_to_seq_len():
+    """data.lengths: after the warm-up, the mix's windows at the curriculum's lengths (as many as hold batch_size x
+    seq_len characters), episodes and periodic strings included, then at seq_len."""
+    dm = CharDataModule(name="recall", seq_len=600, batch_size=2, episodes=0.5, periodic=0.25, pairs=2,
+                        warmup=[[50, 1]], lengths=[[200, 2], [300, 1]])
+    dm.setup()
+    loader = dm.train_dataloader()
+    batches = [b for _, b in zip(range(5), loader.batch_sampler)]
+    assert [len(b) for b in batches] == [24, 6, 6, 4, 2]
+    assert {item[3] for b in batches[1:3] for item in b if item[0] != WARM} <= {200}
+    assert {item[1] for b in batches[1:3] for item in b if item[0] == WARM} <= {200}  # periodic: the short window
+    assert all(len(item) == 3 for item in batches[4])  # seq_len: no length given
+    shapes = [tuple(x.shape) for x, _ in (loader.collate_fn([loader.dataset[item] for item in b]) for b in batches)]
+    assert shapes == [(24, 50), (6, 200), (6, 200), (4, 300), (2, 600)]
+    kinds = {item[0] for b in batches[1:] for item in b}
+    assert EPISODE in kinds and "length curriculum: 2 steps at 200, 1 steps at 300" in dm.summary()
+    plain = CharDataModule(name="shakespeare", seq_len=600, batch_size=2, lengths=[[100, 1]])
+    plain.setup()
+    first, second = [b for _, b in zip(range(2), plain.train_dataloader().batch_sampler)]
+    x, y = plain.train_dataloader().dataset[first[0]]
+    assert len(first) == 12 and x.shape == (100,) and torch.equal(x[1:], y[:-1]) and isinstance(second[0], int)
+
+
 @pytest.mark.parametrize("settings,message", [
     ({"repeats": 0.4, "periodic": 0.2}, r"data.periodic=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),
     ({"warmup": [[700, 10]]}, r"data.warmup: a length of 2 to model.seq_len=600 characters .* got \[700, 10\]"),
     ({"warmup": [64]}, r"data.warmup=\[64\]: give \[\[length, steps\], ...\]"),
+    ({"lengths": [[1, 10]]}, r"data.lengths: a length of 2 to model.seq_len=600 characters .* got \[1, 10\]"),
 ])
 def test_bad_mix_settings_are_one_line(settings, message):
     with pytest.raises(UserError, match=message):
