@@ -13,14 +13,17 @@ layout is turned around. Every query attends
 Each part yields the output of a softmax over its keys and the log of its normaliser (logsumexp); a query's parts
 merge exactly into the softmax over all its keys (weights softmax(lse)), as flash attention merges its tiles. The
 work is the choice's pairs alone, whatever the queries chose (the FLOP limit's count), at the rate of 64-key GEMMs;
-the copies are the gathered queries and one key and value block per tile. Without a gradient on a CPU, the parts
-run PyTorch's fused CPU attention kernel (which returns the logsumexp); otherwise the same parts in plain tensor
-operations, differentiable on any device. Exact -- the gather path's output (tests: 1e-5) -- and causal.
+the copies are the gathered queries and one key and value block per tile. On a CPU the parts run PyTorch's fused
+CPU attention kernel (which returns the logsumexp); elsewhere the same parts in plain tensor operations. The
+backward (``QueryTiledBackward``) is flash attention's: from the output and each query's logsumexp over *all* its
+keys, each part's gradients follow on their own (tile by tile, the same tiles again), added into one buffer per
+input. Exact -- the gather path's output and gradients (tests: 1e-5) -- and causal.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from src.sparse.choice import QueryBlockChoice, ceil_div, n_blocks
 from src.sparse.tiles import gather_blocks, padded
@@ -61,37 +64,46 @@ def tiles_of(group: torch.Tensor, groups: int, rows: int):
     return order, slot, tile_group, len(tile_group)
 
 
-def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: QueryBlockChoice,
-                          rows: int = TILE_ROWS, chunk_pairs: int = CHUNK_PAIRS) -> torch.Tensor:
-    """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention of every query over its own chosen blocks
-    (causal in its own block); ``rows`` queries a tile, about ``chunk_pairs`` (query, earlier block) pairs at once."""
+def tiled_pairs(group: torch.Tensor, groups: int, rows: int, n1: int, at: torch.Tensor, T: int, L: int):
+    """A chunk's (query, earlier block) pairs in tiles (``tiles_of``) -> order, slot, tile_group, tiles and the
+    padded query row of every tile row, (tiles · rows,): ``at`` the chunk's rows of (sequence and head, query)."""
+    order, slot, tile_group, tiles = tiles_of(group, groups, rows)
+    query = torch.zeros(tiles * rows, dtype=torch.long, device=group.device)  # padding rows: any query
+    query[slot] = at[order // n1] // T * L + at[order // n1] % T
+    return order, slot, tile_group, tiles, query
+
+
+def query_tiled_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: QueryBlockChoice,
+                        rows: int = TILE_ROWS, chunk_pairs: int = CHUNK_PAIRS, fused: bool | None = None):
+    """The kernel's forward: the output (B, h, T, hs) and each query's logsumexp over all its keys (B · h · T,),
+    fp32. ``fused``: PyTorch's fused CPU kernel for the parts (default: on a CPU without a gradient)."""
     B, h, T, hs = q.shape
     bs, BH = choice.block_size, B * h
     nb = n_blocks(T, bs)
     L = nb * bs
-    fused = q.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    if fused is None:
+        fused = q.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     q, k, v, _ = padded(q, k, v, bs)  # (B, h, L, hs), whole blocks
     own, own_lse = attend(*(t.view(BH, nb, bs, hs) for t in (q, k, v)), causal=True, fused=fused)  # each block
     own, own_lse = own.view(BH, L, hs)[:, :T].reshape(BH * T, hs), own_lse.reshape(BH, L)[:, :T].reshape(BH * T)
     # own (BH · T, hs), own_lse (BH · T,): every query over its own block, one row per (sequence and head, query)
     n1 = choice.n - 1  # earlier blocks per query
     if n1 == 0:
-        return own.view(B, h, T, hs)
+        return own.view(B, h, T, hs), own_lse
     idx, valid = choice.idx[..., 1:].reshape(BH * T, n1), choice.valid[..., 1:].reshape(BH * T, n1)
     q_rows = q.view(BH * L, hs)
     y = own if fused else torch.empty_like(own)  # without a gradient each chunk overwrites its own rows once read
+    lse_all = own_lse if fused else torch.empty_like(own_lse)
     step = max(1, chunk_pairs // n1)  # queries (of every sequence and head, in order) per chunk
     for s in range(0, BH * T, step):
         e = min(s + step, BH * T)
         at = torch.arange(s, e, device=q.device)  # row of (sequence and head, query)
         group = (at // T * nb)[:, None] + idx[s:e]  # (R, n1): key block of one sequence and head
         group = group.masked_fill(~valid[s:e], BH * nb).flatten()
-        order, slot, tile_group, tiles = tiles_of(group, BH * nb, rows)  # (P,), (P,), (tiles,), P valid pairs
+        order, slot, tile_group, tiles, query = tiled_pairs(group, BH * nb, rows, n1, at, T, L)
         if not tiles:  # these queries have no earlier block yet
-            y[s:e] = own[s:e]
+            y[s:e], lse_all[s:e] = own[s:e], own_lse[s:e]
             continue
-        query = torch.zeros(tiles * rows, dtype=torch.long, device=q.device)  # padding rows: any query
-        query[slot] = at[order // n1] // T * L + at[order // n1] % T
         blocks = tile_group.view(1, 1, tiles, 1)  # one key block per tile
         out, lse = attend(q_rows.index_select(0, query).view(tiles, 1, rows, hs),
                           *(gather_blocks(t.view(1, 1, BH * L, hs), blocks, bs).view(tiles, 1, bs, hs)
@@ -101,9 +113,97 @@ def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cho
         slot_of = slot_of.view(-1, n1)  # (R, n1): where each query's part over each earlier block lies
         parts = torch.cat((own_lse[s:e, None], lse.flatten()[slot_of].masked_fill(~valid[s:e], float("-inf"))), 1)
         w = parts.softmax(-1).to(own.dtype)  # (R, 1 + n1): each part's share of the query's softmax
+        lse_c = parts.logsumexp(-1)
         out = out.view(tiles * rows, hs)
         y_c = own[s:e] * w[:, :1]
         for j in range(n1):  # slot by slot: one (R, hs) gather at a time
             y_c.addcmul_(out.index_select(0, slot_of[:, j]), w[:, j + 1:j + 2])
-        y[s:e] = y_c
-    return y.view(B, h, T, hs)
+        y[s:e], lse_all[s:e] = y_c, lse_c
+    return y.view(B, h, T, hs), lse_all
+
+
+def part_grads(q, k, v, dy, lse, delta, causal: bool, real=None):
+    """Flash attention's backward of one part, q, dy (N, S, hs) against k, v (N, K, hs), given each query's
+    logsumexp over all its keys and delta = rowsum(dy · y) (N, S), fp32 -> dq, dk, dv. ``real`` (N, S) bool hides
+    padding rows."""
+    scale = q.size(-1) ** -0.5
+    scores = (q @ k.transpose(-2, -1)).float() * scale
+    if causal:
+        scores.masked_fill_(torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu(1),
+                            float("-inf"))
+    p = (scores - lse[..., None]).exp_()  # (N, S, K): the query's softmax weights on these keys
+    if real is not None:
+        p.mul_(real[..., None])
+    dv = p.to(v.dtype).transpose(-2, -1) @ dy
+    ds = p.mul_((dy @ v.transpose(-2, -1)).float().sub_(delta[..., None])).mul_(scale).to(q.dtype)
+    return ds @ k, ds.transpose(-2, -1) @ q, dv
+
+
+class QueryTiledBackward(torch.autograd.Function):
+    """The per-query kernel with flash attention's backward: from y and each query's logsumexp over all its keys,
+    the own blocks' gradients at once, then the earlier blocks' tile by tile (the forward's tiles again), each
+    added into one buffer for q, k and v (index_add_) -- no gradient as large as k per chunk, as autograd through
+    the forward's gathers would give."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, idx, valid, block_size: int, T: int, rows: int, chunk_pairs: int):
+        choice = QueryBlockChoice(idx, valid, block_size, T)
+        y, lse = query_tiled_forward(q, k, v, choice, rows, chunk_pairs, fused=q.device.type == "cpu")
+        ctx.save_for_backward(q, k, v, idx, valid, y, lse)
+        ctx.block_size, ctx.rows, ctx.chunk_pairs = block_size, rows, chunk_pairs
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, idx, valid, y, lse = ctx.saved_tensors
+        B, h, T, hs = q.shape
+        bs, BH, rows = ctx.block_size, B * h, ctx.rows
+        nb = n_blocks(T, bs)
+        L = nb * bs
+        delta = (dy.float() * y.float()).sum(-1).reshape(BH * T)  # rowsum(dy · y), each query
+        q, k, v, pad = padded(q, k, v, bs)
+        dy = (F.pad(dy, (0, 0, 0, pad)) if pad else dy).contiguous()
+        lse_p, delta_p = (F.pad(t.view(BH, T), (0, pad)) if pad else t.view(BH, T) for t in (lse, delta))
+        # own blocks, all at once (padding rows: dy = 0 and delta = 0 give them no gradient)
+        dq, dk, dv = (t.view(BH, nb, bs, hs).clone() for t in part_grads(
+            *(t.view(BH * nb, bs, hs) for t in (q, k, v, dy)), lse_p.reshape(BH * nb, bs),
+            delta_p.reshape(BH * nb, bs), causal=True))
+        n1 = idx.size(-1) - 1
+        if n1:
+            idx, valid = idx[..., 1:].reshape(BH * T, n1), valid[..., 1:].reshape(BH * T, n1)
+            q_rows, dy_rows, dq_rows = q.view(BH * L, hs), dy.view(BH * L, hs), dq.view(BH * L, hs)
+            lse_rows, delta_rows = lse_p.reshape(BH * L), delta_p.reshape(BH * L)
+            k_rows, v_rows = k.view(BH * nb, bs * hs), v.view(BH * nb, bs * hs)
+            dk_rows, dv_rows = dk.view(BH * nb, bs * hs), dv.view(BH * nb, bs * hs)
+            step = max(1, ctx.chunk_pairs // n1)
+            for s in range(0, BH * T, step):
+                e = min(s + step, BH * T)
+                at = torch.arange(s, e, device=q.device)
+                group = (at // T * nb)[:, None] + idx[s:e]
+                group = group.masked_fill(~valid[s:e], BH * nb).flatten()
+                order, slot, tile_group, tiles, query = tiled_pairs(group, BH * nb, rows, n1, at, T, L)
+                if not tiles:
+                    continue
+                real = torch.zeros(tiles * rows, dtype=torch.bool, device=q.device)
+                real[slot] = True
+                q_t, dy_t = (t.index_select(0, query).view(tiles, rows, hs) for t in (q_rows, dy_rows))
+                k_t, v_t = (t.index_select(0, tile_group).view(tiles, bs, hs) for t in (k_rows, v_rows))
+                gq, gk, gv = part_grads(q_t, k_t, v_t, dy_t, lse_rows[query].view(tiles, rows),
+                                        delta_rows[query].view(tiles, rows), causal=False,
+                                        real=real.view(tiles, rows))
+                dq_rows.index_add_(0, query, gq.view(-1, hs))
+                dk_rows.index_add_(0, tile_group, gk.reshape(tiles, bs * hs))
+                dv_rows.index_add_(0, tile_group, gv.reshape(tiles, bs * hs))
+        dq, dk, dv = (t.view(B, h, L, hs)[:, :, :T] for t in (dq, dk, dv))
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def query_tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: QueryBlockChoice,
+                          rows: int = TILE_ROWS, chunk_pairs: int = CHUNK_PAIRS) -> torch.Tensor:
+    """q, k, v (B, h, T, hs) -> (B, h, T, hs): exact softmax attention of every query over its own chosen blocks
+    (causal in its own block); ``rows`` queries a tile, about ``chunk_pairs`` (query, earlier block) pairs at once.
+    Differentiable in q, k and v (``QueryTiledBackward``)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return QueryTiledBackward.apply(q, k, v, choice.idx, choice.valid, choice.block_size, choice.T, rows,
+                                        chunk_pairs)
+    return query_tiled_forward(q, k, v, choice, rows, chunk_pairs)[0]

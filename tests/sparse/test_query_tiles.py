@@ -135,15 +135,22 @@ def test_query_tiles_is_causal():
             torch.testing.assert_close(sparse(x2, q2, k2, v2)[:, :, :t + 1], y[:, :, :t + 1], atol=1e-5, rtol=1e-5)
 
 
-def test_query_tiles_train_through():
-    """With a gradient the kernel runs its parts in plain tensor operations: the gather path's output and gradient,
-    for q, k and v."""
-    _, q, k, v = qkv(2, 50)
-    choice = query_choice(2, 50, 16, 2)
+@pytest.mark.parametrize("B,T,bs,n,rows,mass,recent", [
+    (2, 50, 16, 2, 16, None, 0),  # a short last block: padding rows
+    (1, 64, 16, 4, 32, None, 0), (2, 40, 8, 5, 7, None, 0),  # tiles of other sizes than the blocks
+    (1, 10, 16, 2, 8, None, 0),  # T < block_size: the own block only
+    (2, 64, 8, 4, 16, 0.9, 1),  # narrowed choices (invalid slots) and a recent block
+])
+def test_query_tiles_train_through(B, T, bs, n, rows, mass, recent):
+    """The kernel's own backward (flash attention's, from the output and each query's logsumexp): the gather
+    path's gradient for q, k and v."""
+    _, q, k, v = qkv(B, T)
+    choice = query_choice(B, T, bs, n, mass=mass, recent=recent)
     grads = []
-    for run in (lambda *t: query_tiled_attention(*t, choice, rows=16), lambda *t: gathered(*t, choice)):
+    for run in (lambda *t: query_tiled_attention(*t, choice, rows=rows, chunk_pairs=40),
+                lambda *t: gathered(*t, choice)):
         inputs = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-        (run(*inputs) * torch.randn(2, H, 50, HS, generator=torch.Generator().manual_seed(0))).sum().backward()
+        (run(*inputs) * torch.randn(B, H, T, HS, generator=torch.Generator().manual_seed(0))).sum().backward()
         grads.append([t.grad for t in inputs])
     for mine, ref in zip(*grads):
         torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
