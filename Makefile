@@ -14,7 +14,7 @@ $(PY):
 # the stamp records the torch build installed: asking for another one (TORCH=...) reinstalls
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install $(TORCH)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,hf]"
 	echo '$(TORCH)' > $(STAMP)
 
 ifneq ($(wildcard $(STAMP)),)

@@ -157,13 +157,20 @@ class HybridCausalSelfAttention(nn.Module):
         if cache is not None:
             return self.cached(x, cache)
         q, k, v = self.attn.qkv(x)  # (B, nh, T, hs)
-        if not self.dense:  # every head sparse: no copy in or out of a head subset
-            return self.attn.merge_heads(self.sparse(x, q, k, v))
-        y = torch.empty_like(q)
-        d, s = self.dense, self.heads
-        y[:, d] = F.scaled_dot_product_attention(q[:, d], k[:, d], v[:, d], is_causal=True)
-        y[:, s] = self.sparse(x, q[:, s], k[:, s], v[:, s])
-        return self.attn.merge_heads(y)
+        return self.attn.merge_heads(mixed_heads(x, q, k, v, self.heads, self.dense, self.sparse))
+
+
+def mixed_heads(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[int],
+                dense: list[int], sparse: SparseAttention) -> torch.Tensor:
+    """One layer's heads over a whole sequence: ``heads`` through ``sparse``, ``dense`` through causal SDPA. x (B, T,
+    C) the layer input; q, k, v (B, nh, T, hs) -> y (B, nh, T, hs). (A Hugging Face model's layers run it too,
+    src/hf/hybrid.py.)"""
+    if not dense:  # every head sparse: no copy in or out of a head subset
+        return sparse(x, q, k, v)
+    y = torch.empty_like(q)
+    y[:, dense] = F.scaled_dot_product_attention(q[:, dense], k[:, dense], v[:, dense], is_causal=True)
+    y[:, heads] = sparse(x, q[:, heads], k[:, heads], v[:, heads])
+    return y
 
 
 def hybrid_attention(teacher: GPT, spec: HybridSpec, parts: SparseParts) -> dict[int, HybridCausalSelfAttention]:

@@ -373,6 +373,11 @@ class GPT(nn.Module):
                 out[i] = box[0]
         return out
 
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty KV cache of this model's T for ``batch`` sequences, on its device and in its dtype."""
+        p = next(self.parameters())
+        return KVCache(self.cfg, batch, p.device, p.dtype)
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  attention: dict[int, nn.Module] | None = None, on_token=None) -> torch.Tensor:
@@ -388,8 +393,7 @@ class GPT(nn.Module):
         work.
         """
         T = self.cfg.seq_len
-        p = next(self.parameters())
-        cache = KVCache(self.cfg, idx.size(0), p.device, p.dtype)
+        cache = self.new_cache(idx.size(0))
         logits = self(idx[:, -T:], attention=attention, cache=cache)[:, -1]  # (B, V): prefill
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k)  # (B, 1)
@@ -399,7 +403,7 @@ class GPT(nn.Module):
             if i == max_new_tokens - 1:
                 break
             if cache.pos == T:  # full: slide
-                cache = KVCache(self.cfg, idx.size(0), p.device, p.dtype)
+                cache = self.new_cache(idx.size(0))
                 logits = self(idx[:, -(T // 2):], attention=attention, cache=cache)[:, -1]
             else:
                 logits = self(nxt, attention=attention, cache=cache)[:, -1]
