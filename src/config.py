@@ -63,7 +63,8 @@ class DeviceConf:
     accelerator: str = "cpu"  # cpu | cuda | mps | auto (Lightning's names)
     devices: Any = 1  # how many, or "auto"
     strategy: str = "auto"  # auto | ddp (Lightning's names)
-    precision: str = "32-true"  # e.g. bf16-mixed on a recent GPU
+    precision: str = "auto"  # auto: bf16-mixed where the hardware multiplies bf16 natively (a CUDA GPU with bf16, a
+    #                          CPU with AVX-512 BF16 or AMX), else 32-true; or any of PRECISIONS (resolve_precision)
     num_nodes: int = 1
 
 
@@ -158,6 +159,7 @@ class EvaluateConf:
     kernels: Any = "all"  # the hybrid's kernels to time: all that can serve it on this device, or a list
     repeats: int = 3  # timed forwards per model (median), after one untimed warm-up (which compiles flex)
     recall: bool = True  # data=recall: the share of the test episodes' answers recalled exactly, teacher and hybrid
+    greedy: bool = True  # data=recall: the passkey also generated greedily through the KV cache (the decoding path)
     copy_windows: int = 8  # the copy probe: windows per gap, teacher and hybrid (0: no probe)
 
 
@@ -240,6 +242,36 @@ def resolve_device(name: str, setting: str = "device") -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's names
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic of its own (AVX-512 BF16 or AMX tiles); without it bf16 is emulated by
+    conversions to fp32, slower than fp32 itself. False where torch cannot tell."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> tuple[str, str]:
+    """device.precision -> (Lightning's precision, why): ``auto`` is bf16-mixed where the device multiplies bf16
+    natively -- a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX -- and 32-true elsewhere (MPS included);
+    any other name is kept. An unknown one: one line naming the setting and the names it takes."""
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise UserError(f"device.precision={precision} is unknown: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision, "device.precision"
+    kind = resolve_device(accelerator, "device").type
+    if kind == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        return ("bf16-mixed", "auto: the GPU supports bf16") if native else ("32-true", "auto: the GPU has no bf16")
+    if kind == "cpu" and cpu_multiplies_bf16():
+        return "bf16-mixed", "auto: the CPU multiplies bf16 (AVX-512 BF16 or AMX)"
+    if kind == "cpu":
+        return "32-true", "auto: the CPU has no AVX-512 BF16 or AMX, so bf16 would be emulated (slower)"
+    return "32-true", f"auto: {kind}"
+
+
 def check_config(cfg) -> None:
     """The values a type cannot rule out, checked before any work: one line naming the setting and the fix
     (src.errors.UserError). A non-positive step count would train forever (-1, Lightning's "no limit") or save random
@@ -277,3 +309,4 @@ def check_config(cfg) -> None:
             raise UserError(f"finetune.kl_weight={cfg.finetune.kl_weight} must be 0 or more")
     if str(cfg.device.accelerator) != "auto":
         resolve_device(cfg.device.accelerator, "device")
+    resolve_precision(cfg.device.precision, cfg.device.accelerator)

@@ -33,7 +33,8 @@ FIX = (f"run evaluate with data=recall: `python -m src.train +experiment=pipelin
 
 BASE = ("job", "status", "data", "seq_len", "model", "panel", "selector", "level", "budget", "budget_keys", "mass",
         "loss_change_pct")
-DEPTH = re.compile(r"^(?P<task>[a-z]+)_d(?P<depth>[0-9.]+)$")  # a column of one task at one needle depth
+DEPTH = re.compile(r"^(?P<task>[a-z_]+)_d(?P<depth>[0-9.]+)$")  # a column of one task (passkey, passkey_greedy)
+#                                                                  at one needle depth
 GAP = re.compile(r"^copy_g(?P<gap>[0-9]+)$")  # a column of the copy probe at one gap
 
 

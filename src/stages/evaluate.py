@@ -148,7 +148,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
     module.eval()
-    r.update(probe_results(cfg, {"teacher": module.teacher, "hybrid": module.hybrid_logits}, dm,
+    r.update(probe_results(cfg, {"teacher": (module.teacher, None), "hybrid": (module.teacher, module.attention)}, dm,
                            next(module.parameters()).device))
     speed = {}
     if cfg.evaluate.time_forward:

@@ -110,7 +110,8 @@ def measure(trainer: L.Trainer, module: SparseFineTuning, dm, cfg: DictConfig, n
             metric.reset()
     module.eval()
     device = next(module.parameters()).device
-    probes = probe_results(cfg, {names[0]: module.hybrid_logits, names[1]: module.teacher}, dm, device)
+    probes = probe_results(cfg, {names[0]: (module.teacher, module.attention), names[1]: (module.teacher, None)}, dm,
+                           device)
     return {f"val/{names[0]}_loss": metrics["val/hybrid_loss"], f"val/{names[1]}_loss": metrics["val/dense_loss"],
             **probes}
 
@@ -127,7 +128,8 @@ def finetune_markdown(cfg: DictConfig, r: dict) -> str:
     lines += [f"| {name} | {loss:.4f} | {100 * (loss - teacher) / teacher:+.2f} % |" for name, loss in rows]
     recall = [k for k in r if "_recall/" in k and k.count("/") == 2]
     if recall:
-        lines += ["", "Recall episodes answered exactly (teacher-forced):", "", "| model | task | share |",
+        lines += ["", "Recall episodes answered exactly (teacher-forced; passkey_greedy: generated via the KV cache):",
+                  "", "| model | task | share |",
                   "| --- | --- | ---: |"]
         lines += [f"| {k.split('/')[1].removesuffix('_recall')} | {k.split('/')[2]} | {r[k]:.1%} |" for k in recall]
     return "\n".join(lines) + "\n"

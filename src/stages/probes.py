@@ -1,8 +1,10 @@
-"""What the evaluation measures beyond the loss, for any model ``forward(x) -> logits`` (the teacher, a hybrid):
+"""What the evaluation measures beyond the loss, for any model -- a GPT and the attention modules it runs with (none:
+the teacher; a hybrid's sparse layers):
 
 * **recall** -- the fixed test episodes of ``data=recall`` (src/data/recall.py): the share of answers recalled
   exactly, teacher-forced (the argmax at every character of the answer is right), per task and per depth of the
-  needle;
+  needle; and for the passkey, generated (``passkey_greedy``): the text up to the answer as a prompt, the answer's
+  characters generated greedily through the KV cache (the decoding path: a hybrid's sparse decoder), all right;
 * **copy** -- the copy probe on any corpus: a passage and, ``gap`` characters after it, the same passage again; the
   mean loss on its second appearance over its first (Olsson et al.'s in-context-learning score: near 1 for a model
   that does not look back, towards 0 for one that copies), per gap.
@@ -55,6 +57,22 @@ def recall_accuracy(forward: Callable, episodes: list[Episode], vocab: Vocab, ba
     return {key: right[key] / count[key] for key in count}
 
 
+@torch.no_grad()
+def greedy_recall(gpt, attention, episodes: list[Episode], vocab: Vocab, device: torch.device,
+                  task: str = "passkey") -> dict[str, float]:
+    """The share of ``task``'s answers generated exactly, greedily (top-1) through the KV cache from the text before
+    the answer: {"passkey_greedy": share, "passkey_greedy/d0.3": share at that depth}."""
+    right, count = defaultdict(int), defaultdict(int)
+    for e in (e for e in episodes if e.task == task):
+        a, b = e.answers[-1]
+        out = gpt.generate(vocab.encode(e.text[:a])[None].to(device), b - a, top_k=1, attention=attention)
+        ok = vocab.decode(out[0, a:].cpu()) == e.text[a:b]
+        for key in (f"{task}_greedy", f"{task}_greedy/d{e.depth:g}"):
+            right[key] += ok
+            count[key] += 1
+    return {key: right[key] / count[key] for key in count}
+
+
 def copy_gaps(T: int, gaps=COPY_GAPS) -> tuple[int, tuple[int, ...]]:
     """The copy probe's passage length and the gaps that fit a context of T + 1 characters (the longest that does
     when none of ``gaps`` does)."""
@@ -77,16 +95,22 @@ def copy_probe(forward: Callable, text: str, vocab: Vocab, T: int, n: int, batch
     return {f"g{gap}": second[gap] / first[gap] for gap in fitting}
 
 
-def probe_results(cfg, models: dict[str, Callable], dm, device: torch.device) -> dict[str, float]:
-    """The recall episodes of the data (``evaluate.recall``; data=recall has them) and the copy probe
-    (``evaluate.copy_windows`` windows per gap) of each of ``models`` -- name -> forward on ``device``, all on the
-    same texts: ``test/teacher_recall/passkey``, ``test/hybrid_recall/passkey/d0.3``, ``test/teacher_copy/g200``..."""
+def probe_results(cfg, models: dict[str, tuple], dm, device: torch.device) -> dict[str, float]:
+    """The recall episodes of the data (``evaluate.recall``; data=recall has them; ``evaluate.greedy``: the passkey
+    generated too) and the copy probe (``evaluate.copy_windows`` windows per gap) of each of ``models`` -- name ->
+    (GPT, its attention modules or None) on ``device``, all on the same texts: ``test/teacher_recall/passkey``,
+    ``test/hybrid_recall/passkey/d0.3``, ``test/hybrid_recall/passkey_greedy``, ``test/teacher_copy/g200``..."""
     out = {}
     episodes = dm.recall_episodes("test") if cfg.evaluate.recall else []
     text = dm.vocab.decode(dm.splits["test"]) if cfg.evaluate.copy_windows else ""
-    for name, forward in models.items():
+    for name, (gpt, attention) in models.items():
+        def forward(x, gpt=gpt, attention=attention):
+            return gpt(x, attention=attention)
+
         if episodes:
             acc = recall_accuracy(forward, episodes, dm.vocab, cfg.data.batch_size, device)
+            if cfg.evaluate.get("greedy", True):
+                acc.update(greedy_recall(gpt, attention, episodes, dm.vocab, device))
             out.update({f"test/{name}_recall/{key}": value for key, value in acc.items()})
         if text:
             ratio = copy_probe(forward, text, dm.vocab, cfg.model.seq_len, cfg.evaluate.copy_windows,

@@ -50,7 +50,8 @@ def probe_markdown(r: dict) -> list[str]:
     recall = sorted({k.split("/", 2)[2] for k in r if k.startswith("test/teacher_recall/")},
                     key=lambda k: (k.split("/")[0] == "all", k))
     if recall:
-        lines += ["## Recall episodes (the test set: every answer exact, teacher-forced)", "",
+        lines += ["## Recall episodes (the test set: every answer exact, teacher-forced; passkey_greedy: generated "
+                  "greedily through the KV cache)", "",
                   markdown_table(["task / needle depth", "teacher", "hybrid"],
                                  [[k.replace("/d", ", depth "), percent(r[f"test/teacher_recall/{k}"]),
                                    percent(r[f"test/hybrid_recall/{k}"])] for k in recall], "lrr"), ""]

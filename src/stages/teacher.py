@@ -162,7 +162,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("best checkpoint on the validation split: val/loss %.4f", val[0]["val/loss"])
             best = val[0]["val/loss"]
     test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
-    probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": module.gpt.eval()}, dm, module.device)
+    probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": (module.gpt.eval(), None)}, dm,
+                                                                     module.device)
     result = {
         "stage": "teacher",
         "run_dir": str(run_dir),

@@ -124,6 +124,7 @@ def test_recall_and_copy_probes_in_the_results(tiny_cfg, tmp_path):
     e = result["evaluate"]
     for model in ("teacher", "hybrid"):
         assert 0 <= e[f"test/{model}_recall/passkey"] <= 1 and 0 <= e[f"test/{model}_recall/passkey/d0.9"] <= 1
+        assert 0 <= e[f"test/{model}_recall/passkey_greedy/d0.9"] <= 1  # generated through the cache
         assert e[f"test/{model}_copy/g50"] > 0  # T = 128: passages of 32, 50 apart
     md = (tmp_path / "run" / "results.md").read_text()
     assert "## Recall episodes" in md and "| passkey, depth 0.1 |" in md and "## Copy probe" in md

@@ -11,7 +11,7 @@ import torch
 
 from src.data import Vocab
 from src.data.recall import ALPHABET, TASKS, copy_windows, evaluation_episodes
-from src.stages.probes import copy_gaps, copy_probe, recall_accuracy
+from src.stages.probes import copy_gaps, copy_probe, greedy_recall, recall_accuracy
 
 CPU = torch.device("cpu")
 TEXT = "".join(random.Random(0).choices("abcdefgh \n", k=30000))
@@ -55,6 +55,24 @@ def test_recall_counts_each_answer_by_task_and_depth():
 
     assert recall_accuracy(knowing([e.text for e in episodes], first_digit_only), episodes, VOCAB, 4,
                            CPU)["all"] == 0.0  # a whole answer or nothing
+
+
+def test_greedy_recall_generates_each_passkey_from_the_text_before_its_answer():
+    """The passkey generated through the model's cache (``generate``, top-1, with the model's attention modules):
+    right where the model continues the prompt with the answer, per depth; other tasks are not generated."""
+    episodes = evaluation_episodes(TEXT, 700, TASKS, (0.2, 0.8), 3, 4, 2, seed=1)
+    answers = {e.text[:e.answers[-1][0]]: (e.text[slice(*e.answers[-1])], e.depth) for e in episodes}
+    calls = []
+
+    class Model:  # knows the passkey where the needle is shallow, says 00000 where it is deep
+        def generate(self, idx, n, top_k=None, attention=None):
+            calls.append((n, top_k, attention))
+            answer, depth = answers[VOCAB.decode(idx[0])]
+            return torch.cat([idx, VOCAB.encode(answer if depth < 0.5 else "0" * n)[None]], 1)
+
+    shares = greedy_recall(Model(), "sparse layers", episodes, VOCAB, CPU)
+    assert shares == {"passkey_greedy": 0.5, "passkey_greedy/d0.2": 1.0, "passkey_greedy/d0.8": 0.0}
+    assert calls == [(5, 1, "sparse layers")] * 6  # the passkey episodes only: 5 digits, greedy, the hybrid's layers
 
 
 def test_the_copy_probe_is_one_without_copying_and_falls_with_it():
