@@ -94,8 +94,27 @@ class TrainerConf:
 
 
 @dataclass
+class HFConf:
+    model: Optional[str] = None  # teacher=hf: a hub name (org/model) or a local folder that save_pretrained wrote
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights' dtype (the sparse heads compute in float32)
+    device: Optional[str] = None  # where the weights are loaded (cpu | cuda | ...); None: the CPU, then the run's
+
+
+@dataclass
 class TeacherConf:
-    ckpt: Optional[str] = None  # teacher checkpoint; None: the newest compatible teacher under outputs/
+    name: str = "native"  # native: the project's GPT, trained by the teacher stage | hf: a Hugging Face causal LM,
+    #                       frozen (teacher.hf.*; src/hf/)
+    ckpt: Optional[str] = None  # native: teacher checkpoint; None: the newest compatible teacher under outputs/
+    hf: HFConf = field(default_factory=HFConf)
+
+
+def hf_teacher(cfg) -> dict | None:
+    """teacher.hf's settings when the teacher is a Hugging Face model (teacher=hf), else None."""
+    teacher = cfg.get("teacher") if hasattr(cfg, "get") else None
+    if teacher is None or teacher.get("name", "native") != "hf":
+        return None
+    hf = teacher.get("hf") or {}
+    return {key: hf.get(key) for key in ("model", "dtype", "device")}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import check_config, register_configs
+from src.config import check_config, hf_teacher, register_configs
 from src.errors import UserError
 from src.runs.folders import RECORD, Snapshot, register_resolvers
 from src.runs.records import write_json
@@ -66,6 +66,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.stage not in table:
         raise UserError(f"stage={cfg.stage!r} is unknown: use one of {', '.join(table)} (or +experiment=NAME)")
     check_config(cfg)
+    adopt_teacher(cfg)
     if cfg.resume:
         check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         record.parent.mkdir(exist_ok=True)
         OmegaConf.save(cfg, record)
     return table[cfg.stage](cfg, run_dir)
+
+
+def adopt_teacher(cfg: DictConfig) -> None:
+    """teacher=hf: the model's own layers, heads, width and positions in model.* (what the reports, the cost model
+    and the lookup of earlier runs read), from its config; what cannot be loaded fails now, in one line."""
+    hf = hf_teacher(cfg)
+    if hf:
+        from src.hf.load import model_settings
+
+        for key, value in model_settings(hf, cfg.model.seq_len).items():
+            cfg.model[key] = value
 
 
 SUMMARY_KEYS = (

@@ -88,7 +88,10 @@ class CharDataModule(L.LightningDataModule):
         self.path, self.package, self.synthetic_vocab, self.num_tokens = path, package, vocab_size, num_tokens
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers, self.seed = num_workers, seed
-        self.vocab: Vocab | None = Vocab(list(vocab)) if vocab is not None else None
+        # a checkpoint's characters, or a model's tokenizer (teacher=hf, src/hf/tokens.py): the corpus in its tokens
+        self.vocab: Vocab | None = (vocab if hasattr(vocab, "encode") else Vocab(list(vocab)) if vocab is not None
+                                    else None)
+        self.tokens = self.vocab is not None and not isinstance(self.vocab, Vocab)
         self.splits: dict[str, torch.Tensor] = {}
         self.recall = name == "recall"  # the filler's windows, a share of them with an episode (src/data/recall.py)
         if self.recall:
@@ -104,6 +107,11 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
             raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
                             f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
+        if self.tokens and (name in ("synthetic", "recall") or self.repeats or self.warmup or self.periodic
+                            or self.lengths):
+            raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
+                            "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
+                            "shakespeare, python_source or text_file without them")
         if (self.repeats or self.warmup or self.periodic) and name == "synthetic":
             raise UserError("data.repeats, data.warmup and data.periodic write random characters into a text corpus: "
                             "data=synthetic is random already; set them on a text corpus or data=recall")

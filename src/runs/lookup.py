@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.config import hf_teacher
 from src.errors import UserError
 from src.runs.checkpoints import HYBRID_KEYS, read_checkpoint
 from src.runs.records import read_json
@@ -38,11 +39,14 @@ def reads_budget(selector: dict, stage: str) -> bool:
 
 
 def parts_spec(model: dict, hybrid: dict | None, selector: dict | None, approximator: dict | None,
-               stage: str) -> dict:
+               stage: str, hf: dict | None = None) -> dict:
     """The settings of ``stage``'s output among these plain dicts (a config's groups or a checkpoint's
-    hyper-parameters): what ``spec`` and ``checkpoint_spec`` share."""
+    hyper-parameters): what ``spec`` and ``checkpoint_spec`` share. ``hf``: a Hugging Face teacher's settings (its
+    folder or hub name is part of the model)."""
     model = model or {}
     out = {"model": {k: model.get(k, OLDER.get(k)) for k in SHAPE}}
+    if hf:  # teacher=hf: which model (a native model's spec stays that of the runs before teacher=hf)
+        out["model"]["hf"] = hf.get("model")
     if model.get("sparse", "none") != "none":  # a dense model's spec stays that of the runs before model.sparse
         out["model"].update({k: model.get(k) for k in SPARSE})
     if stage in ("distill_selector", "distill_approximator", "finetune"):
@@ -88,21 +92,42 @@ def spec(cfg: DictConfig, stage: str) -> dict:
     they are equal (``find``). ``evaluate`` reads a distill_approximator checkpoint: the same spec."""
     stage = "distill_approximator" if stage == "evaluate" else stage
     return {**parts_spec(plain(cfg, "model"), plain(cfg, "hybrid"), plain(cfg, "selector"),
-                         plain(cfg, "approximator"), stage), "data": data_spec(cfg)}
+                         plain(cfg, "approximator"), stage, hf_settings(cfg)), "data": data_spec(cfg)}
+
+
+def hf_settings(cfg: DictConfig) -> dict | None:
+    """teacher.hf's settings with its model located (an absolute folder, or the hub name); None for a native
+    teacher."""
+    hf = hf_teacher(cfg)
+    if not hf:
+        return None
+    from src.hf.load import locate
+
+    return {**hf, "model": locate(hf["model"])}
+
+
+def hf_checkpoint(cfg: DictConfig) -> tuple[str, dict]:
+    """A Hugging Face teacher where a teacher's checkpoint is read: its folder (or hub name) and the settings a
+    checkpoint carries -- no weights, they load from there (src/hf/load.py)."""
+    hf = hf_settings(cfg)
+    return hf["model"], {"hyper_parameters": {"model": plain(cfg, "model"), "vocab": None, "teacher": hf},
+                         "state_dict": {}}
 
 
 def checkpoint_spec(checkpoint: dict, stage: str) -> dict:
     """The same settings, from a checkpoint's hyper-parameters (without the data: the vocabulary stands for it)."""
     hp = checkpoint["hyper_parameters"]
-    return parts_spec(hp.get("model"), hp.get("hybrid"), hp.get("selector"), hp.get("approximator"), stage)
+    return parts_spec(hp.get("model"), hp.get("hybrid"), hp.get("selector"), hp.get("approximator"), stage,
+                      hp.get("teacher"))
 
 
 def mismatch(checkpoint: dict, cfg: DictConfig, stage: str, vocab: list[str] | None = None) -> str:
     """How a ``stage`` checkpoint differs from what this run asks of one, e.g. "model.d_model=128 (this run: 64)";
     "" when it fits. ``vocab``: the run's data vocabulary, compared with the checkpoint's."""
     have, want = checkpoint_spec(checkpoint, stage), spec(cfg, stage)
-    diffs = [f"{part}.{key}={have[part][key]} (this run: {value})"
-             for part in have for key, value in want[part].items() if have[part][key] != value]
+    diffs = [f"{part}.{key}={have[part].get(key)} (this run: {want[part].get(key)})"
+             for part in have for key in dict.fromkeys([*want[part], *have[part]])
+             if have[part].get(key) != want[part].get(key)]
     theirs = checkpoint["hyper_parameters"].get("vocab")
     if vocab is not None and theirs is not None and list(theirs) != list(vocab):
         diffs.append(f"a vocabulary of {len(theirs)} symbols (this run's data={cfg.data.name}: {len(vocab)})")
@@ -147,6 +172,8 @@ def checkpoint_for(cfg: DictConfig, stage: str, make: str, vocab: list[str] | No
     ``selector.ckpt``, ``approximator.ckpt``), else the newest finished run that fits under ``paths.outputs``;
     read and checked against this run (and ``vocab``, the vocabulary of what it is to be used with). One line
     otherwise, naming the command that makes one (``make``)."""
+    if stage == "teacher" and hf_teacher(cfg):  # a Hugging Face model: nothing to find, it loads from its folder
+        return hf_checkpoint(cfg)
     setting, kind = SETTING[stage], what(cfg, stage)
     path = OmegaConf.select(cfg, setting) or find(cfg, stage)
     if not path:

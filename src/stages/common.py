@@ -9,7 +9,7 @@ from dataclasses import fields
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import DataConf
+from src.config import DataConf, hf_teacher
 from src.data import CharDataModule, Vocab
 from src.errors import UserError
 from src.hybrid import build_gpt
@@ -25,6 +25,17 @@ def gpt_config(model: dict, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **{k: v for k, v in model.items() if k in names})
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def model_shape(cfg: DictConfig):
+    """The shape of the run's teacher, without its weights: a GPTConfig of model.*, or a Hugging Face model's layers,
+    heads and widths (src/hf/shape.py HFShape, from its config; teacher=hf)."""
+    hf = hf_teacher(cfg)
+    if hf:
+        from src.hf.load import model_shape as hf_shape
+
+        return hf_shape(hf, cfg.model.seq_len)
+    return gpt_config(plain(cfg, "model"), vocab_size=2)
 
 
 def build_model(model: dict, vocab_size: int) -> GPT:
@@ -47,11 +58,17 @@ def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) 
 def build_datamodule(cfg: DictConfig, source: tuple[str, dict] | None = None) -> CharDataModule:
     """The run's data (data.*, model.seq_len, seed), set up. With ``source`` -- (path, checkpoint) of what the run
     starts from -- the data must have exactly the vocabulary that checkpoint was trained with (src/runs/lookup.py
-    ``mismatch``), or one line naming the fix."""
+    ``mismatch``), or one line naming the fix. A Hugging Face teacher (teacher=hf) reads the corpus with its own
+    tokenizer: windows of model.seq_len tokens."""
     settings = {f.name: cfg.data[f.name] for f in fields(DataConf) if f.name in cfg.data}
+    hf = hf_teacher(cfg)
+    if hf:
+        from src.hf.load import load_vocab
+
+        settings["vocab"] = load_vocab(hf)
     dm = CharDataModule(**settings, seq_len=cfg.model.seq_len, seed=cfg.seed)
     dm.setup()
-    if source is not None:
+    if source is not None and not hf:
         path, ckpt = source
         diff = mismatch(ckpt, cfg, "teacher", vocab=dm.vocab.itos)
         if diff:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric, Metric
 
-from src.config import resolve_device
+from src.config import hf_teacher, resolve_device
 from src.errors import UserError
 from src.runs.commands import command_for
 from src.runs.lookup import checkpoint_for, spec
@@ -137,6 +137,9 @@ def finetune_markdown(cfg: DictConfig, r: dict) -> str:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
+    if hf_teacher(cfg):
+        raise UserError("+experiment=finetune trains the project's own GPT through its sparse kernel; a Hugging Face "
+                        "teacher (teacher=hf) stays frozen: distil and evaluate it (+experiment=pipeline)")
     resume = resume_point(cfg, run_dir, "finetune")
     path, teacher = checkpoint_for(cfg, "teacher", command_for("teacher", cfg))
     dm = build_datamodule(cfg, (path, teacher))

@@ -4,7 +4,8 @@
 approximator per sparse layer). Teacher signals are computed batch by batch from the shared DataModule, never
 stored. Its checkpoints are self-contained: the teacher's weights, the parts and every setting travel together
 (``from_checkpoint``); a new one starts from a teacher's checkpoint (``from_teacher``). The stages' run -- finding
-the teacher, training, measuring -- is src/stages/distill.py.
+the teacher, training, measuring -- is src/stages/distill.py. A Hugging Face teacher (``teacher``: its teacher.hf
+settings, src/hf/) takes the GPT's place; its weights load from its folder and are never saved in the checkpoints.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ log = logging.getLogger(__name__)
 class HybridModule(L.LightningModule):
     """Frozen teacher + sparse parts. Subclasses add the training objective of their stage."""
 
-    def __init__(self, model: dict, vocab: list[str], hybrid: dict, selector: dict, approximator: dict,
-                 lr: float = 3e-3, max_steps: int = 300, teacher_ckpt: str | None = None):
+    def __init__(self, model: dict, vocab: list[str] | None, hybrid: dict, selector: dict, approximator: dict,
+                 lr: float = 3e-3, max_steps: int = 300, teacher_ckpt: str | None = None, teacher: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab = Vocab(list(vocab))
-        self.teacher = GPT(gpt_config(model, len(vocab))).requires_grad_(False).eval()
+        if teacher:  # teacher=hf: the model and its tokenizer, frozen (src/hf/load.py)
+            from src.hf.load import load_teacher
+
+            self.teacher = load_teacher(teacher, model["seq_len"])
+            self.vocab = self.teacher.vocab
+            self.strict_loading = False  # its weights are not in the checkpoints (on_save_checkpoint)
+        else:
+            self.vocab = Vocab(list(vocab))
+            self.teacher = GPT(gpt_config(model, len(vocab))).requires_grad_(False).eval()
         try:
             self.spec = HybridSpec.from_config(self.teacher.cfg, **hybrid)
             self.parts = SparseParts(self.spec, self.teacher.cfg, selector, approximator)
@@ -44,7 +52,9 @@ class HybridModule(L.LightningModule):
         self.pair_names = [f"L{layer}H{head}" for layer, head in self.spec.pairs()]
         # layer -> its hybrid attention: ``teacher(x, attention=module.attention)`` is the hybrid. A plain dict: the
         # overrides own no weights (the teacher's and the parts' are registered already)
-        self.attention: dict[int, HybridCausalSelfAttention] = hybrid_attention(self.teacher, self.spec, self.parts)
+        self.attention: dict[int, HybridCausalSelfAttention] = (
+            self.teacher.hybrid_attention(self.spec, self.parts) if teacher
+            else hybrid_attention(self.teacher, self.spec, self.parts))
         self._figure_input: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -52,10 +62,12 @@ class HybridModule(L.LightningModule):
         """A new hybrid of this run's settings (hybrid.*, selector.*, approximator.*) around the teacher of the
         checkpoint ``ckpt`` read from ``path``, its weights loaded."""
         hp = ckpt["hyper_parameters"]
-        module = cls(model=dict(hp["model"]), vocab=list(hp["vocab"]), hybrid=plain(cfg, "hybrid"),
+        hf = hp.get("teacher")  # a Hugging Face teacher's settings (src/runs/lookup.py hf_checkpoint)
+        module = cls(model=dict(hp["model"]), vocab=None if hf else list(hp["vocab"]), hybrid=plain(cfg, "hybrid"),
                      selector=plain(cfg, "selector"), approximator=plain(cfg, "approximator"), lr=lr,
-                     max_steps=max_steps, teacher_ckpt=str(path))
-        module.teacher.load_state_dict(teacher_weights(ckpt))
+                     max_steps=max_steps, teacher_ckpt=str(path), teacher=hf)
+        if not hf:
+            module.teacher.load_state_dict(teacher_weights(ckpt))
         return module
 
     @classmethod
@@ -64,8 +76,11 @@ class HybridModule(L.LightningModule):
         ``hparams`` replacing the saved ones (e.g. another kernel for the same parts), in eval mode."""
         hp = ckpt["hyper_parameters"]
         module = cls(**{**hp, **hparams})
+        state = ckpt["state_dict"]
+        if hp.get("teacher"):  # the Hugging Face model's weights are its folder's
+            state = {**module.teacher.state_dict(prefix="teacher."), **state}
         try:
-            module.load_state_dict(ckpt["state_dict"])
+            module.load_state_dict(state)
         except RuntimeError:
             raise UserError(f"the weights in {path} do not fit this version's {hp['selector']['name']} + "
                             f"{hp['approximator']['name']} hybrid (made by an older one?): make a new one with "
@@ -78,6 +93,12 @@ class HybridModule(L.LightningModule):
     def sparse_layers(self) -> list[SparseAttention]:
         """Each sparse layer's sparse heads (selector, approximator, budget, kernel), in layer order."""
         return [a.sparse for a in self.attention.values()]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A Hugging Face teacher's weights stay in its folder: the checkpoint holds the parts and the settings."""
+        if self.hparams.get("teacher"):
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith("teacher.")}
 
     def setup(self, stage: str) -> None:
         """A kernel that cannot run on this run's device fails now, in one line, before any batch."""

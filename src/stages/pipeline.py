@@ -30,7 +30,8 @@ from src.hybrid import HybridSpec, SparseParts
 from src.runs.lookup import find
 from src.runs.records import read_json, write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
-from src.stages.common import gpt_config, plain
+from src.config import hf_teacher
+from src.stages.common import model_shape, plain
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def step(name: str, run, cfg: DictConfig, folder: Path) -> dict:
 
 def check_settings(cfg: DictConfig) -> None:
     """Bad hybrid settings (K, layers, heads) or parts fail now, not after minutes of teacher training."""
-    model = gpt_config(plain(cfg, "model"), vocab_size=2)
+    if hf_teacher(cfg) and cfg.pipeline.measure_speed:
+        raise UserError("pipeline.measure_speed times one layer of the project's own GPT: with teacher=hf the "
+                        "evaluation's whole-model tokens/s is the measure (evaluate.time_forward); unset it")
+    model = model_shape(cfg)
     try:
         spec = HybridSpec.from_config(model, **plain(cfg, "hybrid"))
         SparseParts(spec, model, plain(cfg, "selector"), plain(cfg, "approximator"))

@@ -1,7 +1,8 @@
 """Stage 1: train the teacher GPT with full causal attention (character-level language modelling).
 
 AdamW with linear warm-up and cosine decay, gradient clipping (Trainer), torchmetrics loss / perplexity / accuracy,
-a generated text sample in TensorBoard at every validation, best and last checkpoints.
+a generated text sample in TensorBoard at every validation, best and last checkpoints. A Hugging Face teacher
+(teacher=hf) is not trained: the stage measures it the same way (``measure_hf``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torchmetrics.text import Perplexity
 from src.costs.accounting import training_flops
 from src.data import Vocab
 from src.runs.checkpoints import read_checkpoint
-from src.runs.lookup import spec
+from src.config import hf_teacher
+from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import scalar_metrics, write_json
 from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
@@ -34,12 +36,19 @@ log = logging.getLogger(__name__)
 class TeacherLM(L.LightningModule):
     """Language-model training of :class:`GPT`; the vocabulary is a hyper-parameter, so it lives in every checkpoint."""
 
-    def __init__(self, model: dict, vocab: list[str], optim: dict, max_steps: int = 2000, sample_chars: int = 200):
+    def __init__(self, model: dict, vocab: list[str] | None, optim: dict, max_steps: int = 2000,
+                 sample_chars: int = 200, teacher: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.vocab = Vocab(list(vocab))
-        self.gpt = build_model(model, len(vocab))
-        V = len(vocab)
+        if teacher:  # teacher=hf: a Hugging Face model and its tokenizer, frozen (src/hf/load.py)
+            from src.hf.load import load_teacher
+
+            self.gpt = load_teacher(teacher, model["seq_len"])
+            self.vocab = self.gpt.vocab
+        else:
+            self.vocab = Vocab(list(vocab))
+            self.gpt = build_model(model, len(vocab))
+        V = len(self.vocab)
         self.metrics = torch.nn.ModuleDict(
             {
                 split: torch.nn.ModuleDict(
@@ -106,7 +115,7 @@ class TeacherLM(L.LightningModule):
         lm_head) -- from which Lightning's ThroughputMonitor logs
         train/device/flops_per_sec."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
+        if dm is None or self.hparams.get("teacher"):
             return None
         m = self.gpt.cfg
         return dm.batch_size * training_flops(m.d_model, m.n_head, m.n_layer, m.seq_len, m.vocab_size, m.sparse,
@@ -143,8 +152,36 @@ def load_teacher(path: str | Path, map_location: str = "cpu") -> TeacherLM:
     return TeacherLM.from_checkpoint(read_checkpoint(path, "teacher", TRAIN_TEACHER, map_location, stage="teacher"))
 
 
+def measure_hf(cfg: DictConfig, run_dir: Path) -> dict:
+    """teacher=hf: nothing to train. The model's loss, perplexity and accuracy on the validation and test splits
+    (``trainer.limit_final_batches``; a generated sample in TensorBoard), the probes, recorded as a trained
+    teacher's are."""
+    path, ckpt = checkpoint_for(cfg, "teacher", "")  # the model's folder or hub name (src/runs/lookup.py)
+    dm = build_datamodule(cfg, (path, ckpt))
+    log.info("data %s", dm.summary())
+    module = TeacherLM(model=plain(cfg, "model"), vocab=None, optim=plain(cfg, "optim"), max_steps=0,
+                       sample_chars=cfg.trainer.sample_chars, teacher=ckpt["hyper_parameters"]["teacher"])
+    log.info("model %s: %.2f M parameters", path, module.gpt.num_params() / 1e6)
+    trainer = build_trainer(cfg, run_dir, monitor=None)
+    if not cfg.trainer.fast_dev_run:
+        trainer.limit_val_batches = trainer.limit_test_batches = cfg.trainer.limit_final_batches
+    val = trainer.validate(module, datamodule=dm, verbose=False)
+    test = trainer.test(module, datamodule=dm, verbose=False)
+    probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": (module.gpt, None)}, dm,
+                                                                     module.device)
+    result = {"stage": "teacher", "run_dir": str(run_dir), "checkpoint": None, "teacher": path,
+              "spec": spec(cfg, "teacher"), "fast_dev_run": bool(cfg.trainer.fast_dev_run), "steps": 0,
+              "best_val_loss": val[0].get("val/loss") if val else None, **scalar_metrics(test[0] if test else {}),
+              **probes}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", result)
+    return result
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
+    if hf_teacher(cfg):
+        return measure_hf(cfg, run_dir)
     resume = resume_point(cfg, run_dir, "teacher")
     dm = build_datamodule(cfg, resume)
     log.info("data %s", dm.summary())
