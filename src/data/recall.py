@@ -180,7 +180,8 @@ def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4) 
 def copy_windows(text: str, length: int, passage: int, gaps, n: int, seed: int) -> list[tuple[str, int, int, int]]:
     """The copy probe: ``n`` windows of ``length`` characters of ``text`` per gap, each with a passage of ``passage``
     characters (taken from elsewhere in ``text``) written at a random place and again ``gap`` characters after its
-    end -> (window, gap, first start, second start)."""
+    end -> (window, gap, first start, second start). ``text`` may be a list of token ids (a model's tokenizer,
+    teacher=hf): windows of ``length`` tokens, as lists."""
     out = []
     for gap in gaps:
         if 2 * passage + gap > length:
@@ -194,5 +195,5 @@ def copy_windows(text: str, length: int, passage: int, gaps, n: int, seed: int) 
             second = first + passage + gap
             window[first:first + passage] = p
             window[second:second + passage] = p
-            out.append(("".join(window), gap, first, second))
+            out.append(("".join(window) if isinstance(text, str) else window, gap, first, second))
     return out

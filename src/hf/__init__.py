@@ -24,9 +24,16 @@ from src.errors import UserError
 INSTALL = "pip install -e '.[hf]'"
 
 
+def installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def require() -> None:
     """One line naming the install command when transformers or tokenizers is missing."""
-    missing = [name for name in ("transformers", "tokenizers") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("transformers", "tokenizers") if not installed(name)]
     if missing:
         raise UserError(f"teacher=hf needs the Hugging Face libraries ({', '.join(missing)} not installed): run "
                         f"`{INSTALL}` (or `make install`)")

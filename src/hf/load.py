@@ -95,6 +95,10 @@ def load_vocab(hf: dict):
             raise UserError(f"teacher.hf.model={hf['model']} has no tokenizer that loads ({str(e).splitlines()[0]}): "
                             "save the model's tokenizer into the folder (tokenizer.save_pretrained)") from None
         raise unreachable(hf["model"], e) from None
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(f"the tokenizer of teacher.hf.model={hf['model']} has {len(tokenizer)} tokens, but the model "
+                        f"has {config.vocab_size} embeddings: give the tokenizer saved with the model (the same "
+                        "folder)")
     return TokenVocab(tokenizer, config.vocab_size, hf["model"])
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.config import hf_teacher
+
 # what each stage's checkpoint depends on, and the experiment that makes it
 MAKES = {
     "teacher": ("teacher", ("model", "data")),
@@ -19,7 +21,10 @@ def make_command(experiment: str, cfg: DictConfig, groups: tuple[str, ...]) -> s
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []  # none outside a Hydra job
     parts = [f"+experiment={experiment}"]
     for group in groups:
-        if group in cfg and "name" in cfg[group]:
+        hf = group == "model" and hf_teacher(cfg)
+        if hf:  # a Hugging Face model: teacher=hf names it, model.* are its own
+            parts += ["teacher=hf", f"teacher.hf.model={hf['model']}"]
+        elif group in cfg and "name" in cfg[group]:
             parts.append(f"{group}={cfg[group].name}")
         parts += [o for o in task if o.split("=", 1)[0].lstrip("+~").startswith(f"{group}.")]
     corpus = cfg.data.filler if cfg.data.name == "recall" else cfg.data.name

@@ -35,7 +35,8 @@ def token_losses(forward: Callable, texts: list[str], vocab: Vocab, batch_size: 
     text[p + 1]."""
     losses, hits = [], []
     for start in range(0, len(texts), batch_size):
-        tokens = torch.stack([vocab.encode(t) for t in texts[start:start + batch_size]]).to(device)
+        tokens = torch.stack([vocab.encode(t) if isinstance(t, str) else torch.as_tensor(t)
+                              for t in texts[start:start + batch_size]]).to(device)
         x, y = tokens[:, :-1], tokens[:, 1:]
         logits = forward(x)
         losses.append(F.cross_entropy(logits.transpose(1, 2), y, reduction="none").cpu())
@@ -102,7 +103,8 @@ def probe_results(cfg, models: dict[str, tuple], dm, device: torch.device) -> di
     ``test/hybrid_recall/passkey/d0.3``, ``test/hybrid_recall/passkey_greedy``, ``test/teacher_copy/g200``..."""
     out = {}
     episodes = dm.recall_episodes("test") if cfg.evaluate.recall else []
-    text = dm.vocab.decode(dm.splits["test"]) if cfg.evaluate.copy_windows else ""
+    text = "" if not cfg.evaluate.copy_windows else (  # a model's tokenizer (teacher=hf): the probe in its tokens
+        dm.splits["test"].tolist() if getattr(dm, "tokens", False) else dm.vocab.decode(dm.splits["test"]))
     for name, (gpt, attention) in models.items():
         def forward(x, gpt=gpt, attention=attention):
             return gpt(x, attention=attention)

@@ -1,0 +1,65 @@
+"""Every stage on a Hugging Face teacher (teacher=hf): the five steps end to end from the session's saved tiny
+Llama and GPT-2, writing what a native teacher's run writes; an evaluation that keeps every key is the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.data.corpora import corpus_text
+from src.train import train
+from tests.conftest import compose_config
+
+SMALL = ["model.seq_len=48", "data=text_file", "data.batch_size=8", "trainer.limit_final_batches=2",
+         "trainer.enable_progress_bar=false", "trainer.sample_chars=10", "evaluate.limit_batches=2",
+         "evaluate.kernels=[auto]", "evaluate.repeats=1", "evaluate.copy_windows=2"]
+
+
+def hf_cfg(tmp_path, folder, *extra: str):
+    text = tmp_path / "plays.txt"
+    if not text.is_file():
+        text.write_text(corpus_text("shakespeare")[:150_000])
+    return compose_config(["teacher=hf", f"teacher.hf.model={folder}", f"data.path={text}",
+                           f"paths.outputs={tmp_path / 'outputs'}", *SMALL, *extra])
+
+
+@pytest.mark.slow  # distils and evaluates
+@pytest.mark.parametrize("family,parts", [
+    ("llama", ["selector=block", "selector.block_size=8", "hybrid.budget=16"]),
+    ("gpt2", ["selector=indexer", "hybrid.layers=[1]", "hybrid.heads=[0,2]"]),
+])
+def test_the_pipeline_runs_on_a_hugging_face_teacher(tmp_path, hf_models, family, parts):
+    run = tmp_path / "outputs" / "pipeline" / "hf" / "run"
+    result = train(hf_cfg(tmp_path, hf_models[family], "+experiment=pipeline", "selector.max_steps=4",
+                          "approximator.max_steps=2", *parts), run)
+    assert {"teacher", "selector", "approximator", "evaluate"} <= result.keys()
+    assert result["teacher"]["checkpoint"] is None and result["teacher"]["test/loss"] > 0
+    e = result["evaluate"]
+    assert abs(e["test/loss_change_pct"]) < 50 and 0 < e["test/mass_recall"] <= 1
+    assert {"test/teacher_copy/g25", "test/hybrid_copy/g25"} <= e.keys()  # the copy probe, in tokens
+    assert e["speed"]["teacher_tokens_per_s"] > 0 and e["speed"]["kernels"]
+    text = (run / "results.md").read_text()
+    assert "# Hybrid vs teacher" in text and "model: hf (2 layers, 4 heads, d_model 64, T=48)" in text
+    saved = json.loads((run / "evaluate" / "results.json").read_text())
+    assert saved["test/hybrid_loss"] == pytest.approx(e["test/hybrid_loss"])
+    assert saved["spec"]["model"]["hf"] == str(hf_models[family].resolve())
+    selector = json.loads((run / "selector" / "metrics.json").read_text())
+    assert selector["teacher_ckpt"] == str(hf_models[family].resolve()) and selector["val/mass_recall"] > 0
+    scalars = EventAccumulator(str(run / "evaluate" / "tensorboard")).Reload().Tags()["scalars"]
+    assert "test/hybrid_loss" in scalars
+    assert EventAccumulator(str(run / "teacher" / "tensorboard")).Reload().Tags()["tensors"]  # a generated sample
+    # the next runs find the distilled parts by the model's folder, and keep the teacher's weights out of them
+    ckpt = __import__("torch").load(result["checkpoint"], weights_only=False)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    again = train(hf_cfg(tmp_path, hf_models[family], "+experiment=pipeline", "stage=evaluate", *parts),
+                  tmp_path / "evaluate")
+    assert again["test/hybrid_loss"] == pytest.approx(e["test/hybrid_loss"], rel=1e-5)
+
+
+@pytest.mark.slow  # evaluates
+def test_an_evaluation_that_keeps_every_key_is_the_model(tmp_path, hf_models):
+    result = train(hf_cfg(tmp_path, hf_models["llama"], "+experiment=evaluate", "selector=window",
+                          "hybrid.layers=all", "hybrid.heads=all", "hybrid.budget=1.0"), tmp_path / "run")
+    assert result["test/logits_rel_err"] < 1e-5 and abs(result["test/loss_change_pct"]) < 1e-4
