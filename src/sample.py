@@ -128,6 +128,12 @@ def read_prompt(cfg: DictConfig) -> str | None:
 def check_prompt(prompt: str | None, vocab, seq_len: int) -> None:
     if prompt is None:
         return
+    if vocab.itos is None:  # a Hugging Face model's tokenizer (teacher=hf): any text, counted in its tokens
+        n = len(vocab.encode(prompt))
+        if n > seq_len:
+            raise UserError(f"the prompt has {n} tokens, more than the model's context of {seq_len}: give a shorter "
+                            "one (the model reads no more)")
+        return
     unknown = sorted(set(prompt) - set(vocab.itos))
     if unknown:
         raise UserError(f"the prompt has characters the model never saw: {''.join(unknown)!r}; use characters of "

@@ -102,13 +102,15 @@ def summary_lines(result: dict) -> list[str]:
     """The lines a user needs at the end of a run: where it is, what it reached."""
     lines = [f"run folder: {result.get('run_dir')}"]
     parts = [result] + [result[k] for k in ("teacher", "selector", "approximator", "evaluate") if k in result]
+    hf = any((p.get("spec") or {}).get("model", {}).get("hf") for p in parts)  # teacher=hf: its tokenizer's tokens
     for part in parts:
         prefix = f"{part['stage']}: " if part is not result else ""
         if part.get("checkpoint") and (part is not result or len(parts) == 1):
             lines.append(f"{prefix}checkpoint: {part['checkpoint']}")
         for key in SUMMARY_KEYS:
             if part.get(key) is not None:
-                unit = " nats/char" if key.endswith("loss") else ("%" if key.endswith("pct") else "")
+                unit = f" nats/{'token' if hf else 'char'}" if key.endswith("loss") else (
+                    "%" if key.endswith("pct") else "")
                 lines.append(f"{prefix}{key}: {part[key]:.4f}{unit}")
     results = Path(str(result.get("run_dir"))) / "results.md"
     if results.is_file():

@@ -74,12 +74,12 @@ def train_steps(model, tokens: torch.Tensor, steps: int, seq_len: int, batch: in
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log.info("step %d: loss %.3f", step, float(loss))
-    return float(loss)
+            log.info("step %d: loss %.3f", step, loss.item())
+    return loss.item()
 
 
 def make_tiny(family: str, out: Path, text: str, vocab_size: int = 512, positions: int = 256, steps: int = 0,
-              seq_len: int = 128, seed: int = 0) -> dict:
+              seq_len: int = 128, seed: int = 0, width: int = 64, layers: int = 2) -> dict:
     """Tokenizer + model of ``family`` from ``text``, trained ``steps`` steps, saved into ``out`` -> what was done."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -87,7 +87,7 @@ def make_tiny(family: str, out: Path, text: str, vocab_size: int = 512, position
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(text, vocab_size)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), positions),
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), positions, width, layers),
                                              attn_implementation="sdpa")
     info = {"family": family, "folder": Path(out), "vocab": len(tokenizer), "parameters": model.num_parameters(),
             "steps": steps}
@@ -111,10 +111,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=600, help="training steps on the corpus (0: random weights)")
     parser.add_argument("--vocab", type=positive_int, default=512, help="tokens of the BPE tokenizer")
     parser.add_argument("--chars", type=positive_int, default=2_000_000, help="characters of Shakespeare used")
+    parser.add_argument("--width", type=positive_int, default=64, help="hidden size (4 heads; Llama: 2 key/value)")
+    parser.add_argument("--layers", type=positive_int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text = corpus_text("shakespeare")[: args.chars]
-    info = make_tiny(args.family, Path(args.out), text, args.vocab, steps=args.steps)
+    info = make_tiny(args.family, Path(args.out), text, args.vocab, steps=args.steps, width=args.width,
+                     layers=args.layers)
     print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
 
 

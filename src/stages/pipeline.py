@@ -87,9 +87,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("[1/4] reusing the teacher %s (pipeline.reuse)", teacher_ckpt)
             summary["teacher"] = finished_result(teacher_ckpt)
     if not teacher_ckpt:
-        log.info("[1/4] training the teacher")
+        log.info("[1/4] %s the teacher", "measuring" if hf_teacher(cfg) else "training")
         t = step("the teacher", teacher.run, cfg, run_dir / "teacher")
-        teacher_ckpt = t["checkpoint"]
+        teacher_ckpt = t["checkpoint"] or t.get("teacher")  # teacher=hf: the model's folder (or hub name)
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)

@@ -9,6 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.data.corpora import corpus_text
+from src.sample import generate
 from src.train import train
 from tests.conftest import compose_config
 
@@ -50,6 +51,12 @@ def test_the_pipeline_runs_on_a_hugging_face_teacher(tmp_path, hf_models, family
     scalars = EventAccumulator(str(run / "evaluate" / "tensorboard")).Reload().Tags()["scalars"]
     assert "test/hybrid_loss" in scalars
     assert EventAccumulator(str(run / "teacher" / "tensorboard")).Reload().Tags()["tensors"]  # a generated sample
+    # generation: the hybrid through the model's own cache and the sparse decoder, and the model alone
+    out = generate(compose_config([f"ckpt={run}", "num_chars=12", "prompt=ROMEO:", "num_samples=2"],
+                                  config_name="sample"))
+    assert out.source.startswith(f"hybrid {run}/approximator/checkpoints/") and out.tokens == 24
+    assert all(t.startswith("ROMEO:") for t in out.texts)
+    assert generate(compose_config([f"ckpt={run}", "num_chars=5", "model=teacher"], config_name="sample")).tokens == 5
     # the next runs find the distilled parts by the model's folder, and keep the teacher's weights out of them
     ckpt = __import__("torch").load(result["checkpoint"], weights_only=False)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
