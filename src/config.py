@@ -86,7 +86,7 @@ class TrainerConf:
     limit_val_batches: Any = 20  # batches per periodic validation (int or fraction); the final one: below
     limit_final_batches: Any = 1.0  # the teacher's final validation and test: 1.0 = the whole splits, an int = that
     #                                 many batches (a quick look at a large corpus; as evaluate.limit_batches)
-    log_every: int = 10  # steps between logged training scalars
+    log_every: int = 10  # steps between logged training scalars and progress-bar redraws
     fast_dev_run: bool = False  # one batch of each loop, no checkpoints: a smoke test
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -279,16 +279,15 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> tuple[str, s
     if precision not in PRECISIONS:
         raise UserError(f"device.precision={precision} is unknown: use one of {', '.join(PRECISIONS)}")
     if precision != "auto":
-        return precision, "device.precision"
+        return precision, f"device.precision={precision}"
     kind = resolve_device(accelerator, "device").type
-    if kind == "cuda":
-        native = torch.cuda.is_bf16_supported()
-        return ("bf16-mixed", "auto: the GPU supports bf16") if native else ("32-true", "auto: the GPU has no bf16")
+    if kind == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16-mixed", "device.precision=auto: the GPU supports bf16"
     if kind == "cpu" and cpu_multiplies_bf16():
-        return "bf16-mixed", "auto: the CPU multiplies bf16 (AVX-512 BF16 or AMX)"
+        return "bf16-mixed", "device.precision=auto: this CPU multiplies bf16 (AVX-512 BF16 or AMX)"
     if kind == "cpu":
-        return "32-true", "auto: the CPU has no AVX-512 BF16 or AMX, so bf16 would be emulated (slower)"
-    return "32-true", f"auto: {kind}"
+        return "32-true", "device.precision=auto: this CPU has no AVX-512 BF16 or AMX; bf16 would be emulated, slower"
+    return "32-true", f"device.precision=auto: no bf16 on {kind}"
 
 
 def check_config(cfg) -> None:

@@ -58,3 +58,24 @@ def test_wrong_type_fails():
 def test_sample_config_composes():
     cfg = compose_config(["ckpt=x.ckpt"], config_name="sample")
     assert cfg.ckpt == "x.ckpt" and cfg.num_chars > 0
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch):
+    import torch
+
+    from src.config import resolve_precision
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert resolve_precision("auto", "cpu")[0] == "32-true"
+    assert "no AVX-512 BF16 or AMX" in resolve_precision("auto", "cpu")[1]
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", "cpu")[0] == "bf16-mixed"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: no native bf16
+    assert resolve_precision("auto", "cpu")[0] == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == ("16-mixed", "device.precision=16-mixed")  # any name is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cuda")[0] == resolve_precision("auto", "auto")[0] == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", "cuda")[0] == "32-true"

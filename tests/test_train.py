@@ -26,6 +26,7 @@ from tests.conftest import ROOT, TINY, compose_config, copy_run, run_cli, run_ma
     ("selector.max_steps=0", "selector.max_steps=0 must be 1 or more"),
     ("approximator.lr=0", "approximator.lr=0.0 must be a positive learning rate"),
     ("data.batch_size=0", "data.batch_size=0 must be 1 or more"),
+    ("device.precision=fp8", "device.precision=fp8 is unknown: use one of auto, 32-true, bf16-mixed"),
 ])
 def test_bad_numbers_are_one_line_before_any_work(tiny_cfg, tmp_path, override, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

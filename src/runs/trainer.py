@@ -1,17 +1,22 @@
-"""The Lightning Trainer that every stage shares: TensorBoard logger, best/last checkpoints, throughput, the
-learning-rate monitor, and the callbacks that keep a run safe and its resume exact (src/runs/callbacks.py)."""
+"""The Lightning Trainer that every stage shares: the precision (device.precision, ``auto`` resolved by
+src/config.py and logged in one line), TensorBoard logger, best/last checkpoints, throughput, the learning-rate
+monitor, and the callbacks that keep a run safe and its resume exact (src/runs/callbacks.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from src.config import resolve_precision
 from src.runs.callbacks import SaveOnInterrupt, SeedEachStep, StopOnNonFinite
 from src.runs.resume import resume_command
+
+log = logging.getLogger(__name__)
 
 
 def build_trainer(
@@ -30,9 +35,13 @@ def build_trainer(
     the learning rate to name when the loss diverges.
     """
     t, d = cfg.trainer, cfg.device
+    precision, why = resolve_precision(d.precision, d.accelerator)
+    log.info("precision %s, %s", precision, why)
     max_steps = t.max_steps if max_steps is None else max_steps
     val_every = t.val_every if val_every is None else val_every
     callbacks: list[L.Callback] = [StopOnNonFinite(lr_setting), SeedEachStep(cfg.seed)]
+    if t.enable_progress_bar:  # redrawn every log_every steps (redrawn at every step, it took 4 ms of the baby
+        callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))  # model's 55 ms step at T = 64, one thread)
     logger = False
     if not t.fast_dev_run:
         if monitor:  # first: a Ctrl-C stops at a step's start before anything logs for that step
@@ -48,7 +57,7 @@ def build_trainer(
                                              enable_version_counter=False))
     return L.Trainer(
         accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, num_nodes=d.num_nodes,
-        precision=d.precision,
+        precision=precision,
         max_steps=max_steps,
         val_check_interval=max(1, min(val_every, max_steps)),  # so that the last steps are validated too
         check_val_every_n_epoch=None,  # count validation intervals in steps, across epochs

@@ -73,7 +73,7 @@ class BlockSelector(BlockKeySelector):
         qi = index_vectors(self.wq, first, self.n_heads, self.d_index)  # (B, h, R, d)
         kb = index_vectors(self.wk, self.block_means(x), self.n_heads, self.d_index)  # (B, h, nb, d)
         scores = qi @ kb.transpose(-2, -1) / math.sqrt(self.d_index) + self.distance(rows, kb.size(-2))  # (B,h,R,nb)
-        own = self.own(first).transpose(1, 2)[..., None]  # (B, h, R, 1)
+        own = self.own(first).transpose(1, 2)[..., None].to(scores.dtype)  # (B, h, R, 1); autocast: bf16
         B, h, R, _ = scores.shape
         return scores.scatter(-1, rows.view(1, 1, R, 1).expand(B, h, R, 1), own)
 

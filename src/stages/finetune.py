@@ -34,7 +34,7 @@ from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import scalar_metrics, write_json
 from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
-from src.stages.common import build_datamodule, warmup_cosine
+from src.stages.common import adamw, build_datamodule, warmup_cosine
 from src.stages.distill import load_selector
 from src.stages.distill_selector import SelectorDistillation
 from src.stages.probes import probe_results
@@ -93,7 +93,7 @@ class SparseFineTuning(SelectorDistillation):
         groups = [{"params": list(self.teacher.parameters()), "lr": self.model_lr}]
         if self.selector_learned:
             groups.append({"params": list(self.parts.selectors.parameters()), "lr": self.hparams.lr})
-        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        opt = adamw(self, groups, weight_decay=0.0)
         steps = self.hparams.max_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, max(1, steps // 10), steps, 1.0, 0.1))  # a factor of each group's lr

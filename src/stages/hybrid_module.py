@@ -23,7 +23,7 @@ from src.metrics import SQRT_METRICS, PerHeadRatio, selection_stats
 from src.model import GPT, AttentionSignals
 from src.report.figures import attention_figure
 from src.sparse import Selection, SparseAttention, gather_rows, selection_mask
-from src.stages.common import gpt_config, plain, teacher_weights, warmup_cosine
+from src.stages.common import adamw, gpt_config, plain, teacher_weights, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class HybridModule(L.LightningModule):
 
     def adamw(self, params):
         params = list(params)
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
+        opt = adamw(self, params, lr=self.hparams.lr, weight_decay=0.0)
         steps = self.hparams.max_steps
         lr = self.hparams.lr
         schedule = torch.optim.lr_scheduler.LambdaLR(

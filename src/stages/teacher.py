@@ -27,7 +27,7 @@ from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import scalar_metrics, write_json
 from src.runs.resume import resume_point
 from src.runs.trainer import build_trainer, saved_checkpoint
-from src.stages.common import build_datamodule, build_model, plain, sample_text, warmup_cosine
+from src.stages.common import adamw, build_datamodule, build_model, plain, sample_text, warmup_cosine
 from src.stages.probes import probe_results
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class TeacherLM(L.LightningModule):
         o = self.hparams.optim
         decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices and embeddings
         no_decay = [p for p in self.parameters() if p.dim() < 2]  # norms and biases
-        opt = torch.optim.AdamW(
+        opt = adamw(
+            self,
             [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o["lr"],
             betas=(o["beta1"], o["beta2"]),

@@ -52,6 +52,15 @@ def test_chunked_choice_is_the_same():
         assert torch.equal(part.idx, whole.idx) and torch.equal(part.valid, whole.valid)
 
 
+def test_choice_under_bf16_autocast():
+    """device.precision=bf16-mixed (what auto picks on a GPU or an AMX CPU): the projections run in bf16, the scores
+    they are written into in fp32."""
+    sel, x = random_selector(2, 32, 4), torch.randn(2, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        choice = sel.choose(x, None, None, 2)
+    assert choice.idx.shape == (2, 2, 4, 2) and torch.all(choice.idx[..., 0] == torch.arange(4))
+
+
 def test_block_means():
     sel = BlockSelector(1, 4, d_index=1, block_size=3)
     ki = torch.arange(7, dtype=torch.float).view(1, 1, 7, 1)

@@ -98,3 +98,17 @@ def test_load_teacher_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="not a teacher checkpoint"):
         load_teacher(tmp_path / "other.ckpt")
+
+
+def test_adamw_is_fused_unless_the_precision_is_mixed():
+    """One fused kernel per step (src/stages/common.py adamw), except under autocast, where Lightning refuses to clip
+    a fused optimizer's gradients."""
+    from types import SimpleNamespace
+
+    from src.stages.common import adamw
+
+    weight = torch.nn.Parameter(torch.zeros(3, 3))
+    module = SimpleNamespace(_trainer=None)
+    assert adamw(module, [{"params": [weight], "weight_decay": 0.1}], lr=1e-3).defaults["fused"]
+    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    assert not adamw(module, [weight], lr=1e-3).defaults["fused"]
