@@ -107,11 +107,12 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
             raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
                             f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
-        if self.tokens and (name in ("synthetic", "recall") or self.repeats or self.warmup or self.periodic
-                            or self.lengths):
+        if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths):
             raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
                             "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
-                            "shakespeare, python_source or text_file without them")
+                            "shakespeare, python_source, text_file or recall without them")
+        if self.tokens:  # data=recall: the episodes in the evaluation only (src/hf/tokens.py), the training windows
+            self.episodes = 0.0  # the filler's tokens
         if (self.repeats or self.warmup or self.periodic) and name == "synthetic":
             raise UserError("data.repeats, data.warmup and data.periodic write random characters into a text corpus: "
                             "data=synthetic is random already; set them on a text corpus or data=recall")
@@ -127,7 +128,14 @@ class CharDataModule(L.LightningDataModule):
         if len(self.vocab) < 2:
             raise UserError(f"the {self.name} corpus has a single distinct character ({self.vocab.itos[0]!r}): there "
                             "is nothing to predict; give a text with at least two different characters")
-        return self.vocab.encode(text)
+        tokens = self.vocab.encode(text)
+        self.chars_per_token = len(text) / max(1, len(tokens))
+        return tokens
+
+    def episode_chars(self) -> int:
+        """Characters of a recall episode's window: seq_len + 1, or with a model's tokenizer about as many as make
+        seq_len + 1 of its tokens (90 % of them: an episode's numbers and names may tokenise less densely)."""
+        return self.seq_len + 1 if not self.tokens else int(0.9 * (self.seq_len + 1) * self.chars_per_token)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -154,7 +162,7 @@ class CharDataModule(L.LightningDataModule):
             for task in self.tasks:
                 for depth in (0.0, 0.5, 1.0):
                     try:
-                        episode(task, episode_rng(task, depth), " " * (self.seq_len + 1), depth, self.pairs,
+                        episode(task, episode_rng(task, depth), " " * self.episode_chars(), depth, self.pairs,
                                 self.queries)
                     except ValueError as e:
                         raise UserError(f"data=recall: {e}") from None
@@ -168,6 +176,8 @@ class CharDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
         woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
                  if self.recall else "")
+        if self.recall and self.tokens:
+            woven = f" ({', '.join(self.tasks)} episodes in the evaluation only, training on {self.filler})"
         if self.repeats:
             woven += f" (repeated passages in {self.repeats:.0%} of the training windows)"
         if self.warmup:
@@ -184,12 +194,14 @@ class CharDataModule(L.LightningDataModule):
 
     def recall_episodes(self, split: str = "test") -> list[Episode]:
         """The fixed, seeded episodes of a split: ``test_episodes`` of each task at each depth, woven into windows of
-        seq_len + 1 characters of the split's text (none for a corpus without episodes)."""
+        seq_len + 1 characters of the split's text (none for a corpus without episodes); with a model's tokenizer,
+        as its token ids (at most seq_len + 1), the answers and needles at their tokens (src/hf/tokens.py)."""
         if not self.recall:
             return []
         text = self.vocab.decode(self.splits[split])
-        return evaluation_episodes(text, self.seq_len + 1, self.tasks, self.depths, self.test_episodes, self.pairs,
-                             self.queries, self.seed)
+        episodes = evaluation_episodes(text, self.episode_chars(), self.tasks, self.depths, self.test_episodes,
+                                       self.pairs, self.queries, self.seed)
+        return [self.vocab.episode(e, self.seq_len + 1) for e in episodes] if self.tokens else episodes
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """Training: random windows, a batch per step (StepBatches: resume is exact). Validation and test: every
@@ -200,7 +212,8 @@ class CharDataModule(L.LightningDataModule):
         if shuffle:
             windows = (MixedWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
                                     self.symbols())
-                       if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
+                       if not self.tokens and (self.recall or self.repeats or self.warmup or self.periodic
+                                               or self.lengths)
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
             batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,

@@ -3,8 +3,11 @@ make of src/data/vocab.py's ``Vocab``): any corpus becomes the model's token ids
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 import torch
 
+from src.data.recall import Episode
 from src.errors import UserError
 
 CHUNK = 1 << 16  # characters per piece of a long corpus (cut at a newline), tokenised as one batch
@@ -51,3 +54,15 @@ class TokenVocab:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids])
+
+    def episode(self, e: Episode, length: int) -> Episode:
+        """A recall episode (src/data/recall.py, in characters) in this tokenizer's tokens: its text as at most
+        ``length`` token ids (the oldest dropped when more), each answer the tokens that hold its characters, each
+        needle the token of its first character."""
+        enc = self.tokenizer(e.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
+        starts, ends = [s for s, _ in spans], [end for _, end in spans]
+        cut = max(0, len(ids) - length)
+        answers = tuple((bisect_right(ends, a) - cut, bisect_left(starts, b) - cut) for a, b in e.answers)
+        needles = tuple(max(0, bisect_right(ends, n) - cut) for n in e.needles)
+        return Episode(ids[cut:], e.task, e.depth, answers, needles)

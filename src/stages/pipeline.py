@@ -89,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if not teacher_ckpt:
         log.info("[1/4] %s the teacher", "measuring" if hf_teacher(cfg) else "training")
         t = step("the teacher", teacher.run, cfg, run_dir / "teacher")
-        teacher_ckpt = t["checkpoint"] or t.get("teacher")  # teacher=hf: the model's folder (or hub name)
+        teacher_ckpt = t["checkpoint"] or t.get("hf_model")  # teacher=hf: the model's folder (or hub name)
         summary["teacher"] = t
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)

@@ -46,8 +46,12 @@ def token_losses(forward: Callable, texts: list[str], vocab: Vocab, batch_size: 
 
 def recall_accuracy(forward: Callable, episodes: list[Episode], vocab: Vocab, batch_size: int,
                     device: torch.device) -> dict[str, float]:
-    """The share of answers recalled exactly: {task: share, "task/d0.3": share at that depth, "all": share}."""
-    _, hits = token_losses(forward, [e.text for e in episodes], vocab, batch_size, device)
+    """The share of answers recalled exactly: {task: share, "task/d0.3": share at that depth, "all": share}.
+    Episodes in a model's tokens (teacher=hf) differ in length: one forward each."""
+    if all(isinstance(e.text, str) for e in episodes):
+        _, hits = token_losses(forward, [e.text for e in episodes], vocab, batch_size, device)
+    else:
+        hits = [token_losses(forward, [e.text], vocab, 1, device)[1][0] for e in episodes]
     right, count = defaultdict(int), defaultdict(int)
     for e, row in zip(episodes, hits):
         for a, b in e.answers:  # the characters a..b-1, predicted at positions a-1..b-2
@@ -66,8 +70,10 @@ def greedy_recall(gpt, attention, episodes: list[Episode], vocab: Vocab, device:
     right, count = defaultdict(int), defaultdict(int)
     for e in (e for e in episodes if e.task == task):
         a, b = e.answers[-1]
-        out = gpt.generate(vocab.encode(e.text[:a])[None].to(device), b - a, top_k=1, attention=attention)
-        ok = vocab.decode(out[0, a:].cpu()) == e.text[a:b]
+        text = isinstance(e.text, str)  # else token ids (teacher=hf)
+        prompt = vocab.encode(e.text[:a]) if text else torch.as_tensor(e.text[:a])
+        out = gpt.generate(prompt[None].to(device), b - a, top_k=1, attention=attention)[0, a:].cpu()
+        ok = vocab.decode(out) == e.text[a:b] if text else out.tolist() == list(e.text[a:b])
         for key in (f"{task}_greedy", f"{task}_greedy/d{e.depth:g}"):
             right[key] += ok
             count[key] += 1

@@ -170,7 +170,7 @@ def measure_hf(cfg: DictConfig, run_dir: Path) -> dict:
     test = trainer.test(module, datamodule=dm, verbose=False)
     probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": (module.gpt, None)}, dm,
                                                                      module.device)
-    result = {"stage": "teacher", "run_dir": str(run_dir), "checkpoint": None, "teacher": path,
+    result = {"stage": "teacher", "run_dir": str(run_dir), "checkpoint": None, "hf_model": path,
               "spec": spec(cfg, "teacher"), "fast_dev_run": bool(cfg.trainer.fast_dev_run), "steps": 0,
               "best_val_loss": val[0].get("val/loss") if val else None, **scalar_metrics(test[0] if test else {}),
               **probes}

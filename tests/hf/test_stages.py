@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.data.corpora import corpus_text
 from src.sample import generate
-from src.train import train
+from src.train import summary_lines, train
 from tests.conftest import compose_config
 
 SMALL = ["model.seq_len=48", "data=text_file", "data.batch_size=8", "trainer.limit_final_batches=2",
@@ -37,6 +37,8 @@ def test_the_pipeline_runs_on_a_hugging_face_teacher(tmp_path, hf_models, family
                           "approximator.max_steps=2", *parts), run)
     assert {"teacher", "selector", "approximator", "evaluate"} <= result.keys()
     assert result["teacher"]["checkpoint"] is None and result["teacher"]["test/loss"] > 0
+    lines = "\n".join(summary_lines(result))
+    assert "evaluate: test/hybrid_loss: " in lines and "nats/token" in lines and "nats/char" not in lines
     e = result["evaluate"]
     assert abs(e["test/loss_change_pct"]) < 50 and 0 < e["test/mass_recall"] <= 1
     assert {"test/teacher_copy/g25", "test/hybrid_copy/g25"} <= e.keys()  # the copy probe, in tokens
@@ -70,3 +72,27 @@ def test_an_evaluation_that_keeps_every_key_is_the_model(tmp_path, hf_models):
     result = train(hf_cfg(tmp_path, hf_models["llama"], "+experiment=evaluate", "selector=window",
                           "hybrid.layers=all", "hybrid.heads=all", "hybrid.budget=1.0"), tmp_path / "run")
     assert result["test/logits_rel_err"] < 1e-5 and abs(result["test/loss_change_pct"]) < 1e-4
+
+
+@pytest.mark.slow  # evaluates
+def test_recall_episodes_in_the_model_s_tokens(tmp_path, hf_models):
+    """data=recall: the test episodes tokenised, teacher-forced and generated; every key kept: hybrid = teacher."""
+    result = train(hf_cfg(tmp_path, hf_models["gpt2"], "+experiment=evaluate", "selector=window", "data=recall",
+                          "data.filler=text_file", "data.test_episodes=2", "data.depths=[0.2,0.8]", "data.pairs=2",
+                          "model.seq_len=160",
+                          "hybrid.layers=all", "hybrid.heads=all", "hybrid.budget=1.0", "evaluate.copy_windows=0"),
+                   tmp_path / "run")
+    teacher = {k.split("/", 2)[2]: v for k, v in result.items() if k.startswith("test/teacher_recall/")}
+    hybrid = {k.split("/", 2)[2]: v for k, v in result.items() if k.startswith("test/hybrid_recall/")}
+    assert {"passkey", "multikey", "mqar", "all", "passkey/d0.2", "passkey_greedy"} <= teacher.keys()
+    assert teacher == hybrid and all(0 <= v <= 1 for v in teacher.values())
+    assert "## Recall episodes" in (tmp_path / "run" / "results.md").read_text()
+
+
+@pytest.mark.slow  # measures
+def test_the_teacher_stage_measures_the_model(tmp_path, hf_models):
+    result = train(hf_cfg(tmp_path, hf_models["llama"], "+experiment=teacher"), tmp_path / "run")
+    assert result["hf_model"] == str(hf_models["llama"].resolve()) and result["steps"] == 0
+    assert result["best_val_loss"] > 0 and result["test/ppl"] > 1
+    lines = summary_lines(result)
+    assert "best_val_loss: " in "\n".join(lines) and all("nats/char" not in line for line in lines)
