@@ -112,3 +112,16 @@ def test_the_signals_are_the_model_s_q_k_v_after_rotary_and_gqa(hf_folder):
     assert torch.equal(s.k[:, 0], s.k[:, group - 1])  # GQA: the heads of a group read one key head
     assert torch.allclose(s.probs @ s.v, s.head_out, atol=1e-5)
     assert all(t.signals is None and t.x is None for t in teacher.taps)  # nothing kept after the call
+
+
+@torch.no_grad()
+def test_a_bfloat16_model_runs_its_sparse_heads_in_float32(hf_folder):
+    teacher = load_teacher({"model": hf_folder, "dtype": "bfloat16"}, T)
+    own = AutoModelForCausalLM.from_pretrained(hf_folder, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
+    x = tokens()
+    attention = hybrid(teacher, "block", budget=1.0)
+    logits = teacher(x, attention=attention)
+    assert logits.dtype == torch.float32 and torch.allclose(logits, own(input_ids=x).logits.float(), atol=0.05)
+    signals = teacher.signals(x, [0])
+    assert signals[0].q.dtype == signals[0].x.dtype == torch.float32
+    assert teacher.generate(x[:, :8], 4, top_k=1, attention=hybrid(teacher, "block", budget=16)).shape == (2, 12)
