@@ -1,7 +1,9 @@
 """Tiny Hugging Face models made here, without a network: a byte-level BPE tokenizer trained on the project's corpus
 (``tokenizers``), a Llama (GQA, rotary) or GPT-2 (learned positions) built from its config, optionally trained a
 few hundred steps on the same corpus, and saved with ``save_pretrained`` -- a folder that ``teacher=hf
-teacher.hf.model=FOLDER`` loads like any pretrained model (the tests' models, the README's figures).
+teacher.hf.model=FOLDER`` loads like any pretrained model (the tests' models, the README's figures). To make one that
+looks back, a share of each batch can be recall episodes woven into the corpus (src/data/recall.py, tokenised) and
+periodic random token strings (the induction warm-up kept in the mix, as ``data.periodic`` does for the GPT).
 
     python -m src.hf.tiny --family llama --out outputs/hf/tiny-llama --steps 600
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from pathlib import Path
 
@@ -56,18 +59,58 @@ def tiny_config(family: str, vocab_size: int, positions: int, width: int = 64, l
     raise ValueError(f"family {family!r}: use one of {', '.join(FAMILIES)}")
 
 
+def episode_windows(text: str, tokenizer, n: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``n`` windows of ``length`` tokens, each a recall episode (passkey, multikey, mqar with 2 pairs, at a
+    random depth) woven into a random passage of ``text`` and tokenised (its oldest tokens dropped to fit): (n,
+    length)."""
+    from src.data.recall import TASKS, episode
+
+    sample = text[:200_000]
+    chars = int(1.15 * length * len(sample) / len(tokenizer(sample, add_special_tokens=False)["input_ids"]))
+    rows = []
+    for i in range(n):
+        rng = random.Random(seed * 1_000_003 + i)
+        start = rng.randrange(0, len(text) - chars)
+        try:
+            e = episode(rng.choice(TASKS), rng, text[start:start + chars], rng.random(), 2, 2)
+        except ValueError:  # a short window: the episodes that fit
+            continue
+        ids = tokenizer(e.text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            rows.append(ids[-length:])
+    return torch.tensor(rows)
+
+
+def periodic_windows(n: int, length: int, vocab: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` windows of ``length`` random tokens, each a random string of 8 to length / 2 tokens repeated: (n,
+    length)."""
+    rows = []
+    for _ in range(n):
+        period = int(torch.randint(8, max(9, length // 2), (1,), generator=g))
+        unit = torch.randint(1, vocab, (period,), generator=g)
+        rows.append(unit.repeat(length // period + 1)[:length])
+    return torch.stack(rows) if rows else torch.zeros(0, length, dtype=torch.long)
+
+
 def train_steps(model, tokens: torch.Tensor, steps: int, seq_len: int, batch: int = 16, lr: float = 3e-3,
-                seed: int = 0) -> float:
-    """``steps`` of AdamW (warm-up, cosine decay) on random windows of ``tokens``: the last step's loss."""
+                seed: int = 0, episodes: torch.Tensor | None = None, share: float = 0.0,
+                periodic: float = 0.0) -> float:
+    """``steps`` of AdamW (warm-up, cosine decay) on random windows of ``tokens`` -- ``share`` of each batch from
+    ``episodes`` (n, seq_len + 1), ``periodic`` of it periodic random strings: the last step's loss."""
     g = torch.Generator().manual_seed(seed)
+    n_episodes = round(share * batch) if episodes is not None and len(episodes) else 0
+    n_periodic = round(periodic * batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        starts = torch.randint(0, len(tokens) - seq_len - 1, (batch,), generator=g)
-        window = torch.stack([tokens[s:s + seq_len + 1] for s in starts.tolist()])
+        starts = torch.randint(0, len(tokens) - seq_len - 1, (batch - n_episodes - n_periodic,), generator=g)
+        window = torch.stack([tokens[s:s + seq_len + 1] for s in starts.tolist()]
+                             + list(episodes[torch.randint(0, len(episodes), (n_episodes,), generator=g)]
+                                    if n_episodes else [])
+                             + list(periodic_windows(n_periodic, seq_len + 1, model.config.vocab_size, g)))
         logits = model(input_ids=window[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
         opt.zero_grad()
@@ -79,7 +122,8 @@ def train_steps(model, tokens: torch.Tensor, steps: int, seq_len: int, batch: in
 
 
 def make_tiny(family: str, out: Path, text: str, vocab_size: int = 512, positions: int = 256, steps: int = 0,
-              seq_len: int = 128, seed: int = 0, width: int = 64, layers: int = 2) -> dict:
+              seq_len: int = 128, seed: int = 0, width: int = 64, layers: int = 2, episodes: float = 0.0,
+              periodic: float = 0.0) -> dict:
     """Tokenizer + model of ``family`` from ``text``, trained ``steps`` steps, saved into ``out`` -> what was done."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -94,7 +138,9 @@ def make_tiny(family: str, out: Path, text: str, vocab_size: int = 512, position
     if steps:
         tokens = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
         begin = time.perf_counter()
-        info["loss"] = train_steps(model, tokens, steps, seq_len, seed=seed)
+        windows = episode_windows(text, tokenizer, min(4000, 4 * steps), seq_len + 1, seed) if episodes else None
+        info["loss"] = train_steps(model, tokens, steps, seq_len, seed=seed, episodes=windows, share=episodes,
+                                   periodic=periodic)
         info["seconds"] = time.perf_counter() - begin
         info["chars_per_token"] = len(text) / len(tokens)
     model.eval().save_pretrained(out)
@@ -113,11 +159,14 @@ def main(argv=None) -> None:
     parser.add_argument("--chars", type=positive_int, default=2_000_000, help="characters of Shakespeare used")
     parser.add_argument("--width", type=positive_int, default=64, help="hidden size (4 heads; Llama: 2 key/value)")
     parser.add_argument("--layers", type=positive_int, default=2)
+    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per training window")
+    parser.add_argument("--episodes", type=float, default=0.0, help="share of each batch: recall episodes")
+    parser.add_argument("--periodic", type=float, default=0.0, help="share of each batch: periodic random strings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text = corpus_text("shakespeare")[: args.chars]
     info = make_tiny(args.family, Path(args.out), text, args.vocab, steps=args.steps, width=args.width,
-                     layers=args.layers)
+                     layers=args.layers, seq_len=args.seq_len, episodes=args.episodes, periodic=args.periodic)
     print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
 
 

@@ -24,3 +24,20 @@ def test_a_tiny_model_trains_saves_and_loads_as_a_teacher(tmp_path):
 def test_a_bad_argument_is_one_line():
     with pytest.raises(UserError, match="argument --family: invalid choice"):
         main(["--family", "bert", "--out", "x"])
+
+
+def test_episodes_and_periodic_strings_for_a_model_that_looks_back(tmp_path):
+    import torch
+
+    from src.hf.tiny import episode_windows, periodic_windows, train_tokenizer
+
+    text = corpus_text("shakespeare")[:100_000]
+    tokenizer = train_tokenizer(text, 280)
+    windows = episode_windows(text, tokenizer, 12, 120)
+    assert 0 < len(windows) <= 12 and windows.shape[1] == 120
+    assert any(cue in tokenizer.decode(w) for w in windows for cue in ("pass key", "magic number"))
+    strings = periodic_windows(3, 100, 280, torch.Generator().manual_seed(0))
+    assert strings.shape == (3, 100) and int(strings.max()) < 280
+    info = make_tiny("llama", tmp_path / "m", text, vocab_size=280, steps=2, seq_len=120, episodes=0.25,
+                     periodic=0.25)
+    assert math.isfinite(info["loss"])
