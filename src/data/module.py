@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from src.data.corpora import TEXTS, corpus_text, synthetic_tokens
 from src.data.recall import ALPHABET, TASKS, Episode, episode, episode_rng, evaluation_episodes
+from src.data.token_windows import TokenEpisodeWindows
 from src.data.vocab import Vocab
 from src.data.windows import ConsecutiveWindows, MixedWindows, RandomWindows, StepBatches
 from src.errors import UserError
@@ -111,8 +112,6 @@ class CharDataModule(L.LightningDataModule):
             raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
                             "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
                             "shakespeare, python_source, text_file or recall without them")
-        if self.tokens:  # data=recall: the episodes in the evaluation only (src/hf/tokens.py), the training windows
-            self.episodes = 0.0  # the filler's tokens
         if (self.repeats or self.warmup or self.periodic) and name == "synthetic":
             raise UserError("data.repeats, data.warmup and data.periodic write random characters into a text corpus: "
                             "data=synthetic is random already; set them on a text corpus or data=recall")
@@ -176,8 +175,6 @@ class CharDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
         woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
                  if self.recall else "")
-        if self.recall and self.tokens:
-            woven = f" ({', '.join(self.tasks)} episodes in the evaluation only, training on {self.filler})"
         if self.repeats:
             woven += f" (repeated passages in {self.repeats:.0%} of the training windows)"
         if self.warmup:
@@ -210,10 +207,10 @@ class CharDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         workers = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if shuffle:
-            windows = (MixedWindows(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                                    self.symbols())
-                       if not self.tokens and (self.recall or self.repeats or self.warmup or self.periodic
-                                               or self.lengths)
+            mixed = MixedWindows if not self.tokens else TokenEpisodeWindows  # a model's tokens: episodes alone
+            windows = (mixed(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
+                             "" if self.tokens else self.symbols())
+                       if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
             batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,

@@ -123,16 +123,22 @@ def train_steps(model, tokens: torch.Tensor, steps: int, seq_len: int, batch: in
 
 def make_tiny(family: str, out: Path, text: str, vocab_size: int = 512, positions: int = 256, steps: int = 0,
               seq_len: int = 128, seed: int = 0, width: int = 64, layers: int = 2, episodes: float = 0.0,
-              periodic: float = 0.0) -> dict:
-    """Tokenizer + model of ``family`` from ``text``, trained ``steps`` steps, saved into ``out`` -> what was done."""
-    from transformers import AutoModelForCausalLM
+              periodic: float = 0.0, init: Path | None = None) -> dict:
+    """Tokenizer + model of ``family`` from ``text`` (``init``: those of a folder saved before, trained further),
+    trained ``steps`` steps, saved into ``out`` -> what was done."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(text, vocab_size)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), positions, width, layers),
-                                             attn_implementation="sdpa")
+    if init:
+        tokenizer = AutoTokenizer.from_pretrained(init)
+        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation="sdpa")
+        family = model.config.model_type
+    else:
+        tokenizer = train_tokenizer(text, vocab_size)
+        model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), positions, width, layers),
+                                                 attn_implementation="sdpa")
     info = {"family": family, "folder": Path(out), "vocab": len(tokenizer), "parameters": model.num_parameters(),
             "steps": steps}
     if steps:
@@ -162,11 +168,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per training window")
     parser.add_argument("--episodes", type=float, default=0.0, help="share of each batch: recall episodes")
     parser.add_argument("--periodic", type=float, default=0.0, help="share of each batch: periodic random strings")
+    parser.add_argument("--init", help="a folder saved before: train its model further (its tokenizer kept)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     text = corpus_text("shakespeare")[: args.chars]
     info = make_tiny(args.family, Path(args.out), text, args.vocab, steps=args.steps, width=args.width,
-                     layers=args.layers, seq_len=args.seq_len, episodes=args.episodes, periodic=args.periodic)
+                     layers=args.layers, seq_len=args.seq_len, episodes=args.episodes, periodic=args.periodic,
+                     init=args.init)
     print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
 
 

@@ -41,3 +41,9 @@ def test_episodes_and_periodic_strings_for_a_model_that_looks_back(tmp_path):
     info = make_tiny("llama", tmp_path / "m", text, vocab_size=280, steps=2, seq_len=120, episodes=0.25,
                      periodic=0.25)
     assert math.isfinite(info["loss"])
+
+
+def test_a_saved_tiny_model_trains_further(tmp_path, hf_models):
+    info = make_tiny("llama", tmp_path / "more", corpus_text("shakespeare")[:50_000], steps=2, seq_len=32,
+                     init=hf_models["gpt2"])
+    assert info["family"] == "gpt2" and info["vocab"] == 300 and math.isfinite(info["loss"])
