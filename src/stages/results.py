@@ -75,6 +75,12 @@ def block_note(cfg: DictConfig, module: HybridModule) -> str:
             f"T={T} context)")
 
 
+def model_name(cfg: DictConfig, module: HybridModule) -> str:
+    """The model's preset, or a Hugging Face teacher's folder or hub name and family (teacher=hf; T in tokens)."""
+    hf = module.hparams.get("teacher")
+    return f"{hf['model']} ({module.teacher.cfg.family}, tokens)" if hf else cfg.model.name
+
+
 def results_markdown(cfg: DictConfig, r: dict, module: HybridModule, source: str, speed: dict) -> str:
     first = module.pair_names[0]
     layer, head = module.spec.pairs()[0]
@@ -82,8 +88,8 @@ def results_markdown(cfg: DictConfig, r: dict, module: HybridModule, source: str
     lines = [
         f"# Hybrid vs teacher: {cfg.selector.name} selector + {cfg.approximator.name} approximator",
         "",
-        f"- data: {cfg.data.name}, test and validation splits; model: {cfg.model.name} ({cfg.model.n_layer} layers, "
-        f"{cfg.model.n_head} heads, d_model {cfg.model.d_model}, T={cfg.model.seq_len})",
+        f"- data: {cfg.data.name}, test and validation splits; model: {model_name(cfg, module)} ({cfg.model.n_layer} "
+        f"layers, {cfg.model.n_head} heads, d_model {cfg.model.d_model}, T={cfg.model.seq_len})",
         f"- sparse layers {list(module.spec.layers)}, heads {list(module.spec.heads)} "
         f"({len(module.pair_names)} of {cfg.model.n_layer * cfg.model.n_head} heads), budget {module.spec.budget} "
         f"per query, kernel {cfg.hybrid.kernel}{block_note(cfg, module)}",

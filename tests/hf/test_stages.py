@@ -44,7 +44,8 @@ def test_the_pipeline_runs_on_a_hugging_face_teacher(tmp_path, hf_models, family
     assert {"test/teacher_copy/g25", "test/hybrid_copy/g25"} <= e.keys()  # the copy probe, in tokens
     assert e["speed"]["teacher_tokens_per_s"] > 0 and e["speed"]["kernels"]
     text = (run / "results.md").read_text()
-    assert "# Hybrid vs teacher" in text and "model: hf (2 layers, 4 heads, d_model 64, T=48)" in text
+    assert "# Hybrid vs teacher" in text
+    assert f"model: {hf_models[family].resolve()} ({family}, tokens) (2 layers, 4 heads, d_model 64, T=48)" in text
     saved = json.loads((run / "evaluate" / "results.json").read_text())
     assert saved["test/hybrid_loss"] == pytest.approx(e["test/hybrid_loss"])
     assert saved["spec"]["model"]["hf"] == str(hf_models[family].resolve())
