@@ -6,6 +6,7 @@ not serve, a model.seq_len longer than the model's positions, an unknown dtype o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def unreachable(name: str, error: Exception) -> UserError:
                      "teacher.hf.model=DIR")
 
 
+@contextlib.contextmanager
+def quiet_hub():
+    """The hub client's retry warnings held back while a model is looked up: a failure ends in one line of ours."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
+
+
 def load_config(name: str):
     """The model's config (no weights), or one line."""
     require()
@@ -53,7 +66,8 @@ def load_config(name: str):
 
     where = locate(name)
     try:
-        return AutoConfig.from_pretrained(where)
+        with quiet_hub():
+            return AutoConfig.from_pretrained(where)
     except (OSError, ValueError) as e:
         if Path(where).is_dir():
             raise UserError(f"teacher.hf.model={name}: its config.json cannot be read ({str(e).splitlines()[0]}): "
