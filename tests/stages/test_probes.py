@@ -11,7 +11,7 @@ import torch
 
 from src.data import Vocab
 from src.data.recall import ALPHABET, TASKS, copy_windows, evaluation_episodes
-from src.stages.probes import copy_gaps, copy_probe, greedy_recall, recall_accuracy
+from src.stages.probes import copy_gaps, copy_probe, greedy_recall, probe_results, recall_accuracy
 
 CPU = torch.device("cpu")
 TEXT = "".join(random.Random(0).choices("abcdefgh \n", k=30000))
@@ -73,6 +73,29 @@ def test_greedy_recall_generates_each_passkey_from_the_text_before_its_answer():
     shares = greedy_recall(Model(), "sparse layers", episodes, VOCAB, CPU)
     assert shares == {"passkey_greedy": 0.5, "passkey_greedy/d0.2": 1.0, "passkey_greedy/d0.8": 0.0}
     assert calls == [(5, 1, "sparse layers")] * 6  # the passkey episodes only: 5 digits, greedy, the hybrid's layers
+
+
+def test_no_passkey_generated_where_a_model_cannot_generate():
+    """An oracle reads the later queries of its block: it cannot generate, so no model's passkey is generated (the
+    table stays whole), while the teacher-forced shares are measured as always."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    episodes = evaluation_episodes(TEXT, 700, ("passkey",), (0.5,), 2, 4, 2, seed=1)
+    dm = SimpleNamespace(recall_episodes=lambda split: episodes, vocab=VOCAB)
+    cfg = OmegaConf.create({"evaluate": {"recall": True, "greedy": True, "copy_windows": 0}, "data": {"batch_size": 4}})
+
+    class Model:
+        def __call__(self, x, attention=None):
+            return knowing([e.text for e in episodes])(x)
+
+        def generate(self, *args, **kwargs):
+            raise AssertionError("an oracle cannot generate")
+
+    oracle = SimpleNamespace(sparse=SimpleNamespace(selector=SimpleNamespace(causal=False)))
+    out = probe_results(cfg, {"teacher": (Model(), None), "hybrid": (Model(), {0: oracle})}, dm, CPU)
+    assert out["test/hybrid_recall/passkey"] == 1.0 and not any("greedy" in key for key in out)
 
 
 def test_the_copy_probe_is_one_without_copying_and_falls_with_it():
