@@ -1,6 +1,7 @@
 """``python -m src.bench``: one attention layer, dense against sparse (src/bench/layer.py); ``--decode``: generation,
 one decode step and whole-model tokens per second (src/bench/decode.py); ``--train``: one training step of the
-whole model, dense against natively sparse (src/bench/training.py)."""
+whole model, dense against natively sparse (src/bench/training.py); ``--teacher``: the dense teacher's training
+against nanoGPT's (``--nanogpt PATH``, src/bench/teacher.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
         from src.bench import decode
 
         return decode.main(argv)
+    if "--teacher" in argv or "--nanogpt" in argv:
+        from src.bench import teacher
+
+        return teacher.main(argv)
     if "--train" in argv:
         from src.bench import training
 

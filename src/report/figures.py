@@ -295,6 +295,27 @@ def training_figure(rows: list[dict], label: str) -> Figure:
     return fig
 
 
+def teacher_figure(rows: list[dict], label: str) -> Figure:
+    """The teacher benchmark (src/bench/teacher.py): each run's validation loss against the step (its own periodic
+    estimate), and its training tokens per second."""
+    fig = Figure(figsize=(13, 5), layout="tight")
+    left, right = fig.subplots(1, 2)
+    names = [f"{r['run']}, {r['precision']}" for r in rows]
+    for i, (r, name) in enumerate(zip(rows, names)):
+        steps, losses = zip(*r["curve"]) if r["curve"] else ((), ())
+        left.plot(steps, losses, marker="o", color=f"C{i}", label=name)
+    right.barh(range(len(rows)), [r["tokens_per_s"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    right.set_yticks(range(len(rows)), names)
+    right.invert_yaxis()
+    left.set(xlabel="step", ylabel="validation loss (nats per character, 20 batches)", title="Validation loss")
+    right.set(xlabel="training tokens per second (validation excluded)", title="Speed")
+    left.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(label, fontsize=9)
+    return fig
+
+
 def compute_scaling_figure(d: dict) -> Figure:
     """The cost model's scaling (python -m src.analyze costs; ``analyze.compute_scaling_series`` makes ``d``): cost per
     layer across the model grid, prototype accounting (dashed) against the full one (solid); attention speed-up
