@@ -15,6 +15,7 @@ import yaml
 from src.analysis.__main__ import build_parser as analyze_parser
 from src.bench.decode import build_parser as decode_parser
 from src.bench.layer import build_parser as layer_parser
+from src.bench.teacher import build_parser as teacher_parser
 from src.errors import Parser
 from src.hybrid import HybridSpec, SparseParts
 from src.model import GPTConfig
@@ -169,7 +170,8 @@ def demo_parser(monkeypatch) -> Parser:
 
 def test_every_tool_command_parses(monkeypatch):
     """python -m src.bench / src.analyze / src.demo as the README writes them: every flag exists, every value parses."""
-    tools = {"src.bench": lambda args: (decode_parser() if "--decode" in args else layer_parser()),
+    tools = {"src.bench": lambda args: (decode_parser() if "--decode" in args else teacher_parser() if "--teacher"
+                                        in args else layer_parser()),
              "src.analyze": lambda args: analyze_parser(),
              "src.demo": lambda args: demo_parser(monkeypatch)}
     seen = 0
@@ -183,7 +185,8 @@ def test_every_tool_command_parses(monkeypatch):
 
 def test_every_tool_flag_in_the_readme_exists(monkeypatch):
     """Flags written anywhere after ``python -m src.bench`` / ``src.analyze`` / ``src.demo`` (prose included)."""
-    flags = {"src.bench": option_strings(layer_parser()) | option_strings(decode_parser()),
+    flags = {"src.bench": option_strings(layer_parser()) | option_strings(decode_parser())
+             | option_strings(teacher_parser()),
              "src.analyze": option_strings(analyze_parser()),
              "src.demo": option_strings(demo_parser(monkeypatch))}
     for module, known in flags.items():

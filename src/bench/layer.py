@@ -559,6 +559,8 @@ def build_parser() -> Parser:
                    help="measure generation instead (its own options: --decode --help)")
     p.add_argument("--train", action="store_true",
                    help="measure a whole training step instead (its own options: --train --help)")
+    p.add_argument("--teacher", action="store_true",
+                   help="the dense teacher's training against nanoGPT's instead (its own options: --teacher --help)")
     p.add_argument("--seq-lens", type=int_list, default=None,
                    help=f"sequence lengths T (default {','.join(map(str, d.seq_lens))}; --quick: "
                         f"{','.join(map(str, QUICK['seq_lens']))})")
