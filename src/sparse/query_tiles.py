@@ -64,13 +64,18 @@ def tiles_of(group: torch.Tensor, groups: int, rows: int):
     return order, slot, tile_group, len(tile_group)
 
 
-def tiled_pairs(group: torch.Tensor, groups: int, rows: int, n1: int, at: torch.Tensor, T: int, L: int):
-    """A chunk's (query, earlier block) pairs in tiles (``tiles_of``) -> order, slot, tile_group, tiles and the
-    padded query row of every tile row, (tiles · rows,): ``at`` the chunk's rows of (sequence and head, query)."""
+def tiled_pairs(idx: torch.Tensor, valid: torch.Tensor, s: int, e: int, groups: int, rows: int, T: int, L: int):
+    """The (query, earlier block) pairs of rows s..e-1 of (sequence and head, query) -- idx, valid (BH · T, n1) --
+    in tiles (``tiles_of``) -> (R · n1,) group of each pair, order, slot, tile_group, tiles and the padded query
+    row of every tile row, (tiles · rows,)."""
+    n1, nb = idx.size(1), groups // (idx.size(0) // T)
+    at = torch.arange(s, e, device=idx.device)  # row of (sequence and head, query)
+    group = (at // T * nb)[:, None] + idx[s:e]  # (R, n1): key block of one sequence and head
+    group = group.masked_fill(~valid[s:e], groups).flatten()
     order, slot, tile_group, tiles = tiles_of(group, groups, rows)
     query = torch.zeros(tiles * rows, dtype=torch.long, device=group.device)  # padding rows: any query
     query[slot] = at[order // n1] // T * L + at[order // n1] % T
-    return order, slot, tile_group, tiles, query
+    return group, order, slot, tile_group, tiles, query
 
 
 def query_tiled_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choice: QueryBlockChoice,
@@ -97,10 +102,7 @@ def query_tiled_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choic
     step = max(1, chunk_pairs // n1)  # queries (of every sequence and head, in order) per chunk
     for s in range(0, BH * T, step):
         e = min(s + step, BH * T)
-        at = torch.arange(s, e, device=q.device)  # row of (sequence and head, query)
-        group = (at // T * nb)[:, None] + idx[s:e]  # (R, n1): key block of one sequence and head
-        group = group.masked_fill(~valid[s:e], BH * nb).flatten()
-        order, slot, tile_group, tiles, query = tiled_pairs(group, BH * nb, rows, n1, at, T, L)
+        group, order, slot, tile_group, tiles, query = tiled_pairs(idx, valid, s, e, BH * nb, rows, T, L)
         if not tiles:  # these queries have no earlier block yet
             y[s:e], lse_all[s:e] = own[s:e], own_lse[s:e]
             continue
@@ -178,10 +180,7 @@ class QueryTiledBackward(torch.autograd.Function):
             step = max(1, ctx.chunk_pairs // n1)
             for s in range(0, BH * T, step):
                 e = min(s + step, BH * T)
-                at = torch.arange(s, e, device=q.device)
-                group = (at // T * nb)[:, None] + idx[s:e]
-                group = group.masked_fill(~valid[s:e], BH * nb).flatten()
-                order, slot, tile_group, tiles, query = tiled_pairs(group, BH * nb, rows, n1, at, T, L)
+                _, order, slot, tile_group, tiles, query = tiled_pairs(idx, valid, s, e, BH * nb, rows, T, L)
                 if not tiles:
                     continue
                 real = torch.zeros(tiles * rows, dtype=torch.bool, device=q.device)
