@@ -47,7 +47,11 @@ class DataConf:
     #   few hundred steps of the corpus)
     lengths: Any = field(default_factory=list)  # length curriculum after the warm-up: [[length, steps], ...] -- the
     #   mix at these shorter windows first (as many as hold batch_size x seq_len characters), then at model.seq_len;
-    #   e.g. [[512, 1500], [1024, 500]] (a recall learned at 512 carries over to 2048 faster than it forms there)
+    #   e.g. [[512, 1500], [1024, 500]] (a recall learned at 512 carries over to 2048 faster than it forms there);
+    #   [length, steps, episodes] gives a stage its own share of episodes (data.episodes is the last stage's): a
+    #   window of 2048 holds a quarter of the episodes per step that four of 512 do
+    repeat_text: float = 0.0  # share of the repeated passages that are the corpus's own text rather than random
+    #   characters (the copy probe repeats text: random passages teach a copying a small model may keep to them)
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

@@ -38,6 +38,28 @@ def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, 
         raise UserError(f"data.test_episodes={test_episodes} must be 1 or more per task and depth")
 
 
+def check_lengths(schedule, seq_len: int, episodes: float, repeats: float, periodic: float,
+                  recall: bool) -> list[tuple[int, int, float]]:
+    """data.lengths as [(length, steps, episodes), ...] -- a stage's share of episodes is its third value, or
+    data.episodes -- or one line naming the fix."""
+    try:
+        stages = [tuple(stage) for stage in schedule or ()]
+    except TypeError:
+        raise UserError(f"data.lengths={schedule}: give [[length, steps], ...], e.g. [[512,1500],[1024,800]]") from None
+    out = []
+    for (length, steps), stage in zip(check_schedule([s[:2] for s in stages], seq_len, "data.lengths"), stages):
+        try:
+            share = float(stage[2]) if len(stage) > 2 else episodes
+        except (TypeError, ValueError):
+            share = -1.0
+        if len(stage) > 3 or not 0 <= share <= 1 - repeats - periodic + 1e-9 or (share and not recall):
+            raise UserError(f"data.lengths: {list(stage)}: a stage is [length, steps] or [length, steps, episodes] "
+                            f"with episodes a share in [0, {1 - repeats - periodic:g}] (data.repeats and data.periodic "
+                            "take the rest) and data=recall")
+        out.append((length, steps, share))
+    return out
+
+
 def check_schedule(schedule, seq_len: int, setting: str = "data.warmup") -> list[tuple[int, int]]:
     """data.warmup or data.lengths as [(length, steps), ...], or one line naming the fix."""
     try:
@@ -79,6 +101,7 @@ class CharDataModule(L.LightningDataModule):
         warmup=(),
         periodic: float = 0.0,
         lengths=(),
+        repeat_text: float = 0.0,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -100,7 +123,6 @@ class CharDataModule(L.LightningDataModule):
         self.filler, self.tasks, self.episodes = filler, tuple(tasks), float(episodes) if self.recall else 0.0
         self.pairs, self.queries, self.depths, self.test_episodes = pairs, queries, tuple(depths), test_episodes
         self.repeats, self.warmup = float(repeats), check_schedule(warmup, seq_len)
-        self.lengths = check_schedule(lengths, seq_len, "data.lengths")
         if not 0 <= self.repeats <= 1 - self.episodes:
             raise UserError(f"data.repeats={repeats} must be a share of the training windows in [0, "
                             f"{1 - self.episodes:g}] (data.episodes={self.episodes:g} of them carry an episode)")
@@ -108,6 +130,10 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
             raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
                             f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
+        self.lengths = check_lengths(lengths, seq_len, self.episodes, self.repeats, self.periodic, self.recall)
+        self.repeat_text = float(repeat_text)
+        if not 0 <= self.repeat_text <= 1:
+            raise UserError(f"data.repeat_text={repeat_text} must be a share of the repeated passages in [0, 1]")
         if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths):
             raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
                             "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
@@ -176,13 +202,16 @@ class CharDataModule(L.LightningDataModule):
         woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
                  if self.recall else "")
         if self.repeats:
-            woven += f" (repeated passages in {self.repeats:.0%} of the training windows)"
+            woven += f" (repeated passages in {self.repeats:.0%} of the training windows" + (
+                f", {self.repeat_text:.0%} of them the text's own)" if self.repeat_text else ")")
         if self.warmup:
             woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
         if self.periodic:
             woven += f" (periodic random strings in {self.periodic:.0%} of the training windows)"
         if self.lengths:
-            woven += " (length curriculum: " + ", ".join(f"{s} steps at {n}" for n, s in self.lengths) + ")"
+            woven += " (length curriculum: " + ", ".join(
+                f"{s} steps at {n}" + (f" with {e:.0%} episodes" if e != self.episodes else "")
+                for n, s, e in self.lengths) + ")"
         return f"{self.name}: vocabulary {len(self.vocab)}, tokens {sizes}{woven}"
 
     def symbols(self) -> str:
@@ -209,7 +238,7 @@ class CharDataModule(L.LightningDataModule):
         if shuffle:
             mixed = MixedWindows if not self.tokens else TokenEpisodeWindows  # a model's tokens: episodes alone
             windows = (mixed(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                             "" if self.tokens else self.symbols())
+                             "" if self.tokens else self.symbols(), self.repeat_text)
                        if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)

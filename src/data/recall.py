@@ -20,7 +20,7 @@ Two kinds of training text teach the model to look back at all, which a small ch
 not learn from the episodes alone (the answers are a few characters in thousands): ``repeat_passages`` writes
 passages of random characters into the filler and repeats each later on (only copying predicts a repeat), and
 ``periodic`` is a short window of a random string repeated with a random period (Olsson et al.'s repeated random
-tokens), the induction warm-up's text. ``copy_windows`` builds the copy probe's windows: a passage
+tokens), the induction warm-up's text; a share of the repeated passages may be the filler's own text. ``copy_windows`` builds the copy probe's windows: a passage
 and, ``gap`` characters after it, the same passage again (Olsson et al.'s in-context learning score reads the loss on
 its second appearance against its first).
 """
@@ -162,9 +162,11 @@ def periodic(rng: random.Random, symbols: str, length: int) -> str:
     return (unit * (length // period + 1))[:length]
 
 
-def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4) -> str:
-    """``text`` with 1 to ``most`` passages of random ``symbols`` (20 to 200 characters, at most a quarter of the
-    text) written at random places, each repeated at a random later place: only copying predicts a repeat."""
+def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4, own: float = 0.0) -> str:
+    """``text`` with 1 to ``most`` passages (20 to 200 characters, at most a quarter of the text), each repeated at a
+    random later place: only copying predicts a repeat. A passage is random ``symbols`` written at a random place or,
+    with probability ``own``, the text's own characters there (natural text, as the copy probe's passages: random
+    characters teach copying that a small model may not apply to text it can half predict)."""
     chars, n = list(text), len(text)
     for _ in range(rng.randint(1, most)):
         p = rng.randint(min(20, n // 4), min(200, n // 4))
@@ -172,7 +174,8 @@ def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4) 
             break
         a = rng.randrange(0, n - 2 * p + 1)
         b = rng.randrange(a + p, n - p + 1)
-        chars[a:a + p] = [rng.choice(symbols) for _ in range(p)]
+        if not (own and rng.random() < own):
+            chars[a:a + p] = [rng.choice(symbols) for _ in range(p)]
         chars[b:b + p] = chars[a:a + p]
     return "".join(chars)
 

@@ -35,16 +35,17 @@ class StepBatches(Sampler):
     episode or repeated passages (MixedWindows). ``warmup`` [(length, steps), ...] makes the first steps an induction
     warm-up: periodic random strings of each length in turn, as many of them as hold batch_size x seq_len
     characters; the corpus's windows start after them. ``periodic``: that share of the later windows are periodic
-    random strings of the whole window (the warm-up kept in the mix). ``lengths`` [(length, steps), ...]: a length
-    curriculum after the warm-up -- the mix's windows (corpus, episodes, repeats, periodic strings alike) at these
-    shorter lengths in turn, as many as hold batch_size x seq_len characters, then at seq_len."""
+    random strings of the whole window (the warm-up kept in the mix). ``lengths`` [(length, steps, episodes), ...]: a
+    length curriculum after the warm-up -- the mix's windows (corpus, episodes, repeats, periodic strings alike) at
+    these shorter lengths in turn, as many as hold batch_size x seq_len characters, each stage with its own share of
+    episodes, then at seq_len with ``episodes``."""
 
     def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0, episodes: float = 0.0,
                  repeats: float = 0.0, warmup=(), seq_len: int = 0, periodic: float = 0.0, lengths=()):
         self.n, self.batch_size, self.seed, self.step, self.rank = n_windows, batch_size, seed, step, rank
         self.episodes, self.repeats, self.periodic = episodes, repeats, periodic
         self.warmup, self.seq_len = [(int(length), int(steps)) for length, steps in warmup], seq_len
-        self.lengths = [(int(length), int(steps)) for length, steps in lengths]
+        self.lengths = [(int(length), int(steps), float(e)) for length, steps, e in lengths]
 
     def __len__(self) -> int:  # an "epoch": as many steps as one pass over the windows would take
         return max(1, self.n // self.batch_size)
@@ -53,9 +54,15 @@ class StepBatches(Sampler):
         """The warm-up's window length at step i (0: past the warm-up)."""
         return scheduled(self.warmup, i)
 
-    def mix_length(self, i: int) -> int:
-        """The mix's window length at step i (past the warm-up): the curriculum's, then seq_len."""
-        return scheduled(self.lengths, i - sum(steps for _, steps in self.warmup)) or self.seq_len
+    def mix_stage(self, i: int) -> tuple[int, float]:
+        """The mix's window length and share of episodes at step i (past the warm-up): the curriculum's, then seq_len
+        and ``episodes``."""
+        i -= sum(steps for _, steps in self.warmup)
+        for length, steps, episodes in self.lengths:
+            if i < steps:
+                return length, episodes
+            i -= steps
+        return self.seq_len, self.episodes
 
     def __iter__(self):
         start = self.step()
@@ -65,15 +72,15 @@ class StepBatches(Sampler):
                 count = max(1, self.batch_size * self.seq_len // length)
                 yield [(WARM, length, s) for s in torch.randint(2**62, (count,), generator=g).tolist()]
                 continue
-            length = self.mix_length(i)
+            length, e = self.mix_stage(i)
             count = self.batch_size if length == self.seq_len else max(1, self.batch_size * self.seq_len // length)
             offsets = torch.randint(self.n, (count,), generator=g).tolist()
-            if not self.episodes and not self.repeats and not self.periodic:
+            if not e and not self.repeats and not self.periodic:
                 yield offsets if length == self.seq_len else [(PLAIN, o, 0, length) for o in offsets]
                 continue
             share = torch.rand(count, generator=g).tolist()
             seeds = torch.randint(2**62, (count,), generator=g).tolist()
-            e, r, p = self.episodes, self.repeats, self.periodic
+            r, p = self.repeats, self.periodic
             kinds = [EPISODE if u < e else REPEAT if u < e + r else WARM if u < e + r + p else PLAIN for u in share]
             short = () if length == self.seq_len else (length,)  # (a curriculum's window: its length last)
             yield [(WARM, length, s) if kind == WARM else (kind, o, s, *short)  # a whole window of a periodic string
@@ -102,14 +109,15 @@ class ConsecutiveWindows(RandomWindows):
 class MixedWindows(RandomWindows):
     """Training windows of a corpus, some with text woven in (src/data/recall.py): an item is an offset (the corpus
     alone) or (kind, offset, seed) from StepBatches -- PLAIN the corpus alone, EPISODE a recall episode (the seed
-    draws its task, depth, keys and values), REPEAT passages of random ``symbols`` repeated later, WARM a periodic
-    random string of ``offset`` characters (the induction warm-up). A fourth element, where present, is a shorter
+    draws its task, depth, keys and values), REPEAT passages of random ``symbols`` (or, a share ``own`` of them, of
+    the corpus) repeated later, WARM a periodic random string of ``offset`` characters (the induction warm-up). A fourth element, where present, is a shorter
     window's length (the length curriculum); the window is seq_len long otherwise."""
 
     def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks=(), pairs: int = 4, queries: int = 2,
-                 symbols: str = ""):
+                 symbols: str = "", own: float = 0.0):
         super().__init__(data, seq_len)
         self.vocab, self.tasks, self.pairs, self.queries, self.symbols = vocab, tuple(tasks), pairs, queries, symbols
+        self.own = own  # the share of repeated passages that are the corpus's own text (repeat_passages)
 
     def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(item, int):
@@ -125,6 +133,6 @@ class MixedWindows(RandomWindows):
         else:
             filler = self.vocab.decode(self.data[offset:offset + length + 1])
             text = (episode(rng.choice(self.tasks), rng, filler, rng.random(), self.pairs, self.queries).text
-                    if kind == EPISODE else repeat_passages(rng, filler, self.symbols))
+                    if kind == EPISODE else repeat_passages(rng, filler, self.symbols, own=self.own))
         chunk = self.vocab.encode(text)
         return chunk[:-1], chunk[1:]

@@ -208,7 +208,39 @@ def test_length_curriculum_shortens_the_mix_then_grows_to_seq_len():
     assert len(first) == 12 and x.shape == (100,) and torch.equal(x[1:], y[:-1]) and isinstance(second[0], int)
 
 
+def test_a_curriculum_stage_has_its_own_share_of_episodes():
+    """data.lengths [length, steps, episodes]: a stage's share of episodes (a window of 2048 holds a quarter of the
+    episodes four of 512 do); the last stage, at seq_len, has data.episodes."""
+    dm = CharDataModule(name="recall", seq_len=600, batch_size=4, episodes=0.75, repeats=0.25, pairs=2,
+                        lengths=[[200, 30, 0.0], [300, 30]])
+    dm.setup()
+    batches = [b for _, b in zip(range(90), dm.train_dataloader().batch_sampler)]
+    share = lambda bs: sum(item[0] == EPISODE for b in bs for item in b) / sum(len(b) for b in bs)  # noqa: E731
+    assert share(batches[:30]) == 0 and 0.6 < share(batches[30:60]) < 0.9 and 0.6 < share(batches[60:]) < 0.9
+    assert {len(b) for b in batches[:30]} == {12} and {len(b) for b in batches[60:]} == {4}
+    assert "length curriculum: 30 steps at 200 with 0% episodes, 30 steps at 300)" in dm.summary()
+
+
+def test_repeated_passages_may_be_the_text_itself():
+    """data.repeat_text: a share of the repeated passages copy the text's own characters later on (no random
+    characters written): what the copy probe measures."""
+    filler = "".join(chr(0x100 + i) for i in range(600))  # every character distinct: a repeat shows as a copy
+    for seed in range(10):
+        out = repeat_passages(random.Random(seed), filler, "xyz", most=1, own=1.0)
+        assert len(out) == 600 and not set(out) & set("xyz")
+        changed = [i for i in range(600) if out[i] != filler[i]]
+        first = ord(out[changed[0]]) - 0x100  # the repeat copies the passage that starts there
+        assert 20 <= len(changed) <= 150 and out[changed[0]:changed[-1] + 1] == filler[first:first + len(changed)]
+    dm = CharDataModule(name="recall", seq_len=600, episodes=0.2, repeats=0.3, repeat_text=0.5)
+    dm.setup()
+    assert "repeated passages in 30% of the training windows, 50% of them the text's own" in dm.summary()
+
+
 @pytest.mark.parametrize("settings,message", [
+    ({"repeats": 0.3, "lengths": [[200, 10, 0.9]]}, r"data.lengths: \[200, 10, 0.9\]: a stage is \[length, steps\] "
+     r"or \[length, steps, episodes\] with episodes a share in \[0, 0.7\]"),
+    ({"lengths": [[200, 10, "many"]]}, r"data.lengths: \[200, 10, 'many'\]: a stage is"),
+    ({"repeat_text": 2}, r"data.repeat_text=2 must be a share of the repeated passages in \[0, 1\]"),
     ({"repeats": 0.4, "periodic": 0.2}, r"data.periodic=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),
     ({"warmup": [[700, 10]]}, r"data.warmup: a length of 2 to model.seq_len=600 characters .* got \[700, 10\]"),
