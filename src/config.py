@@ -147,7 +147,8 @@ class SelectorConf:
     sinks: int = 4  # sink_window: first keys always kept (StreamingLLM's 4); block_sink_window: the blocks holding them
     recent: int = 0  # block, query_block: earlier blocks just before the own one always kept (NSA's sliding
     #                  window); not a weight: any value runs a trained selector
-    loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention); None: the
+    loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention) | kl_full (block
+    #                             selectors: the KL weighted by each query's mass on earlier blocks); None: the
     #                             selector's own
     max_steps: int = 300  # distillation steps
     lr: float = 3e-3  # the prototype's 3e-3

@@ -26,7 +26,7 @@ from src.stages.hybrid_module import HybridModule
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("ce", "topk", "kl")
+LOSSES = ("ce", "topk", "kl", "kl_full")  # kl_full: the whole-block selectors' KL, weighted (block_selector_loss)
 
 
 def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -45,12 +45,17 @@ def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: i
     return (probs * (logp - logq.masked_fill(future, 0.0))).sum(-1).mean()
 
 
-def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor, own: torch.Tensor | None = None,
+                        weighted: bool = False) -> torch.Tensor:
     """scores, mass (B, h, R, nb) of R rows against every key block -> KL(the teacher's mass over the earlier blocks
     ‖ softmax of the scores over them) -- which blocks to read -- plus the two-way KL of the own block's share of
     the mass against softmax(scores over the own and earlier blocks)'s -- how much the rest holds, which the dynamic
     budget reads. A row is a block of queries (the block selector: row r's own block is r) or one query (``own``
-    (R,): each row's own block, the query's). Averaged over the rows that have an earlier block."""
+    (R,): each row's own block, the query's). Averaged over the rows that have an earlier block.
+
+    ``weighted`` (selector.loss=kl_full): the first KL weighted by the row's mass on the earlier blocks, which makes
+    the sum the KL of the row's whole distribution over its blocks (the chain rule). Unweighted, a query that reads
+    its own block only counts as much as one that reads a needle 1500 keys back; weighted, the far readers lead."""
     own = torch.arange(scores.size(-2), device=scores.device) if own is None else own
     keep = own > 0  # the first block's rows: nothing to choose, nothing to learn
     if not keep.any():
@@ -66,7 +71,7 @@ def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor, own: torch.Ten
     logit = s.gather(-1, own)[..., 0] - s.masked_fill(~earlier, float("-inf")).logsumexp(-1)  # own vs the rest
     share = (p_own * (p_own.log() - F.logsigmoid(logit))
              + (1 - p_own) * ((1 - p_own).log() - F.logsigmoid(-logit)))
-    return (which + share).mean()
+    return ((1 - p_own) * which + share).mean() if weighted else (which + share).mean()
 
 
 class SelectorDistillation(HybridModule):
@@ -77,9 +82,13 @@ class SelectorDistillation(HybridModule):
         self.loss_kind = sel.get("loss") or first.default_loss
         if self.loss_kind not in LOSSES:
             raise UserError(f"selector.loss={self.loss_kind!r} is unknown: use one of {', '.join(LOSSES)}")
-        if first.whole_blocks and self.loss_kind != "kl":
+        if first.whole_blocks and self.loss_kind not in ("kl", "kl_full"):
             raise UserError(f"selector.loss={self.loss_kind} ranks single keys; selector={sel['name']} keeps whole "
-                            "blocks and learns the teacher's attention mass per block: use selector.loss=kl")
+                            "blocks and learns the teacher's attention mass per block: use selector.loss=kl or kl_full")
+        if not first.whole_blocks and self.loss_kind == "kl_full":
+            raise UserError(f"selector.loss=kl_full weighs the teacher's mass per block; selector={sel['name']} "
+                            "ranks single keys, whose kl is the whole distribution's already: use selector.loss=kl")
+        self.weighted = self.loss_kind == "kl_full"
         self.val_metrics = self.per_head_metrics(["top1_acc", "recall", "mass_recall"])
 
     def loss(self, layer: int, s) -> torch.Tensor:
@@ -89,11 +98,12 @@ class SelectorDistillation(HybridModule):
         if selector.picks_blocks:  # from q and k, chunk by chunk: no T × T map
             rows = torch.arange(n_blocks(T, selector.block_size), device=q.device)
             return block_selector_loss(selector.block_scores(s.x, q, k, rows),
-                                       block_attention_mass(q, k, selector.block_size))
+                                       block_attention_mass(q, k, selector.block_size), weighted=self.weighted)
         if selector.whole_blocks:  # every query's own choice of blocks: its own mass per key block
             rows, bs = torch.arange(T, device=q.device), selector.block_size
             mass = F.pad(served.probs, (0, n_blocks(T, bs) * bs - T)).unflatten(-1, (-1, bs)).sum(-1)
-            return block_selector_loss(selector.block_rows(selector.prepare(s.x, q, k), rows), mass, rows // bs)
+            return block_selector_loss(selector.block_rows(selector.prepare(s.x, q, k), rows), mass, rows // bs,
+                                       self.weighted)
         return selector_loss(self.loss_kind, selector.scores(s.x, q, k), served.probs, self.spec.budget.keys(T))
 
     def training_step(self, batch, batch_idx):

@@ -97,6 +97,23 @@ def test_query_loss_is_zero_at_the_teacher_mass_and_learns_it():
     assert block_selector_loss(logits[..., :bs, :], mass[..., :bs, :], own[:bs]) == 0
 
 
+def test_weighted_query_loss_is_the_kl_of_the_whole_block_distribution():
+    """selector.loss=kl_full: the earlier blocks' KL weighted by their share of the mass, plus the own block's share
+    -- by the chain rule, KL(teacher's mass over the own and earlier blocks ‖ softmax of the scores over them)."""
+    torch.manual_seed(1)
+    T, bs = 12, 4
+    rows = torch.arange(T)
+    probs = torch.softmax(torch.randn(1, 2, T, T).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")), -1)
+    mass = probs.unflatten(-1, (-1, bs)).sum(-1)
+    own, scores = rows // bs, torch.randn(1, 2, T, 3)
+    keep = own > 0
+    allowed = torch.arange(3) <= own[:, None]  # the own block and the earlier ones
+    p, logq = mass[..., keep, :], scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)[..., keep, :]
+    full = (p * (p.clamp_min(1e-12).log() - logq.masked_fill(~allowed[keep], 0))).sum(-1).mean()
+    assert block_selector_loss(scores, mass, own, weighted=True) == pytest.approx(full.item(), rel=1e-4)
+    assert block_selector_loss(scores, mass, own) > block_selector_loss(scores, mass, own, weighted=True)
+
+
 def test_cost_counts_every_query_against_the_causal_blocks():
     # T=8, blocks of 4, d_model=2, d_index=3: pooling 8·2, index queries of 8 + keys of 2 blocks (8 + 2)·2·3,
     # (query, block) pairs 4·1 + 4·2 = 12, ·3

@@ -61,3 +61,10 @@ def test_token_losses_are_refused_for_blocks(tiny_cfg, tmp_path, teacher_ckpt):
     with pytest.raises(UserError, match="selector.loss=ce ranks single keys; selector=block keeps whole blocks"):
         train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=block",
                        "selector.loss=ce", "selector.block_size=8"), tmp_path / "s")
+
+
+def test_the_weighted_block_loss_is_refused_for_token_selectors(tiny_cfg, tmp_path, teacher_ckpt):
+    from src.errors import UserError
+    with pytest.raises(UserError, match="selector.loss=kl_full weighs the teacher's mass per block; selector=indexer"):
+        train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=indexer",
+                       "selector.loss=kl_full"), tmp_path / "s")
