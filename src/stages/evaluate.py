@@ -148,8 +148,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.test(module, datamodule=dm, verbose=False)
     r = module.results
     module.eval()
+    own = module.hparams.get("teacher_ckpt") if not module.hparams.get("teacher") else None  # not a model's folder
     r.update(probe_results(cfg, {"teacher": (module.teacher, None), "hybrid": (module.teacher, module.attention)}, dm,
-                           next(module.parameters()).device))
+                           next(module.parameters()).device, cache={"teacher": own}))
     speed = {}
     if cfg.evaluate.time_forward:
         device = resolve_device(cfg.device.accelerator)

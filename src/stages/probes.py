@@ -12,8 +12,11 @@ the teacher; a hybrid's sparse layers):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 
 from src.data import Vocab
 from src.data.recall import Episode, copy_windows
+from src.runs.records import read_json, write_json
 from src.sparse.decode import decode_problem
 
 log = logging.getLogger(__name__)
@@ -103,33 +107,64 @@ def copy_probe(forward: Callable, text: str, vocab: Vocab, T: int, n: int, batch
     return {f"g{gap}": second[gap] / first[gap] for gap in fitting}
 
 
-def probe_results(cfg, models: dict[str, tuple], dm, device: torch.device) -> dict[str, float]:
+def probe_results(cfg, models: dict[str, tuple], dm, device: torch.device,
+                  cache: dict[str, str] | None = None) -> dict[str, float]:
     """The recall episodes of the data (``evaluate.recall``; data=recall has them; ``evaluate.greedy``: the passkey
-    generated too) and the copy probe (``evaluate.copy_windows`` windows per gap) of each of ``models`` -- name ->
-    (GPT, its attention modules or None) on ``device``, all on the same texts: ``test/teacher_recall/passkey``,
-    ``test/hybrid_recall/passkey/d0.3``, ``test/hybrid_recall/passkey_greedy``, ``test/teacher_copy/g200``..."""
+    generated too, where every model can generate) and the copy probe (``evaluate.copy_windows`` windows per gap)
+    of each of ``models`` -- name -> (GPT, its attention modules or None) on ``device``, all on the same texts:
+    ``test/teacher_recall/passkey``, ``test/hybrid_recall/passkey/d0.3``, ``test/hybrid_recall/passkey_greedy``,
+    ``test/teacher_copy/g200``... ``cache``: name -> the checkpoint a model's weights come from, whose results are
+    kept beside it (probe_cache) and read again by every later run with the same probes (a budget curve's jobs share
+    one teacher)."""
     out = {}
     episodes = dm.recall_episodes("test") if cfg.evaluate.recall else []
     text = "" if not cfg.evaluate.copy_windows else (  # a model's tokenizer (teacher=hf): the probe in its tokens
         dm.splits["test"].tolist() if getattr(dm, "tokens", False) else dm.vocab.decode(dm.splits["test"]))
     problems = [decode_problem(m.sparse.selector) for _, attention in models.values()
                 for m in (attention or {}).values() if hasattr(m, "sparse")]  # an oracle cannot generate
-    greedy = cfg.evaluate.get("greedy", True) and not any(problems)
+    greedy = cfg.evaluate.get("greedy", True) and not any(problems)  # every model's or none (the table stays whole)
     if episodes and cfg.evaluate.get("greedy", True) and not greedy:
         log.info("passkey_greedy not measured: %s", next(p for p in problems if p))
     for name, (gpt, attention) in models.items():
-        def forward(x, gpt=gpt, attention=attention):
-            return gpt(x, attention=attention)
-
+        path = probe_cache(cfg, dm, (cache or {}).get(name), gpt, greedy, device)
+        if path and isinstance(found := (read_json(path) or {}).get("results"), dict):
+            log.info("%s probes read from %s", name, path)
+            out.update({f"test/{name}_{key}": value for key, value in found.items()})
+            continue
+        found = {}
         if episodes:
-            acc = recall_accuracy(forward, episodes, dm.vocab, cfg.data.batch_size, device)
+            acc = recall_accuracy(lambda x: gpt(x, attention=attention), episodes, dm.vocab, cfg.data.batch_size,
+                                  device)
             if greedy:
                 acc.update(greedy_recall(gpt, attention, episodes, dm.vocab, device))
-            out.update({f"test/{name}_recall/{key}": value for key, value in acc.items()})
+            found.update({f"recall/{key}": value for key, value in acc.items()})
         if text:
-            ratio = copy_probe(forward, text, dm.vocab, cfg.model.seq_len, cfg.evaluate.copy_windows,
-                               cfg.data.batch_size, device, cfg.seed)
-            out.update({f"test/{name}_copy/{key}": value for key, value in ratio.items()})
+            ratio = copy_probe(lambda x: gpt(x, attention=attention), text, dm.vocab, cfg.model.seq_len,
+                               cfg.evaluate.copy_windows, cfg.data.batch_size, device, cfg.seed)
+            found.update({f"copy/{key}": value for key, value in ratio.items()})
+        if path:
+            write_json(path, {"checkpoint": cache[name], "results": found})
+        out.update({f"test/{name}_{key}": value for key, value in found.items()})
     for key, value in out.items():
         log.info("%s %.4f", key, value)
     return out
+
+
+def probe_cache(cfg, dm, checkpoint: str | None, gpt, greedy: bool, device) -> Path | None:
+    """Where the probes of ``gpt``, whose weights come from ``checkpoint``, are kept: RUN/probes/<hash>.json in the
+    checkpoint's run folder, the hash of everything the results depend on (the weights themselves, the probes' and
+    episodes' settings, the device); None without a checkpoint file."""
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    weights = hashlib.sha1()
+    for key, tensor in sorted(gpt.state_dict().items()):
+        weights.update(key.encode())
+        weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    settings = {"weights": weights.hexdigest(), "seq_len": cfg.model.seq_len, "seed": cfg.seed, "greedy": greedy,
+                "recall": bool(cfg.evaluate.recall), "copy_windows": cfg.evaluate.copy_windows, "device": str(device),
+                "episodes": [getattr(dm, k, None) for k in ("name", "path", "filler", "tasks", "depths",
+                                                            "test_episodes", "pairs", "queries", "seed",
+                                                            "val_fraction", "test_fraction")],
+                "version": 1}  # raise when a probe's definition changes
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(checkpoint).resolve().parent.parent / "probes" / f"{digest}.json"

@@ -201,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             best = val[0]["val/loss"]
     test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint, verbose=False)
     probes = {} if cfg.trainer.fast_dev_run else probe_results(cfg, {"teacher": (module.gpt.eval(), None)}, dm,
-                                                                     module.device)
+                                                                     module.device, cache={"teacher": checkpoint})
     result = {
         "stage": "teacher",
         "run_dir": str(run_dir),

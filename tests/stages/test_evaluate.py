@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,5 +128,9 @@ def test_recall_and_copy_probes_in_the_results(tiny_cfg, tmp_path):
         assert 0 <= e[f"test/{model}_recall/passkey"] <= 1 and 0 <= e[f"test/{model}_recall/passkey/d0.9"] <= 1
         assert 0 <= e[f"test/{model}_recall/passkey_greedy/d0.9"] <= 1  # generated through the cache
         assert e[f"test/{model}_copy/g50"] > 0  # T = 128: passages of 32, 50 apart
+    teacher = result["teacher"]  # its probes, kept in its run folder, read again by the evaluation
+    assert len(list(Path(teacher["run_dir"], "probes").glob("*.json"))) == 1
+    probes = lambda r: {k: v for k, v in r.items() if k.startswith(("test/teacher_recall", "test/teacher_copy"))}  # noqa: E731
+    assert probes(e) == probes(teacher) and len(probes(e)) > 10
     md = (tmp_path / "run" / "results.md").read_text()
     assert "## Recall episodes" in md and "| passkey, depth 0.1 |" in md and "## Copy probe" in md

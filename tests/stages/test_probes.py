@@ -98,6 +98,45 @@ def test_no_passkey_generated_where_a_model_cannot_generate():
     assert out["test/hybrid_recall/passkey"] == 1.0 and not any("greedy" in key for key in out)
 
 
+def test_a_checkpoints_probes_are_kept_and_read_again_while_its_weights_are_the_same(tmp_path):
+    """probe_results(cache={name: checkpoint}): the first run measures and keeps the results in the checkpoint's run
+    folder (RUN/probes/); a later one with the same weights and probes reads them (no forward); other weights or
+    other episodes measure again."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    episodes = evaluation_episodes(TEXT, 700, ("passkey",), (0.5,), 2, 4, 2, seed=1)
+    dm = SimpleNamespace(recall_episodes=lambda split: episodes, vocab=VOCAB, name="recall", test_episodes=2)
+    cfg = OmegaConf.create({"evaluate": {"recall": True, "greedy": False, "copy_windows": 0},
+                            "data": {"batch_size": 4}, "model": {"seq_len": 699}, "seed": 0})
+    calls = []
+
+    class Model(torch.nn.Module):
+        def __init__(self, w: float):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(w))
+
+        def forward(self, x, attention=None):
+            calls.append(len(x))
+            return knowing([e.text for e in episodes])(x)
+
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    first = probe_results(cfg, {"teacher": (Model(1.0), None)}, dm, CPU, cache={"teacher": str(ckpt)})
+    assert first == {"test/teacher_recall/passkey": 1.0, "test/teacher_recall/passkey/d0.5": 1.0,
+                     "test/teacher_recall/all": 1.0} and calls == [2]
+    assert len(list((tmp_path / "run" / "probes").glob("*.json"))) == 1
+    assert probe_results(cfg, {"teacher": (Model(1.0), None)}, dm, CPU, cache={"teacher": str(ckpt)}) == first
+    assert calls == [2]  # read, not measured
+    probe_results(cfg, {"teacher": (Model(2.0), None)}, dm, CPU, cache={"teacher": str(ckpt)})  # other weights
+    dm.test_episodes = 3  # other episodes
+    probe_results(cfg, {"teacher": (Model(1.0), None)}, dm, CPU, cache={"teacher": str(ckpt)})
+    probe_results(cfg, {"teacher": (Model(1.0), None)}, dm, CPU)  # no cache asked for
+    assert calls == [2, 2, 2, 2] and len(list((tmp_path / "run" / "probes").glob("*.json"))) == 3
+
+
 def test_the_copy_probe_is_one_without_copying_and_falls_with_it():
     T, n = 699, 2
     passage, gaps = copy_gaps(T)
