@@ -7,6 +7,9 @@
   the block's queries (src/sparse/mass.py) -- the best a one-choice-per-query-block selector can do, and the target
   the learned ``block`` selector is distilled towards. It reads every query of the block, so the choice for a
   query depends on the later queries of its block: an upper bound to measure against, not a causal model.
+* ``query_block_oracle`` (block level, per query): each query's own attention mass on each key block, its own block
+  and the best earlier ones kept -- the best the per-query ``query_block`` selector can do, and its distillation
+  target. Causal: a query's mass reads its own row of the teacher's attention, keys up to itself.
 
 Their scores are log attention (mass), so the softmax over a query's candidates is the teacher's own share of each:
 what ``hybrid.mass`` reads.
@@ -16,8 +19,12 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector, KeySelector
+from src.selectors.query_block import QueryBlockSelector
+from src.sparse.choice import n_blocks
 from src.sparse.mass import block_attention_mass
 
 
@@ -50,4 +57,33 @@ class BlockOracleSelector(BlockKeySelector):
 
     def block_scores(self, x, q, k, rows):
         mass = block_attention_mass(q, k, self.block_size)[:, :, rows]  # (B, h, R, nb); zero after the own block
+        return mass.clamp_min(1e-30).log()
+
+
+class QueryBlockOracleSelector(QueryBlockSelector):
+    name = "query_block_oracle"
+    trainable = False
+
+    @staticmethod
+    def cost(T: int, d_model: int, head_dim: int, sizes):
+        """The teacher's QK^T for one head, pooled per key block (src/costs/formulas.py oracle_selector)."""
+        return costs.oracle_selector(T, head_dim, sizes.topk_ops)
+
+    def __init__(self, block_size: int, recent: int = 0):
+        KeySelector.__init__(self)
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
+        self.block_size, self.recent = block_size, recent
+
+    def prepare(self, x, q, k):
+        return x, q, k
+
+    def block_rows(self, ctx, rows):
+        """Log of each query's attention mass per key block (B, h, R, nb): its own block's up to itself, later
+        blocks' zero."""
+        _, q, k = ctx
+        T, bs = k.size(-2), self.block_size
+        scores = q[:, :, rows] @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, R, T)
+        probs = scores.masked_fill(torch.arange(T, device=q.device) > rows[:, None], float("-inf")).softmax(-1)
+        mass = torch.nn.functional.pad(probs, (0, n_blocks(T, bs) * bs - T)).unflatten(-1, (-1, bs)).sum(-1)
         return mass.clamp_min(1e-30).log()

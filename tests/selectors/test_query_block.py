@@ -132,3 +132,25 @@ def test_query_block_stages_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
     result = train(tiny_cfg("+experiment=evaluate", *parts, f"approximator.ckpt={app['checkpoint']}"), tmp_path / "e")
     assert 0 < result["test/mass_recall"] <= 1 + 1e-6
     assert "(2 blocks of 8 keys" in (tmp_path / "e" / "results.md").read_text()
+
+
+def test_the_query_block_oracle_keeps_each_querys_own_heaviest_blocks():
+    """query_block_oracle: a query's scores are the log of its own attention mass per key block (the per-query
+    selector's target), so it keeps its own block and the earlier blocks its attention weighs most."""
+    from src.selectors import build_selector
+
+    torch.manual_seed(2)
+    T, bs, h = 24, 4, 2
+    oracle = build_selector("query_block_oracle", h, 16, 8, T, block_size=bs)
+    q, k = torch.randn(1, h, T, 8) * 3, torch.randn(1, h, T, 8) * 3
+    probs = torch.softmax((q @ k.transpose(-2, -1) / 8 ** 0.5).masked_fill(torch.ones(T, T).triu(1).bool(),
+                                                                            float("-inf")), -1)
+    mass = probs.unflatten(-1, (-1, bs)).sum(-1)  # (1, h, T, 6)
+    rows = torch.arange(T)
+    ctx = oracle.prepare(torch.zeros(1, T, 16), q, k)
+    torch.testing.assert_close(oracle.block_rows(ctx, rows).exp(), mass.clamp_min(1e-30))
+    choice = oracle.choose(torch.zeros(1, T, 16), q, k, 2)
+    for t in range(bs, T):
+        earlier = mass[0, :, t, :t // bs].argmax(-1)  # (h,) the heaviest earlier block of each head
+        kept = choice.idx[0, :, t][choice.valid[0, :, t]].view(h, -1)
+        assert all(set(kept[i].tolist()) == {t // bs, int(earlier[i])} for i in range(h))

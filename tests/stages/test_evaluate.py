@@ -116,11 +116,14 @@ def test_a_kernel_that_cannot_run_a_hybrid_names_the_one_that_can(tiny_cfg, tmp_
 
 
 @pytest.mark.slow  # trains a pipeline
-def test_recall_and_copy_probes_in_the_results(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("selector", ["indexer", "query_block_oracle"])
+def test_recall_and_copy_probes_in_the_results(tiny_cfg, tmp_path, selector):
     """On data=recall, evaluate reports the test episodes recalled (per task and depth) and the copy probe, for the
-    teacher and the hybrid on the same texts, in results.json and results.md."""
+    teacher and the hybrid on the same texts, in results.json and results.md (the per-query oracle generates too:
+    it is causal)."""
     result = train(tiny_cfg("+experiment=pipeline", "data=recall", "data.tasks=[passkey]", "model.seq_len=128",
                             "data.test_episodes=2", "selector.max_steps=2", "hybrid.budget=16",
+                            f"selector={selector}", "selector.block_size=8",
                             "evaluate.copy_windows=2", "trainer.limit_final_batches=2", "evaluate.limit_batches=2"),
                    tmp_path / "run")
     e = result["evaluate"]
