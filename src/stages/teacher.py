@@ -63,6 +63,7 @@ class TeacherLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch  # (B, T) each
+        self.batch_shape = tuple(x.shape)  # flops_per_batch: a warm-up's or curriculum's windows are shorter
         logits = self.gpt(x)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         self.log("train/loss", loss, prog_bar=True)
@@ -112,14 +113,16 @@ class TeacherLM(L.LightningModule):
     def flops_per_batch(self) -> int | None:
         """Training FLOPs of one batch -- forward + backward ~ 3 x the forward's, counted by the cost model (causal
         attention, or the natively sparse layers' chosen blocks and gate, projections and MLP of every layer, the
-        lm_head) -- from which Lightning's ThroughputMonitor logs
-        train/device/flops_per_sec."""
+        lm_head) -- from which Lightning's ThroughputMonitor logs train/device/flops_per_sec. The batch is the
+        last one trained (a warm-up's or length curriculum's windows are more and shorter), else batch_size windows
+        of seq_len."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or self.hparams.get("teacher"):
             return None
         m = self.gpt.cfg
-        return dm.batch_size * training_flops(m.d_model, m.n_head, m.n_layer, m.seq_len, m.vocab_size, m.sparse,
-                                              len(m.sparse_layer_list()), m.sparse_budget, m.sparse_block)
+        B, T = getattr(self, "batch_shape", (dm.batch_size, m.seq_len))
+        return B * training_flops(m.d_model, m.n_head, m.n_layer, T, m.vocab_size, m.sparse,
+                                  len(m.sparse_layer_list()), m.sparse_budget, m.sparse_block)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TeacherLM:

@@ -112,3 +112,20 @@ def test_adamw_is_fused_unless_the_precision_is_mixed():
     assert adamw(module, [{"params": [weight], "weight_decay": 0.1}], lr=1e-3).defaults["fused"]
     module._trainer = SimpleNamespace(precision="bf16-mixed")
     assert not adamw(module, [weight], lr=1e-3).defaults["fused"]
+
+
+def test_flops_per_batch_counts_the_windows_trained():
+    """The throughput's FLOPs are those of the batch just trained: a warm-up's or length curriculum's many short
+    windows cost less attention than batch_size windows of seq_len (before any batch: those)."""
+    from types import SimpleNamespace
+
+    from src.costs.accounting import training_flops
+    from src.stages.teacher import TeacherLM
+
+    module = TeacherLM(model={"n_layer": 2, "n_head": 2, "d_model": 32, "seq_len": 256}, vocab=list("abcd"),
+                       optim={}, max_steps=1)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=2), barebones=True)  # no logging
+    full = 2 * training_flops(32, 2, 2, 256, 4)
+    assert module.flops_per_batch == full
+    module.training_step((torch.zeros(8, 64, dtype=torch.long), torch.zeros(8, 64, dtype=torch.long)), 0)
+    assert module.flops_per_batch == 8 * training_flops(32, 2, 2, 64, 4) < full
