@@ -189,6 +189,14 @@ def moba_gate(T: int, head_dim: int, block: int, per_query: bool, topk_ops: int 
     return Cost(macs=T * head_dim + pairs * head_dim, ops=topk_ops * pairs)
 
 
+def quest_gate(T: int, head_dim: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """Quest's bound per query (src/selectors/quest.py), one head: every block's per-channel largest and smallest
+    key, 2·T·hs comparisons (counted as MACs), then every query against both bounds of the own and earlier blocks,
+    2·``causal_block_pairs``·hs MACs, and top-k over them. Θ(T²/B·hs)."""
+    pairs = causal_block_pairs(T, block)
+    return Cost(macs=2 * T * head_dim + 2 * pairs * head_dim, ops=topk_ops * pairs)
+
+
 def block_sparse_pairs(T: int, block: int, n: int) -> int:
     """(query, key) pairs the block-sparse kernels read: each block of queries attends its own block causally and
     n - 1 earlier whole blocks (fewer where there are fewer earlier blocks). Exact, by summing over query blocks; the

@@ -20,9 +20,9 @@ Two kinds of training text teach the model to look back at all, which a small ch
 not learn from the episodes alone (the answers are a few characters in thousands): ``repeat_passages`` writes
 passages of random characters into the filler and repeats each later on (only copying predicts a repeat), and
 ``periodic`` is a short window of a random string repeated with a random period (Olsson et al.'s repeated random
-tokens), the induction warm-up's text; a share of the repeated passages may be the filler's own text. ``copy_windows`` builds the copy probe's windows: a passage
-and, ``gap`` characters after it, the same passage again (Olsson et al.'s in-context learning score reads the loss on
-its second appearance against its first).
+tokens), the induction warm-up's text; a share of the repeated passages may be the filler's own text.
+``copy_windows`` builds the copy probe's windows: a passage and, ``gap`` characters after it, the same passage again
+(Olsson et al.'s in-context learning score reads the loss on its second appearance against its first).
 """
 
 from __future__ import annotations

@@ -110,8 +110,9 @@ class MixedWindows(RandomWindows):
     """Training windows of a corpus, some with text woven in (src/data/recall.py): an item is an offset (the corpus
     alone) or (kind, offset, seed) from StepBatches -- PLAIN the corpus alone, EPISODE a recall episode (the seed
     draws its task, depth, keys and values), REPEAT passages of random ``symbols`` (or, a share ``own`` of them, of
-    the corpus) repeated later, WARM a periodic random string of ``offset`` characters (the induction warm-up). A fourth element, where present, is a shorter
-    window's length (the length curriculum); the window is seq_len long otherwise."""
+    the corpus) repeated later, WARM a periodic random string of ``offset`` characters (the induction warm-up). A
+    fourth element, where present, is a shorter window's length (the length curriculum); the window is seq_len long
+    otherwise."""
 
     def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks=(), pairs: int = 4, queries: int = 2,
                  symbols: str = "", own: float = 0.0):
