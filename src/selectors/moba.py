@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector
-from src.selectors.query_block import QueryBlockSelector
+from src.selectors.query_block import QueryBlockSelector, check_blocks
 from src.sparse.choice import n_blocks
 
 
@@ -75,11 +75,7 @@ class QueryMobaGate(QueryBlockSelector):
 
     def __init__(self, block_size: int, recent: int = 0):  # no weights: QueryBlockSelector's checks only
         nn.Module.__init__(self)
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
-        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
-            raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
-        self.block_size, self.recent = block_size, recent
+        self.block_size, self.recent = check_blocks(block_size, recent)
 
     def prepare(self, x, q, k):
         return x, q, k, mean_keys(k, self.block_size)

@@ -23,9 +23,8 @@ import torch
 
 from src.costs import formulas as costs
 from src.selectors.base import BlockKeySelector, KeySelector
-from src.selectors.query_block import QueryBlockSelector
-from src.sparse.choice import n_blocks
-from src.sparse.mass import block_attention_mass
+from src.selectors.query_block import QueryBlockSelector, check_blocks
+from src.sparse.mass import block_attention_mass, key_block_mass
 
 
 class OracleSelector(KeySelector):
@@ -69,11 +68,9 @@ class QueryBlockOracleSelector(QueryBlockSelector):
         """The teacher's QK^T for one head, pooled per key block (src/costs/formulas.py oracle_selector)."""
         return costs.oracle_selector(T, head_dim, sizes.topk_ops)
 
-    def __init__(self, block_size: int, recent: int = 0):
+    def __init__(self, block_size: int, recent: int = 0):  # no weights
         KeySelector.__init__(self)
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
-        self.block_size, self.recent = block_size, recent
+        self.block_size, self.recent = check_blocks(block_size, recent)
 
     def prepare(self, x, q, k):
         return x, q, k
@@ -82,8 +79,6 @@ class QueryBlockOracleSelector(QueryBlockSelector):
         """Log of each query's attention mass per key block (B, h, R, nb): its own block's up to itself, later
         blocks' zero."""
         _, q, k = ctx
-        T, bs = k.size(-2), self.block_size
         scores = q[:, :, rows] @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, R, T)
-        probs = scores.masked_fill(torch.arange(T, device=q.device) > rows[:, None], float("-inf")).softmax(-1)
-        mass = torch.nn.functional.pad(probs, (0, n_blocks(T, bs) * bs - T)).unflatten(-1, (-1, bs)).sum(-1)
-        return mass.clamp_min(1e-30).log()
+        probs = scores.masked_fill(torch.arange(k.size(-2), device=q.device) > rows[:, None], float("-inf")).softmax(-1)
+        return key_block_mass(probs, self.block_size).clamp_min(1e-30).log()

@@ -37,6 +37,15 @@ from src.sparse.selection import Selection
 CHOOSE_ROWS = 1024  # queries scored at a time by ``choose``: (B, h, 1024, T/B) scores
 
 
+def check_blocks(block_size, recent) -> tuple[int, int]:
+    """selector.block_size and selector.recent of a per-query block selector, or ValueError naming the fix."""
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
+    if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+        raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
+    return block_size, recent
+
+
 class QueryBlockSelector(KeySelector):
     name = "query_block"
     whole_blocks = True  # keeps whole blocks of keys: the budget is counted in them
@@ -50,11 +59,8 @@ class QueryBlockSelector(KeySelector):
 
     def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
         super().__init__()
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
-        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
-            raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
-        self.n_heads, self.d_index, self.block_size, self.recent = n_heads, d_index, block_size, recent
+        self.block_size, self.recent = check_blocks(block_size, recent)
+        self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.own = nn.Linear(d_model, n_heads)  # the own block's score (only the dynamic budget reads it)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from src.errors import UserError
 from src.sparse import block_attention_mass, causal_mask, causal_topk, n_blocks, selection_mask
+from src.sparse.mass import key_block_mass
 from src.stages.distill import distil
 from src.stages.hybrid_module import HybridModule
 
@@ -101,7 +102,7 @@ class SelectorDistillation(HybridModule):
                                        block_attention_mass(q, k, selector.block_size), weighted=self.weighted)
         if selector.whole_blocks:  # every query's own choice of blocks: its own mass per key block
             rows, bs = torch.arange(T, device=q.device), selector.block_size
-            mass = F.pad(served.probs, (0, n_blocks(T, bs) * bs - T)).unflatten(-1, (-1, bs)).sum(-1)
+            mass = key_block_mass(served.probs, bs)
             return block_selector_loss(selector.block_rows(selector.prepare(s.x, q, k), rows), mass, rows // bs,
                                        self.weighted)
         return selector_loss(self.loss_kind, selector.scores(s.x, q, k), served.probs, self.spec.budget.keys(T))
