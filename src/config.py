@@ -52,6 +52,9 @@ class DataConf:
     #   window of 2048 holds a quarter of the episodes per step that four of 512 do
     repeat_text: float = 0.0  # share of the repeated passages that are the corpus's own text rather than random
     #   characters (the copy probe repeats text: random passages teach a copying a small model may keep to them)
+    depth_power: float = 1.0  # training episodes' needle depth drawn as u ** depth_power (u uniform in [0, 1)): 1
+    #   uniform; 2 puts 45 % of the needles in the first fifth of the text -- the far answers, which the length
+    #   curriculum trains at full length only in its last stage
 
 
 # model.*: the preset's name (run folders, summaries) + every field of src/model.py's GPTConfig, where each is typed,

@@ -102,6 +102,7 @@ class CharDataModule(L.LightningDataModule):
         periodic: float = 0.0,
         lengths=(),
         repeat_text: float = 0.0,
+        depth_power: float = 1.0,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -134,6 +135,10 @@ class CharDataModule(L.LightningDataModule):
         self.repeat_text = float(repeat_text)
         if not 0 <= self.repeat_text <= 1:
             raise UserError(f"data.repeat_text={repeat_text} must be a share of the repeated passages in [0, 1]")
+        self.depth_power = float(depth_power)
+        if not 0 < self.depth_power <= 10:
+            raise UserError(f"data.depth_power={depth_power} must be in (0, 10]: 1 draws the training episodes' "
+                            "depths uniformly, 2 puts 45 % of the needles in the first fifth of the text")
         if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths):
             raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
                             "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
@@ -199,8 +204,9 @@ class CharDataModule(L.LightningDataModule):
 
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
-        woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler})"
-                 if self.recall else "")
+        skew = f", needle depths u^{self.depth_power:g}" if self.depth_power != 1 else ""
+        woven = (f" ({', '.join(self.tasks)} episodes in {self.episodes:.0%} of the training windows of {self.filler}"
+                 f"{skew})" if self.recall else "")
         if self.repeats:
             woven += f" (repeated passages in {self.repeats:.0%} of the training windows" + (
                 f", {self.repeat_text:.0%} of them the text's own)" if self.repeat_text else ")")
@@ -238,7 +244,7 @@ class CharDataModule(L.LightningDataModule):
         if shuffle:
             mixed = MixedWindows if not self.tokens else TokenEpisodeWindows  # a model's tokens: episodes alone
             windows = (mixed(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                             "" if self.tokens else self.symbols(), self.repeat_text)
+                             "" if self.tokens else self.symbols(), self.repeat_text, self.depth_power)
                        if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)

@@ -24,7 +24,7 @@ class TokenEpisodeWindows(MixedWindows):
         filler = self.vocab.decode(self.data[offset:offset + int(SLACK * length)])
         rng = episode_rng(seed)
         try:
-            text = episode(rng.choice(self.tasks), rng, filler, rng.random(), self.pairs, self.queries).text
+            text = episode(rng.choice(self.tasks), rng, filler, self.depth(rng), self.pairs, self.queries).text
         except ValueError:  # the episode does not fit this stretch: the corpus alone
             text = filler
         chunk = self.vocab.encode(text)[-length:]

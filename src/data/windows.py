@@ -115,10 +115,14 @@ class MixedWindows(RandomWindows):
     otherwise."""
 
     def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks=(), pairs: int = 4, queries: int = 2,
-                 symbols: str = "", own: float = 0.0):
+                 symbols: str = "", own: float = 0.0, depth_power: float = 1.0):
         super().__init__(data, seq_len)
         self.vocab, self.tasks, self.pairs, self.queries, self.symbols = vocab, tuple(tasks), pairs, queries, symbols
         self.own = own  # the share of repeated passages that are the corpus's own text (repeat_passages)
+        self.depth_power = depth_power  # an episode's needle depth is u ** depth_power, u uniform in [0, 1)
+
+    def depth(self, rng) -> float:
+        return rng.random() ** self.depth_power
 
     def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(item, int):
@@ -133,7 +137,7 @@ class MixedWindows(RandomWindows):
             text = periodic(rng, self.symbols, offset + 1)
         else:
             filler = self.vocab.decode(self.data[offset:offset + length + 1])
-            text = (episode(rng.choice(self.tasks), rng, filler, rng.random(), self.pairs, self.queries).text
+            text = (episode(rng.choice(self.tasks), rng, filler, self.depth(rng), self.pairs, self.queries).text
                     if kind == EPISODE else repeat_passages(rng, filler, self.symbols, own=self.own))
         chunk = self.vocab.encode(text)
         return chunk[:-1], chunk[1:]

@@ -236,7 +236,23 @@ def test_repeated_passages_may_be_the_text_itself():
     assert "repeated passages in 30% of the training windows, 50% of them the text's own" in dm.summary()
 
 
+def test_depth_power_moves_the_training_needles_back():
+    """data.depth_power: the training episodes' needles drawn as u ** power -- 2 puts ~45 % in the first fifth of the
+    text (uniform: 20 %); the test episodes keep their fixed depths."""
+    shares = {}
+    for power in (1, 2):
+        dm = CharDataModule(name="recall", seq_len=600, episodes=0.5, depth_power=power)
+        dm.setup()
+        windows = dm.train_dataloader().dataset
+        rng = random.Random(0)
+        shares[power] = sum(windows.depth(rng) < 0.2 for _ in range(4000)) / 4000
+        assert {e.depth for e in dm.recall_episodes()} == {0.1, 0.3, 0.5, 0.7, 0.9}
+    assert 0.17 < shares[1] < 0.23 and 0.41 < shares[2] < 0.49
+    assert "needle depths u^2" in dm.summary()
+
+
 @pytest.mark.parametrize("settings,message", [
+    ({"depth_power": 0}, r"data.depth_power=0 must be in \(0, 10\]: 1 draws the training episodes' depths uniformly"),
     ({"repeats": 0.3, "lengths": [[200, 10, 0.9]]}, r"data.lengths: \[200, 10, 0.9\]: a stage is \[length, steps\] "
      r"or \[length, steps, episodes\] with episodes a share in \[0, 0.7\]"),
     ({"lengths": [[200, 10, "many"]]}, r"data.lengths: \[200, 10, 'many'\]: a stage is"),
