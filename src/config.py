@@ -194,6 +194,8 @@ class EvaluateConf:
 class FinetuneConf:
     lr: float = 3e-4  # the model's weights: a tenth of the teacher's 3e-3 peak (fine-tuning, not training anew)
     max_steps: int = 300  # optimisation steps through the sparse kernel
+    ckpt: Optional[str] = None  # a finetune checkpoint for +experiment=evaluate: the fine-tuned hybrid against the
+    #                             teacher it started from (unset: evaluate reads the distilled hybrid)
     kl_weight: float = 1.0  # the selector's KL to the dense attention's block mass beside the language-model loss
     #                         (DeepSeek V3.2's second stage; the selector's own lr is selector.lr); 0: frozen selector
 

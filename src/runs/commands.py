@@ -14,6 +14,7 @@ MAKES = {
     "teacher": ("teacher", ("model", "data")),
     "distill_selector": ("distill_selector", ("model", "data", "selector", "hybrid")),
     "distill_approximator": ("pipeline", ("model", "data", "selector", "approximator", "hybrid")),
+    "finetune": ("finetune", ("model", "data", "selector", "approximator", "hybrid")),
 }
 
 

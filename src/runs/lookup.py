@@ -155,7 +155,8 @@ def find(cfg: DictConfig, stage: str, teacher: str | None = None, roots: tuple[P
     return None
 
 
-SETTING = {"teacher": "teacher.ckpt", "distill_selector": "selector.ckpt", "distill_approximator": "approximator.ckpt"}
+SETTING = {"teacher": "teacher.ckpt", "distill_selector": "selector.ckpt", "distill_approximator": "approximator.ckpt",
+           "finetune": "finetune.ckpt"}
 
 
 def what(cfg: DictConfig, stage: str) -> str:
@@ -164,7 +165,7 @@ def what(cfg: DictConfig, stage: str) -> str:
         return "teacher"
     if stage == "distill_selector":
         return f"{cfg.selector.name} selector"
-    return f"{cfg.selector.name} + {cfg.approximator.name} hybrid"
+    return ("fine-tuned " if stage == "finetune" else "") + f"{cfg.selector.name} + {cfg.approximator.name} hybrid"
 
 
 def checkpoint_for(cfg: DictConfig, stage: str, make: str, vocab: list[str] | None = None) -> tuple[str, dict]:

@@ -24,13 +24,15 @@ from src.bench.speed import forward_speed
 from src.config import resolve_device
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
+from src.model import GPT
+from src.runs.checkpoints import read_checkpoint
 from src.runs.commands import command_for
 from src.runs.lookup import checkpoint_for, spec
 from src.runs.records import write_json
 from src.runs.trainer import build_trainer
 from src.selectors import SELECTORS
 from src.sparse import KERNELS, kernel_problem
-from src.stages.common import build_datamodule
+from src.stages.common import build_datamodule, gpt_config, teacher_weights
 from src.stages.hybrid_module import HybridModule
 from src.stages.probes import probe_results
 from src.stages.results import results_markdown
@@ -46,12 +48,29 @@ class HybridEvaluation(HybridModule):
         self.teacher_loss, self.hybrid_loss, self.kl = MeanMetric(), MeanMetric(), MeanMetric()
         self.logits_rel_err = PerHeadRatio(1, sqrt=True)
         self.results: dict[str, float] = {}
+        # a fine-tuned hybrid (finetune.ckpt): its own weights are self.teacher; the teacher it is compared with, the
+        # one it was fine-tuned from, is ``reference`` (``with_reference``), and its weights run dense are measured too
+        self.reference: GPT | None = None
+        self.dense_loss = MeanMetric()
+
+    def with_reference(self, path: str) -> HybridEvaluation:
+        """Compare with the teacher checkpoint at ``path`` (the one a fine-tuning started from) instead of this
+        hybrid's own weights run dense."""
+        ckpt = read_checkpoint(path, "teacher", "the fine-tuned hybrid's teacher is needed to compare with: name "
+                               "another with finetune.ckpt, or fine-tune again", stage="teacher")
+        reference = GPT(gpt_config(dict(ckpt["hyper_parameters"]["model"]), len(self.vocab)))
+        reference.load_state_dict(teacher_weights(ckpt))
+        self.reference = reference.requires_grad_(False).eval()
+        return self
 
     def evaluate_batch(self, batch, keep_figure: bool) -> None:
         x, y = batch
         teacher_logits, signals = self.teacher_signals(x)
         hybrid_logits = self.hybrid_logits(x)
         n = y.numel()
+        if self.reference is not None:  # fine-tuned: its weights dense, and the teacher it started from
+            self.dense_loss.update(F.cross_entropy(teacher_logits.flatten(0, 1), y.flatten()), weight=n)
+            teacher_logits = self.reference(x)
         self.teacher_loss.update(F.cross_entropy(teacher_logits.flatten(0, 1), y.flatten()), weight=n)
         self.hybrid_loss.update(F.cross_entropy(hybrid_logits.flatten(0, 1), y.flatten()), weight=n)
         logp_t, logp_h = teacher_logits.log_softmax(-1), hybrid_logits.log_softmax(-1)
@@ -84,7 +103,9 @@ class HybridEvaluation(HybridModule):
             f"{split}/kl_teacher_hybrid": float(self.kl.compute()),
             f"{split}/logits_rel_err": float(self.logits_rel_err.compute()),
         }
-        for m in (self.teacher_loss, self.hybrid_loss, self.kl, self.logits_rel_err):
+        if self.reference is not None:
+            whole[f"{split}/finetuned_dense_loss"] = float(self.dense_loss.compute())
+        for m in (self.teacher_loss, self.hybrid_loss, self.kl, self.logits_rel_err, self.dense_loss):
             m.reset()
         for key, value in whole.items():
             self.log(key, value)
@@ -103,13 +124,16 @@ class HybridEvaluation(HybridModule):
 def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str, tuple[str, dict]]:
     """The hybrid to evaluate, what it was loaded from (for results.md) and that checkpoint (path, dict): a
     distill_approximator checkpoint (``approximator.ckpt`` or the newest that fits), with this run's kernel, dynamic
-    budget and recent blocks (the same trained parts); with nothing to train, the teacher and the fixed parts."""
+    budget and recent blocks (the same trained parts); with nothing to train, the teacher and the fixed parts; a
+    fine-tuned hybrid (``finetune.ckpt``) against the teacher it was fine-tuned from."""
+    finetuned = bool(cfg.get("finetune") and cfg.finetune.ckpt)
     needs_training = SELECTORS[cfg.selector.name].trainable or APPROXIMATORS[cfg.approximator.name].trainable
-    if not needs_training and not cfg.approximator.ckpt:
+    if not needs_training and not cfg.approximator.ckpt and not finetuned:
         path, ckpt = checkpoint_for(cfg, "teacher", command_for("teacher", cfg))
         return HybridEvaluation.from_teacher(cfg, path, ckpt), f"teacher {path}", (path, ckpt)
-    make = command_for("distill_approximator", cfg)
-    path, ckpt = checkpoint_for(cfg, "distill_approximator", make)
+    stage = "finetune" if finetuned else "distill_approximator"
+    make = command_for(stage, cfg)
+    path, ckpt = checkpoint_for(cfg, stage, make)
     hp = ckpt["hyper_parameters"]
     sel, app = hp["selector"]["name"], hp["approximator"]["name"]
     problem = kernel_problem(cfg.hybrid.kernel, SELECTORS[sel], APPROXIMATORS[app], sel, app)
@@ -120,6 +144,9 @@ def load_hybrid(cfg: DictConfig) -> tuple[HybridEvaluation, str, tuple[str, dict
                                               hybrid={**hp["hybrid"], "kernel": cfg.hybrid.kernel,
                                                       "mass": cfg.hybrid.mass},
                                               selector={**hp["selector"], "recent": cfg.selector.recent})
+    if finetuned:
+        teacher = hp["teacher_ckpt"]
+        return module.with_reference(teacher), f"fine-tuned hybrid {path} (teacher {teacher})", (path, ckpt)
     return module, f"hybrid {path}", (path, ckpt)
 
 
@@ -149,8 +176,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     r = module.results
     module.eval()
     own = module.hparams.get("teacher_ckpt") if not module.hparams.get("teacher") else None  # not a model's folder
-    r.update(probe_results(cfg, {"teacher": (module.teacher, None), "hybrid": (module.teacher, module.attention)}, dm,
-                           next(module.parameters()).device, cache={"teacher": own}))
+    models = {"teacher": (module.teacher if module.reference is None else module.reference, None),
+              "hybrid": (module.teacher, module.attention)}
+    if module.reference is not None:
+        models["finetuned_dense"] = (module.teacher, None)
+    r.update(probe_results(cfg, models, dm, next(module.parameters()).device, cache={"teacher": own}))
     speed = {}
     if cfg.evaluate.time_forward:
         device = resolve_device(cfg.device.accelerator)

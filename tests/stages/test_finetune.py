@@ -58,6 +58,20 @@ def test_finetune_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
         100 * (saved["val/finetuned_loss"] - saved["val/teacher_loss"]) / saved["val/teacher_loss"])
     md = (tmp_path / "finetune" / "results.md").read_text()
     assert "| fine-tuned hybrid |" in md and "| distilled hybrid |" in md
+    # evaluate reads the fine-tuned hybrid and compares it with the teacher it started from, not its own weights
+    tuned = train(tiny_cfg("+experiment=evaluate", *parts, f"finetune.ckpt={result['checkpoint']}",
+                           "evaluate.copy_windows=0"), tmp_path / "evaluate")
+    plain = train(tiny_cfg("+experiment=evaluate", f"teacher.ckpt={teacher_ckpt}", "selector=window",
+                           "hybrid.budget=16", "evaluate.copy_windows=0"), tmp_path / "teacher")
+    assert tuned["test/teacher_loss"] == pytest.approx(plain["test/teacher_loss"], rel=1e-6)
+    assert tuned["test/finetuned_dense_loss"] != pytest.approx(plain["test/teacher_loss"], rel=1e-6)
+    assert "fine-tuned hybrid" in tuned["source"] and teacher_ckpt in tuned["source"]
+    with pytest.raises(UserError, match=r"fine-tuned block \+ softmax hybrid .* does not fit this run: it has "
+                                        r"hybrid.budget=16 \(this run: 8\)"):
+        train(tiny_cfg("+experiment=evaluate", *parts, f"finetune.ckpt={result['checkpoint']}", "hybrid.budget=8"),
+              tmp_path / "bad_budget")
+    with pytest.raises(UserError, match="is a teacher's checkpoint, not a fine-tuned block"):
+        train(tiny_cfg("+experiment=evaluate", *parts, f"finetune.ckpt={teacher_ckpt}"), tmp_path / "bad_kind")
     with pytest.raises(UserError, match="approximator=mlp is another function: use approximator=softmax"):
         train(tiny_cfg("+experiment=finetune", *parts, "approximator=mlp"), tmp_path / "mlp")
     with pytest.raises(UserError, match="finetune.kl_weight=-1.0 must be 0 or more"):
