@@ -1,6 +1,7 @@
 """All five steps in one command: train the teacher -> (teacher signals, batch by batch) -> distil the selector
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
-checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher. ``resume=RUN`` continues an
+checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher, ``selector.ckpt=PATH`` the
+selector's distillation. ``resume=RUN`` continues an
 interrupted pipeline: the steps that finished are not run again, the one that was cut short continues from its
 last checkpoint. With ``pipeline.reuse=true``
 (a sweep over budgets, ``+experiment=budget_curve``) the newest finished teacher of the same model and data under
@@ -27,7 +28,8 @@ from src.config import resolve_device
 from src.costs.accounting import flops_columns
 from src.errors import UserError
 from src.hybrid import HybridSpec, SparseParts
-from src.runs.lookup import find
+from src.runs.commands import command_for
+from src.runs.lookup import checkpoint_for, find
 from src.runs.records import read_json, write_json
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
 from src.config import hf_teacher
@@ -94,7 +96,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
-    if reused:
+    if cfg.selector.ckpt:  # a distilled selector named: used as it is, once checked against this run
+        path, ckpt = checkpoint_for(cfg, "distill_selector", command_for("distill_selector", cfg))
+        log.info("[2/4] using the %s selector %s (selector.ckpt)", cfg.selector.name, path)
+        theirs = ckpt["hyper_parameters"].get("teacher_ckpt")
+        if theirs and Path(theirs).resolve() != Path(teacher_ckpt).resolve():
+            log.warning("the selector %s was distilled from the teacher %s, not from this run's %s", path, theirs,
+                        teacher_ckpt)
+        s = {**finished_result(path), "checkpoint": path}
+    elif reused:
         log.info("[2/4] reusing the %s selector %s (pipeline.reuse)", cfg.selector.name, reused)
         s = finished_result(reused)
     else:

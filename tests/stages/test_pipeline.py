@@ -32,3 +32,19 @@ def test_prototype_pipeline_results(tiny_cfg, tmp_path):
     assert "test/top1_acc/L0H0" in saved
     images = EventAccumulator(str(tmp_path / "selector" / "tensorboard")).Reload().Tags()["images"]
     assert any(t.startswith("attention/") for t in images)
+
+
+@pytest.mark.slow  # trains
+def test_a_named_selector_is_used_not_distilled_again(tiny_cfg, tmp_path, teacher_ckpt, caplog):
+    """selector.ckpt (a budget curve's jobs, a sweep over budgets) skips the selector's distillation: the pipeline
+    uses that checkpoint once it fits the run, and says so."""
+    from tests.conftest import PARTS
+
+    selector = train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", *PARTS),
+                     tmp_path / "selector")
+    result = train(tiny_cfg("+experiment=pipeline", f"teacher.ckpt={teacher_ckpt}", *PARTS,
+                            f"selector.ckpt={selector['checkpoint']}", "hybrid.layers=[0]", "hybrid.heads=[0]",
+                            "evaluate.copy_windows=0", "evaluate.time_forward=false"), tmp_path / "pipeline")
+    assert result["selector"]["checkpoint"] == selector["checkpoint"]
+    assert result["approximator"]["selector_ckpt"] == selector["checkpoint"]
+    assert not (tmp_path / "pipeline" / "selector").exists()
