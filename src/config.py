@@ -141,9 +141,9 @@ class HybridConf:
 
 @dataclass
 class SelectorConf:
-    name: str = "indexer"  # mlp | indexer | oracle | window | sink_window | block | query_block | block_oracle |
-    #                        block_window | block_sink_window | moba | query_moba  (Hydra group selector/;
-    #                        src/selectors/__init__.py)
+    name: str = "indexer"  # mlp | indexer | oracle | window | sink_window | block | query_block | query_bound |
+    #                        block_oracle | query_block_oracle | block_window | block_sink_window | moba | query_moba |
+    #                        quest  (Hydra group selector/; src/selectors/__init__.py)
     hidden: int = 64  # mlp: hidden width (the prototype's 64)
     d_index: int = 16  # indexer: width of the index queries and keys
     block_size: int = 128  # block*: keys (and queries) per block; 128 is the fastest tile on the 2-core CPU (README)

@@ -53,7 +53,8 @@ def test_no_selector_picks_a_future_key(name, top_k):
 def test_full_k_softmax_reproduces_teacher(layers, heads):
     """With K = seq_len and exact softmax over the selection, the hybrid is the teacher (1e-5)."""
     gpt = teacher()
-    for name in ("oracle", "indexer", "query_block", "query_block_oracle", "quest", "mlp", "window", "sink_window"):
+    for name in ("oracle", "indexer", "query_block", "query_block_oracle", "quest", "query_bound", "mlp", "window",
+                 "sink_window"):
         for kernel in ("gather", "masked"):
             spec = HybridSpec.from_config(CFG, layers, heads, CFG.seq_len, kernel=kernel)
             parts = SparseParts(spec, CFG, {"name": name}, {"name": "softmax"})
@@ -66,7 +67,7 @@ def test_full_k_softmax_reproduces_teacher(layers, heads):
                                                    ("indexer", "softmax"), ("window", "softmax"),
                                                    ("sink_window", "softmax"), ("query_block", "softmax"),
                                                    ("query_block", "mlp"), ("query_block_oracle", "softmax"),
-                                                   ("quest", "softmax")])
+                                                   ("quest", "softmax"), ("query_bound", "softmax")])
 @pytest.mark.parametrize("mass", [None, 0.5])
 def test_hybrid_is_causal_end_to_end(selector, approximator, mass):
     if mass and selector in ("window", "sink_window"):

@@ -180,6 +180,15 @@ def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_op
                 ops=topk_ops * pairs)
 
 
+def query_bound_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+    """The per-query gate with Quest's bound on learned index keys (src/selectors/query_bound.py), one head: index
+    queries and keys of all T positions, 2·T·d·d_index MACs; every block's per-channel largest and smallest index
+    key, 2·T·d_index comparisons (counted as MACs); every query against both bounds of the own and earlier blocks,
+    2·``causal_block_pairs``·d_index; top-k over them. Θ(T·d·d_index + T²/B·d_index)."""
+    pairs = causal_block_pairs(T, block)
+    return Cost(macs=2 * T * d_model * d_index + 2 * T * d_index + 2 * pairs * d_index, ops=topk_ops * pairs)
+
+
 def moba_gate(T: int, head_dim: int, block: int, per_query: bool, topk_ops: int = TOPK_OPS) -> Cost:
     """MoBA's parameter-free gate (src/selectors/moba.py), one head: the mean key of every block T·hs, then the
     head's own query against the mean keys of the own and earlier blocks -- the first query of each block of

@@ -12,9 +12,9 @@ Three tasks, character-level, in the filler's alphabet plus what the templates n
   followed by its value.
 
 An episode ends its window with the question and the answer(s); the asked needle sits at a depth -- a fraction of the
-text before the question -- drawn uniformly for training, so that most answers lie beyond a window of T/8 (Zoology's
-power-law gaps would put half of them within 256 characters at T = 2048), and at fixed depths for the test set, a
-seeded set of episodes woven into the test split's text.
+text before the question -- drawn uniformly for training (``data.depth_power`` skews it back), so that most answers
+lie beyond a window of T/8 (Zoology's power-law gaps would put half of them within 256 characters at T = 2048), and
+at fixed depths for the test set, a seeded set of episodes woven into the test split's text.
 
 Two kinds of training text teach the model to look back at all, which a small character model on a CPU budget does
 not learn from the episodes alone (the answers are a few characters in thousands): ``repeat_passages`` writes

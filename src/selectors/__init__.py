@@ -1,10 +1,11 @@
 """Key selectors (Hydra group ``selector/``): one file each, one YAML each (conf/selector/NAME.yaml).
 
 Learned: ``indexer`` (token level, DeepSeek V3.2's lightning indexer), ``block`` (block level, MoBA / SeerAttention:
-one choice per block of queries), ``query_block`` (whole key blocks chosen by every query: MoBA's gate), ``mlp`` (the
-prototype's). Parameter-free, the baselines and the upper bounds at each level: ``window`` /
-``block_window`` (the most recent keys), ``sink_window`` / ``block_sink_window`` (StreamingLLM: first keys + window),
-``oracle`` / ``block_oracle`` (the teacher's own attention).
+one choice per block of queries), ``query_block`` (whole key blocks chosen by every query: MoBA's gate) and
+``query_bound`` (the same with Quest's bound on its learned index keys), ``mlp`` (the prototype's). Parameter-free,
+the baselines and the upper bounds at each level: ``window`` / ``block_window`` (the most recent keys),
+``sink_window`` / ``block_sink_window`` (StreamingLLM: first keys + window), ``oracle`` / ``block_oracle`` (the
+teacher's own attention).
 
 Adding a selector is one file here -- a subclass of ``KeySelector`` (token level) or ``BlockKeySelector`` (block
 level) with a ``name`` -- and one YAML, conf/selector/NAME.yaml: every module of this package is imported below, and

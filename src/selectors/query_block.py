@@ -80,11 +80,15 @@ class QueryBlockSelector(KeySelector):
         """The scores of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb); the own
         block's column holds the own block's score, the later blocks' are never used."""
         x, qi, kb = ctx
+        return self.finish_rows((qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index)), x, rows)
+
+    def finish_rows(self, scores: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Content scores (B, h, R, nb) of the queries ``rows`` -> with the distance bias, in place, and the own
+        block's column set to the own block's score."""
         own_block = rows // self.block_size
-        scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # in place: (B, h, R, nb)
-        blocks = torch.arange(kb.size(-2), device=rows.device)  # the bias depends on the own block: rows of a table
-        scores.add_(self.distance(blocks, len(blocks)).index_select(1, own_block))  # (passes over T · nb scores
-        #                                                                            are most of the selection)
+        blocks = torch.arange(scores.size(-1), device=rows.device)  # the bias depends on the own block: rows of a
+        scores.add_(self.distance(blocks, len(blocks)).index_select(1, own_block))  # table (passes over T · nb
+        #                                                                            scores are most of the selection)
         own = self.own(x[:, rows]).transpose(1, 2)[..., None]  # (B, h, R, 1)
         B, h, R, _ = scores.shape
         return scores.scatter_(-1, own_block.view(1, 1, R, 1).expand(B, h, R, 1), own)

@@ -47,6 +47,7 @@ CASES = [  # selector, approximator, heads, hybrid settings: summaries (block, i
     ("query_block", "softmax", "all", {"budget": 16}),
     ("query_block", "mlp", [1, 2], {"budget": 16, "recent": 1}),
     ("query_block", "softmax", "all", {"budget": 24, "mass": 0.8}),
+    ("query_bound", "softmax", "all", {"budget": 16}),
     ("moba", "softmax", "all", {"budget": 16}),
     ("moba", "softmax", [0, 3], {"budget": 24, "mass": 0.8}),
     ("query_moba", "softmax", "all", {"budget": 16}),
@@ -80,7 +81,8 @@ def test_full_budget_decode_is_dense(selector):
 
 
 @pytest.mark.parametrize("selector,heads", [("block", "all"), ("block", [1]), ("indexer", [0, 3]), ("window", "all"),
-                                            ("query_block", "all"), ("moba", "all"), ("query_moba", "all")])
+                                            ("query_block", "all"), ("query_bound", "all"), ("moba", "all"),
+                                            ("query_moba", "all")])
 def test_decode_never_reads_a_future_position(selector, heads):
     """Cache rows after the current token hold huge values: a step that read one would change its output."""
     teacher, attention = hybrid(selector, heads=heads, budget=16)
