@@ -96,6 +96,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
+    if reused and finished_result(reused).get("steps") != cfg.selector.max_steps:  # the spec leaves training out
+        log.info("[2/4] not reusing the selector %s: distilled %s steps, this run asks selector.max_steps=%d",
+                 reused, finished_result(reused).get("steps"), cfg.selector.max_steps)
+        reused = None
     if cfg.selector.ckpt:  # a distilled selector named: used as it is, once checked against this run
         path, ckpt = checkpoint_for(cfg, "distill_selector", command_for("distill_selector", cfg))
         log.info("[2/4] using the %s selector %s (selector.ckpt)", cfg.selector.name, path)

@@ -48,3 +48,19 @@ def test_a_named_selector_is_used_not_distilled_again(tiny_cfg, tmp_path, teache
     assert result["selector"]["checkpoint"] == selector["checkpoint"]
     assert result["approximator"]["selector_ckpt"] == selector["checkpoint"]
     assert not (tmp_path / "pipeline" / "selector").exists()
+
+
+@pytest.mark.slow  # trains
+def test_reuse_takes_a_selector_of_the_same_settings_and_steps(tiny_cfg, tmp_path, teacher_ckpt):
+    """pipeline.reuse (the budget curve's jobs): a selector distilled from the same teacher with the same settings is
+    reused at another budget; one distilled for another number of steps is not."""
+    from tests.conftest import PARTS
+
+    common = [f"teacher.ckpt={teacher_ckpt}", *PARTS, "hybrid.layers=[0]", "hybrid.heads=[0]", "pipeline.reuse=true",
+              "evaluate.copy_windows=0", "evaluate.time_forward=false", "approximator=softmax"]
+    first = train(tiny_cfg("+experiment=pipeline", *common), tmp_path / "outputs" / "a")
+    again = train(tiny_cfg("+experiment=pipeline", *common, "hybrid.budget=8"), tmp_path / "outputs" / "b")
+    assert again["selector"]["checkpoint"] == first["selector"]["checkpoint"]
+    assert not (tmp_path / "outputs" / "b" / "selector").exists()
+    longer = train(tiny_cfg("+experiment=pipeline", *common, "selector.max_steps=3"), tmp_path / "outputs" / "c")
+    assert longer["selector"]["checkpoint"] != first["selector"]["checkpoint"] and longer["selector"]["steps"] == 3
