@@ -80,6 +80,10 @@ def data_spec(cfg: DictConfig) -> dict:
         out["periodic"] = d.periodic
     if d.get("lengths"):
         out["lengths"] = [list(w) for w in d.lengths]
+    if d.get("repeat_text"):
+        out["repeat_text"] = d.repeat_text
+    if d.get("depth_power", 1.0) != 1.0:
+        out["depth_power"] = d.depth_power
     return out
 
 

@@ -109,3 +109,16 @@ def test_mismatched_selector_checkpoint(tiny_cfg, tmp_path, teacher_ckpt):
     reused = train(tiny_cfg("+experiment=distill_approximator", f"teacher.ckpt={teacher_ckpt}",
                             f"selector.ckpt={kl['checkpoint']}", "hybrid.top_k=5"), tmp_path / "c")
     assert reused["selector_ckpt"] == kl["checkpoint"]
+
+
+def test_the_training_mix_is_part_of_a_teachers_data_spec():
+    """A teacher trained on another mix (repeated text, far needles) is another teacher; the defaults leave the spec
+    of the runs made before these settings unchanged."""
+    from src.runs.lookup import data_spec
+    from tests.conftest import compose_config
+
+    plain = data_spec(compose_config(["data=recall"]))
+    assert "repeat_text" not in plain and "depth_power" not in plain
+    mixed = data_spec(compose_config(["data=recall", "data.repeats=0.3", "data.repeat_text=0.5",
+                                      "data.depth_power=2"]))
+    assert mixed == {**plain, "repeats": 0.3, "repeat_text": 0.5, "depth_power": 2.0}
