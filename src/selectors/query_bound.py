@@ -21,7 +21,7 @@ import torch
 from src.costs import formulas as costs
 from src.selectors.indexer import index_vectors
 from src.selectors.query_block import QueryBlockSelector
-from src.selectors.quest import key_bounds
+from src.selectors.quest import bound_scores, key_bounds
 
 
 class QueryBoundSelector(QueryBlockSelector):
@@ -43,6 +43,4 @@ class QueryBoundSelector(QueryBlockSelector):
         """The bound of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb), with the
         distance bias; the own block's column holds the own block's score."""
         x, qi, kmax, kmin = ctx
-        qr = qi[:, :, rows]
-        scores = (qr.clamp(min=0) @ kmax.transpose(-2, -1)).add_(qr.clamp(max=0) @ kmin.transpose(-2, -1))
-        return self.finish_rows(scores.div_(math.sqrt(self.d_index)), x, rows)
+        return self.finish_rows(bound_scores(qi[:, :, rows], kmax, kmin).div_(math.sqrt(self.d_index)), x, rows)
