@@ -30,6 +30,16 @@ def finite_scores(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores, nan=lowest, neginf=lowest, posinf=highest)
 
 
+def ranking(scores: torch.Tensor) -> torch.Tensor:
+    """Scores (..., n), no NaN -> int64 keys (..., n) in the same order, equal scores ordered by position, the later
+    first: ``topk`` of the keys picks the same entries on every machine and for every shape of the batch (the
+    forward's chunks and generation's single rows), where ``topk`` of the scores breaks ties as its implementation
+    does -- and equal scores are common (a character repeated at the same distance bucket scores the same)."""
+    bits = scores.float().contiguous().view(torch.int32)
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)  # the floats' order, as integers
+    return order * 2**32 + torch.arange(scores.size(-1), device=scores.device)
+
+
 def within_mass(probs: torch.Tensor, valid: torch.Tensor, mass: float | None) -> torch.Tensor:
     """The dynamic budget: of slots ranked best first, with predicted attention ``probs`` (..., n), keep the fewest
     whose probabilities reach ``mass`` -- slot j while the slots before it hold less than ``mass``. -> valid (...,
@@ -53,12 +63,12 @@ def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = No
     T = scores.size(-1)
     future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
     ranked = finite_scores(scores).masked_fill(future, float("-inf"))
-    top = ranked.topk(top_k, dim=-1)  # (B, h, R, K), best first
-    valid = (torch.arange(top_k, device=scores.device) <= pos[:, None]).expand_as(top.indices)  # query i: i + 1 keys
-    if mass is not None:
-        probs = (top.values - ranked.logsumexp(-1, keepdim=True)).exp()  # the softmax over keys 0..i, of the top K
+    top = ranking(ranked).topk(top_k, dim=-1).indices  # (B, h, R, K), best first
+    valid = (torch.arange(top_k, device=scores.device) <= pos[:, None]).expand_as(top)  # query i: i + 1 keys
+    if mass is not None:  # the softmax over keys 0..i, of the top K
+        probs = (ranked.gather(-1, top) - ranked.logsumexp(-1, keepdim=True)).exp()
         valid = within_mass(probs, valid, mass)
-    idx = torch.where(valid, top.indices, pos[:, None])  # surplus slots point at the query itself
+    idx = torch.where(valid, top, pos[:, None])  # surplus slots point at the query itself
     return Selection(idx=idx, valid=valid)
 
 

@@ -56,3 +56,16 @@ def test_dynamic_token_budget_never_exceeds_the_cap():
             last = torch.where(sel.valid, torch.arange(K), -1).max(-1).values
             p_last = p.gather(-1, sel.idx.gather(-1, last[..., None].clamp_min(0)))[..., 0]
             assert torch.all(held - p_last < mass + 1e-6)
+
+
+def test_ranking_orders_as_the_scores_and_breaks_ties_by_the_later_position():
+    """The top-K of equal scores is the same on every machine and for every batch shape: the later keys first."""
+    from src.sparse.selection import ranking
+
+    scores = torch.tensor([[-2.0, 3.0, -0.5, 3.0, float("-inf"), 0.0, float("inf"), -0.5, 1e-30, -1e-30]])
+    keys = ranking(scores)
+    by_score = sorted(range(10), key=lambda j: (scores[0, j].item(), j), reverse=True)
+    assert keys.argsort(descending=True)[0].tolist() == by_score
+    tied = torch.zeros(3, 64)  # every key scores the same: the latest win, whatever the batch
+    assert causal_topk(tied, 4, torch.tensor([10, 40, 63])).idx[:, :].tolist() == [
+        [10, 9, 8, 7], [40, 39, 38, 37], [63, 62, 61, 60]]
