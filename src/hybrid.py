@@ -167,9 +167,10 @@ def mixed_heads(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     src/hf/hybrid.py.)"""
     if not dense:  # every head sparse: no copy in or out of a head subset
         return sparse(x, q, k, v)
-    y = torch.empty_like(q)
-    y[:, dense] = F.scaled_dot_product_attention(q[:, dense], k[:, dense], v[:, dense], is_causal=True)
-    y[:, heads] = sparse(x, q[:, heads], k[:, heads], v[:, heads])
+    exact = F.scaled_dot_product_attention(q[:, dense], k[:, dense], v[:, dense], is_causal=True)
+    approx = sparse(x, q[:, heads], k[:, heads], v[:, heads])
+    y = q.new_empty(q.shape, dtype=torch.promote_types(exact.dtype, approx.dtype))  # under autocast SDPA gives bf16
+    y[:, dense], y[:, heads] = exact.to(y.dtype), approx.to(y.dtype)
     return y
 
 

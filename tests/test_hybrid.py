@@ -269,3 +269,16 @@ def test_bad_native_budget_and_a_model_built_without_its_gate():
         GPT(GPTConfig(**{**NATIVE, "sparse": "moba"}))(torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="the teacher is natively sparse"):
         HybridSpec.from_config(GPTConfig(**{**NATIVE, "sparse": "moba"}))
+
+
+def test_mixed_heads_under_bf16_autocast():
+    """Under bf16 autocast (device.precision=auto on a CPU that multiplies bf16) SDPA returns bf16 for the dense
+    heads of float32 q, k, v (a Hugging Face layer's, src/hf/attention.py): one output of both."""
+    from src.hybrid import mixed_heads
+
+    spec = HybridSpec.from_config(CFG, [0], [1, 2], 8)
+    parts = SparseParts(spec, CFG, {"name": "window"}, {"name": "softmax"})
+    q, k, v = (torch.randn(1, CFG.n_head, 24, CFG.head_dim) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mixed_heads(torch.randn(1, 24, CFG.d_model), q, k, v, [1, 2], [0, 3], parts.attention(0))
+    assert y.shape == q.shape and torch.isfinite(y).all()
