@@ -33,6 +33,7 @@ LOSSES = ("ce", "topk", "kl", "kl_full")  # kl_full: the whole-block selectors' 
 def selector_loss(kind: str, scores: torch.Tensor, probs: torch.Tensor, top_k: int) -> torch.Tensor:
     """scores, probs (B, h, T, T) -> scalar loss; keys after the query never count."""
     T = scores.size(-1)
+    scores, probs = scores.float(), probs.float()  # the loss in fp32 under bf16 autocast too
     future = causal_mask(T, scores.device)
     if kind == "topk":  # multi-label: is this key among the teacher's top-K?
         target = selection_mask(causal_topk(probs, top_k), T).float()
@@ -57,6 +58,7 @@ def block_selector_loss(scores: torch.Tensor, mass: torch.Tensor, own: torch.Ten
     ``weighted`` (selector.loss=kl_full): the first KL weighted by the row's mass on the earlier blocks, which makes
     the sum the KL of the row's whole distribution over its blocks (the chain rule). Unweighted, a query that reads
     its own block only counts as much as one that reads a needle 1500 keys back; weighted, the far readers lead."""
+    scores, mass = scores.float(), mass.float()  # under bf16 autocast 1 - 1e-6 rounds to 1: log(0) below
     own = torch.arange(scores.size(-2), device=scores.device) if own is None else own
     keep = own > 0  # the first block's rows: nothing to choose, nothing to learn
     if not keep.any():

@@ -31,6 +31,7 @@ from src.hybrid import HybridSpec, SparseParts
 from src.runs.commands import command_for
 from src.runs.lookup import checkpoint_for, find
 from src.runs.records import read_json, write_json
+from src.selectors import SELECTORS
 from src.stages import distill_approximator, distill_selector, evaluate, teacher
 from src.config import hf_teacher
 from src.stages.common import model_shape, plain
@@ -96,7 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
-    if reused and finished_result(reused).get("steps") != cfg.selector.max_steps:  # the spec leaves training out
+    trained = SELECTORS[cfg.selector.name].trainable  # a parameter-free one is "distilled" in 0 steps
+    if reused and trained and finished_result(reused).get("steps") != cfg.selector.max_steps:  # not in the spec
         log.info("[2/4] not reusing the selector %s: distilled %s steps, this run asks selector.max_steps=%d",
                  reused, finished_result(reused).get("steps"), cfg.selector.max_steps)
         reused = None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.stages.distill_selector import selector_loss
+from src.stages.distill_selector import block_selector_loss, selector_loss
 from src.train import train
 
 
@@ -68,3 +68,17 @@ def test_the_weighted_block_loss_is_refused_for_token_selectors(tiny_cfg, tmp_pa
     with pytest.raises(UserError, match="selector.loss=kl_full weighs the teacher's mass per block; selector=indexer"):
         train(tiny_cfg("+experiment=distill_selector", f"teacher.ckpt={teacher_ckpt}", "selector=indexer",
                        "selector.loss=kl_full"), tmp_path / "s")
+
+
+def test_the_losses_stay_finite_under_bf16():
+    """Under bf16 autocast (device.precision=auto on a CPU that multiplies bf16) the teacher's mass and the scores
+    come in bf16, where a query's own-block share clamped to 1 - 1e-6 rounds to 1: the losses run in fp32."""
+
+    torch.manual_seed(0)
+    scores = torch.randn(1, 2, 64, 8).bfloat16()
+    mass = torch.zeros(1, 2, 64, 8)
+    own = torch.arange(64) // 8
+    mass.scatter_(-1, own.view(1, 1, -1, 1).expand(1, 2, 64, 1), 1.0)  # every query on its own block alone
+    assert torch.isfinite(block_selector_loss(scores, mass.bfloat16(), own))
+    probs = torch.eye(16).expand(1, 2, 16, 16).bfloat16()
+    assert torch.isfinite(selector_loss("kl", torch.randn(1, 2, 16, 16).bfloat16(), probs, 4))
