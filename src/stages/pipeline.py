@@ -1,10 +1,9 @@
 """All five steps in one command: train the teacher -> (teacher signals, batch by batch) -> distil the selector
 -> distil the approximator -> evaluate the hybrid. Each stage gets a sub-folder and reuses the previous one's
 checkpoint; ``teacher.ckpt=PATH`` skips the teacher stage and starts from that teacher, ``selector.ckpt=PATH`` the
-selector's distillation. ``resume=RUN`` continues an
-interrupted pipeline: the steps that finished are not run again, the one that was cut short continues from its
-last checkpoint. With ``pipeline.reuse=true``
-(a sweep over budgets, ``+experiment=budget_curve``) the newest finished teacher of the same model and data under
+selector's distillation. ``resume=RUN`` continues an interrupted pipeline: the steps that finished are not run
+again, the one that was cut short continues from its last checkpoint. With ``pipeline.reuse=true`` (a sweep over
+budgets, ``+experiment=budget_curve``) the newest finished teacher of the same model and data under
 outputs/ is reused, and so is a selector distilled from that teacher with the same settings (a selector trained
 with KL or CE does not depend on the budget): each is trained once, by the first job that needs it.
 
