@@ -96,10 +96,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     cfg = with_overrides(cfg, teacher__ckpt=teacher_ckpt)
     reused = (reusable(cfg, "distill_selector", run_dir, teacher_ckpt)
               if cfg.pipeline.reuse and not cfg.selector.ckpt else None)
+    done = finished_result(reused) if reused else {}
     trained = SELECTORS[cfg.selector.name].trainable  # a parameter-free one is "distilled" in 0 steps
-    if reused and trained and finished_result(reused).get("steps") != cfg.selector.max_steps:  # not in the spec
+    if reused and trained and done.get("steps") != cfg.selector.max_steps:  # the steps are not in the spec
         log.info("[2/4] not reusing the selector %s: distilled %s steps, this run asks selector.max_steps=%d",
-                 reused, finished_result(reused).get("steps"), cfg.selector.max_steps)
+                 reused, done.get("steps"), cfg.selector.max_steps)
         reused = None
     if cfg.selector.ckpt:  # a distilled selector named: used as it is, once checked against this run
         path, ckpt = checkpoint_for(cfg, "distill_selector", command_for("distill_selector", cfg))
@@ -111,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         s = {**finished_result(path), "checkpoint": path}
     elif reused:
         log.info("[2/4] reusing the %s selector %s (pipeline.reuse)", cfg.selector.name, reused)
-        s = finished_result(reused)
+        s = done
     else:
         log.info("[2/4] distilling the %s selector from %s", cfg.selector.name, teacher_ckpt)
         s = step("the selector", distill_selector.run, cfg, run_dir / "selector")
