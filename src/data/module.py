@@ -39,7 +39,7 @@ def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, 
 
 
 def check_lengths(schedule, seq_len: int, episodes: float, repeats: float, periodic: float,
-                  recall: bool) -> list[tuple[int, int, float]]:
+                  recall: bool, dictionary: float = 0.0) -> list[tuple[int, int, float]]:
     """data.lengths as [(length, steps, episodes), ...] -- a stage's share of episodes is its third value, or
     data.episodes -- or one line naming the fix."""
     try:
@@ -52,10 +52,11 @@ def check_lengths(schedule, seq_len: int, episodes: float, repeats: float, perio
             share = float(stage[2]) if len(stage) > 2 else episodes
         except (TypeError, ValueError):
             share = -1.0
-        if len(stage) > 3 or not 0 <= share <= 1 - repeats - periodic + 1e-9 or (share and not recall):
+        rest = 1 - repeats - periodic - dictionary
+        if len(stage) > 3 or not 0 <= share <= rest + 1e-9 or (share and not recall):
             raise UserError(f"data.lengths: {list(stage)}: a stage is [length, steps] or [length, steps, episodes] "
-                            f"with episodes a share in [0, {1 - repeats - periodic:g}] (data.repeats and data.periodic "
-                            "take the rest) and data=recall")
+                            f"with episodes a share in [0, {rest:g}] (data.repeats, .periodic and .dictionary take "
+                            "the rest) and data=recall")
         out.append((length, steps, share))
     return out
 
@@ -103,6 +104,7 @@ class CharDataModule(L.LightningDataModule):
         lengths=(),
         repeat_text: float = 0.0,
         depth_power: float = 1.0,
+        dictionary: float = 0.0,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -131,7 +133,16 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
             raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
                             f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
-        self.lengths = check_lengths(lengths, seq_len, self.episodes, self.repeats, self.periodic, self.recall)
+        self.dictionary = float(dictionary)
+        if not 0 <= self.dictionary <= 1 - self.episodes - self.repeats - self.periodic + 1e-9:
+            raise UserError(f"data.dictionary={dictionary} must be a share of the training windows in [0, "
+                            f"{1 - self.episodes - self.repeats - self.periodic:g}] (data.episodes, .repeats and "
+                            ".periodic take the rest)")
+        if self.dictionary and not self.recall:
+            raise UserError("data.dictionary writes key-value items of letters and digits: use it with data=recall, "
+                            "whose vocabulary holds them")
+        self.lengths = check_lengths(lengths, seq_len, self.episodes, self.repeats, self.periodic, self.recall,
+                                     self.dictionary)
         self.repeat_text = float(repeat_text)
         if not 0 <= self.repeat_text <= 1:
             raise UserError(f"data.repeat_text={repeat_text} must be a share of the repeated passages in [0, 1]")
@@ -139,9 +150,10 @@ class CharDataModule(L.LightningDataModule):
         if not 0 < self.depth_power <= 10:
             raise UserError(f"data.depth_power={depth_power} must be in (0, 10]: 1 draws the training episodes' "
                             "depths uniformly, 2 puts 45 % of the needles in the first fifth of the text")
-        if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths):
-            raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths write characters into the "
-                            "windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
+        if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths
+                            or self.dictionary):
+            raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths, .dictionary write characters "
+                            "into the windows: a model's tokenizer (teacher=hf) reads a text corpus as it is; use data="
                             "shakespeare, python_source, text_file or recall without them")
         if (self.repeats or self.warmup or self.periodic) and name == "synthetic":
             raise UserError("data.repeats, data.warmup and data.periodic write random characters into a text corpus: "
@@ -214,6 +226,8 @@ class CharDataModule(L.LightningDataModule):
             woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
         if self.periodic:
             woven += f" (periodic random strings in {self.periodic:.0%} of the training windows)"
+        if self.dictionary:
+            woven += f" (key-value dictionaries in {self.dictionary:.0%} of the training windows)"
         if self.lengths:
             woven += " (length curriculum: " + ", ".join(
                 f"{s} steps at {n}" + (f" with {e:.0%} episodes" if e != self.episodes else "")
@@ -249,7 +263,7 @@ class CharDataModule(L.LightningDataModule):
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)
             batches = StepBatches(len(windows), self.batch_size, self.seed, step, rank, self.episodes, self.repeats,
-                                  self.warmup, self.seq_len, self.periodic, self.lengths)
+                                  self.warmup, self.seq_len, self.periodic, self.lengths, self.dictionary)
             return DataLoader(windows, batch_sampler=batches, **workers)
         windows = ConsecutiveWindows(self.splits[split], self.seq_len)
         sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None

@@ -16,11 +16,13 @@ text before the question -- drawn uniformly for training (``data.depth_power`` s
 lie beyond a window of T/8 (Zoology's power-law gaps would put half of them within 256 characters at T = 2048), and
 at fixed depths for the test set, a seeded set of episodes woven into the test split's text.
 
-Two kinds of training text teach the model to look back at all, which a small character model on a CPU budget does
+Training text of two kinds teach the model to look back at all, which a small character model on a CPU budget does
 not learn from the episodes alone (the answers are a few characters in thousands): ``repeat_passages`` writes
 passages of random characters into the filler and repeats each later on (only copying predicts a repeat), and
 ``periodic`` is a short window of a random string repeated with a random period (Olsson et al.'s repeated random
-tokens), the induction warm-up's text; a share of the repeated passages may be the filler's own text.
+tokens), the induction warm-up's text; a share of the repeated passages may be the filler's own text. A third,
+``dictionary``, drills the key match the multi-key needle and associative recall need: a window of key-value items
+drawn from a few keys defined in it, every repeated item an answer.
 ``copy_windows`` builds the copy probe's windows: a passage and, ``gap`` characters after it, the same passage again
 (Olsson et al.'s in-context learning score reads the loss on its second appearance against its first).
 """
@@ -160,6 +162,25 @@ def periodic(rng: random.Random, symbols: str, length: int) -> str:
     period = rng.randint(min(16, length // 2), max(1, length // 2))
     unit = "".join(rng.choice(symbols) for _ in range(period))
     return (unit * (length // period + 1))[:length]
+
+
+def dictionary(rng: random.Random, length: int) -> str:
+    """``length`` characters of key-value items drawn from a small dictionary written in the text itself -- 4 to 16
+    keys of 3 to 5 letters, each with a value of 3 to 6 digits -- as "tovel:732981 " or "tovel is 732981. " (one
+    form per window): a dense associative-recall drill (Zoology's MQAR, every repeated item a question). After a
+    key's first item its value is predicted only by matching the whole key back to it: a one-character induction
+    head (copy what follows any earlier ":" or "is ") answers a share 1 / keys; the keys share a small alphabet (8
+    letters), so no single letter tells them apart either."""
+    letters = "".join(rng.sample(LETTERS, 8))
+    keys = distinct(rng, lambda: "".join(rng.choice(letters) for _ in range(rng.randint(3, 5))), rng.randint(4, 16))
+    values = [number(rng, rng.randint(3, 6)) for _ in keys]
+    form = rng.choice(("{}:{} ", "{} is {}. "))
+    out, n = [], 0
+    while n <= length:
+        i = rng.randrange(len(keys))
+        out.append(form.format(keys[i], values[i]))
+        n += len(out[-1])
+    return "".join(out)[:length]
 
 
 def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4, own: float = 0.0) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from src.data.recall import episode, episode_rng, periodic, repeat_passages
+from src.data.recall import dictionary, episode, episode_rng, periodic, repeat_passages
 
 
 class RandomWindows(Dataset):
@@ -22,7 +22,7 @@ class RandomWindows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-PLAIN, EPISODE, REPEAT, WARM = range(4)  # what a training window holds (MixedWindows)
+PLAIN, EPISODE, REPEAT, WARM, DICT = range(5)  # what a training window holds (MixedWindows)
 
 
 class StepBatches(Sampler):
@@ -35,15 +35,17 @@ class StepBatches(Sampler):
     episode or repeated passages (MixedWindows). ``warmup`` [(length, steps), ...] makes the first steps an induction
     warm-up: periodic random strings of each length in turn, as many of them as hold batch_size x seq_len
     characters; the corpus's windows start after them. ``periodic``: that share of the later windows are periodic
-    random strings of the whole window (the warm-up kept in the mix). ``lengths`` [(length, steps, episodes), ...]: a
+    random strings of the whole window (the warm-up kept in the mix), ``dictionary`` that share key-value
+    dictionaries (the key-matching drill). ``lengths`` [(length, steps, episodes), ...]: a
     length curriculum after the warm-up -- the mix's windows (corpus, episodes, repeats, periodic strings alike) at
     these shorter lengths in turn, as many as hold batch_size x seq_len characters, each stage with its own share of
     episodes, then at seq_len with ``episodes``."""
 
     def __init__(self, n_windows: int, batch_size: int, seed: int, step, rank: int = 0, episodes: float = 0.0,
-                 repeats: float = 0.0, warmup=(), seq_len: int = 0, periodic: float = 0.0, lengths=()):
+                 repeats: float = 0.0, warmup=(), seq_len: int = 0, periodic: float = 0.0, lengths=(),
+                 dictionary: float = 0.0):
         self.n, self.batch_size, self.seed, self.step, self.rank = n_windows, batch_size, seed, step, rank
-        self.episodes, self.repeats, self.periodic = episodes, repeats, periodic
+        self.episodes, self.repeats, self.periodic, self.dictionary = episodes, repeats, periodic, dictionary
         self.warmup, self.seq_len = [(int(length), int(steps)) for length, steps in warmup], seq_len
         self.lengths = [(int(length), int(steps), float(e)) for length, steps, e in lengths]
 
@@ -75,15 +77,16 @@ class StepBatches(Sampler):
             length, e = self.mix_stage(i)
             count = self.batch_size if length == self.seq_len else max(1, self.batch_size * self.seq_len // length)
             offsets = torch.randint(self.n, (count,), generator=g).tolist()
-            if not e and not self.repeats and not self.periodic:
+            if not e and not self.repeats and not self.periodic and not self.dictionary:
                 yield offsets if length == self.seq_len else [(PLAIN, o, 0, length) for o in offsets]
                 continue
             share = torch.rand(count, generator=g).tolist()
             seeds = torch.randint(2**62, (count,), generator=g).tolist()
-            r, p = self.repeats, self.periodic
-            kinds = [EPISODE if u < e else REPEAT if u < e + r else WARM if u < e + r + p else PLAIN for u in share]
+            r, p, d = self.repeats, self.periodic, self.dictionary
+            kinds = [EPISODE if u < e else REPEAT if u < e + r else WARM if u < e + r + p else
+                     DICT if u < e + r + p + d else PLAIN for u in share]
             short = () if length == self.seq_len else (length,)  # (a curriculum's window: its length last)
-            yield [(WARM, length, s) if kind == WARM else (kind, o, s, *short)  # a whole window of a periodic string
+            yield [(kind, length, s) if kind in (WARM, DICT) else (kind, o, s, *short)  # a whole window of drill
                    for kind, o, s in zip(kinds, offsets, seeds)]
 
 
@@ -110,7 +113,8 @@ class MixedWindows(RandomWindows):
     """Training windows of a corpus, some with text woven in (src/data/recall.py): an item is an offset (the corpus
     alone) or (kind, offset, seed) from StepBatches -- PLAIN the corpus alone, EPISODE a recall episode (the seed
     draws its task, depth, keys and values), REPEAT passages of random ``symbols`` (or, a share ``own`` of them, of
-    the corpus) repeated later, WARM a periodic random string of ``offset`` characters (the induction warm-up). A
+    the corpus) repeated later, WARM a periodic random string of ``offset`` characters (the induction warm-up), DICT
+    ``offset`` characters of a key-value dictionary (the key-matching drill). A
     fourth element, where present, is a shorter window's length (the length curriculum); the window is seq_len long
     otherwise."""
 
@@ -133,8 +137,8 @@ class MixedWindows(RandomWindows):
             chunk = self.data[offset:offset + length + 1]
             return chunk[:-1], chunk[1:]
         rng = episode_rng(seed)
-        if kind == WARM:
-            text = periodic(rng, self.symbols, offset + 1)
+        if kind in (WARM, DICT):
+            text = (periodic(rng, self.symbols, offset + 1) if kind == WARM else dictionary(rng, offset + 1))
         else:
             filler = self.vocab.decode(self.data[offset:offset + length + 1])
             text = (episode(rng.choice(self.tasks), rng, filler, self.depth(rng), self.pairs, self.queries).text

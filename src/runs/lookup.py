@@ -84,6 +84,8 @@ def data_spec(cfg: DictConfig) -> dict:
         out["repeat_text"] = d.repeat_text
     if d.get("depth_power", 1.0) != 1.0:
         out["depth_power"] = d.depth_power
+    if d.get("dictionary"):
+        out["dictionary"] = d.dictionary
     return out
 
 

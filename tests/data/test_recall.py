@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from src.data import CharDataModule
-from src.data.recall import (ALPHABET, TASKS, copy_windows, episode, episode_rng, evaluation_episodes, periodic,
-                             repeat_passages)
-from src.data.windows import EPISODE, PLAIN, REPEAT, WARM
+from src.data.recall import (ALPHABET, TASKS, copy_windows, dictionary, episode, episode_rng, evaluation_episodes,
+                             periodic, repeat_passages)
+from src.data.windows import DICT, EPISODE, PLAIN, REPEAT, WARM
 from src.errors import UserError
 
 
@@ -185,6 +185,28 @@ def test_periodic_windows_keep_the_warm_up_in_the_mix():
     assert "periodic random strings in 25% of the training windows" in dm.summary()
 
 
+def test_a_dictionary_window_repeats_each_key_with_its_own_value():
+    """data.dictionary: key-value items from a few keys defined in the window, a key's value the same every time --
+    only matching the whole key predicts it (the keys share letters, no single one tells them apart)."""
+    for seed in range(20):
+        text = dictionary(random.Random(seed), 400)
+        assert len(text) == 400 and set(text) <= ALPHABET
+        items = re.findall(r"([a-z]+)(?::| is )(\d+)[. ]", text)
+        keys = {k for k, _ in items}
+        assert 4 <= len(keys) <= 16 and len(items) > 2 * len(keys) - 4  # most keys asked again
+        assert all(len({v for k2, v in items if k2 == k}) == 1 for k in keys)  # one value per key
+        assert len(set("".join(keys))) <= 8
+    dm = CharDataModule(name="recall", seq_len=300, batch_size=8, episodes=0.25, dictionary=0.25, pairs=2)
+    dm.setup()
+    later = [item for _, b in zip(range(20), dm.train_dataloader().batch_sampler) for item in b]
+    drills = [item for item in later if item[0] == DICT]
+    assert {kind for kind, *_ in later} == {PLAIN, EPISODE, DICT} and 0.1 < len(drills) / len(later) < 0.4
+    assert {length for _, length, _ in drills} == {300}  # the whole window
+    x, y = dm.train_dataloader().dataset[drills[0]]
+    assert re.fullmatch(r"([a-z]+(:| is )\d+\.? )+[a-z0-9 .:is]*", dm.vocab.decode(torch.cat([x, y[-1:]])))
+    assert "key-value dictionaries in 25% of the training windows" in dm.summary()
+
+
 def test_length_curriculum_shortens_the_mix_then_grows_to_seq_len():
     """data.lengths: after the warm-up, the mix's windows at the curriculum's lengths (as many as hold batch_size x
     seq_len characters), episodes and periodic strings included, then at seq_len."""
@@ -258,6 +280,7 @@ def test_depth_power_moves_the_training_needles_back():
     ({"lengths": [[200, 10, "many"]]}, r"data.lengths: \[200, 10, 'many'\]: a stage is"),
     ({"repeat_text": 2}, r"data.repeat_text=2 must be a share of the repeated passages in \[0, 1\]"),
     ({"repeats": 0.4, "periodic": 0.2}, r"data.periodic=0.2 must be a share of the training windows in \[0, 0.1\]"),
+    ({"repeats": 0.4, "dictionary": 0.2}, r"data.dictionary=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),
     ({"warmup": [[700, 10]]}, r"data.warmup: a length of 2 to model.seq_len=600 characters .* got \[700, 10\]"),
     ({"warmup": [64]}, r"data.warmup=\[64\]: give \[\[length, steps\], ...\]"),
@@ -266,6 +289,12 @@ def test_depth_power_moves_the_training_needles_back():
 def test_bad_mix_settings_are_one_line(settings, message):
     with pytest.raises(UserError, match=message):
         CharDataModule(name="recall", seq_len=600, **settings)
+
+
+def test_a_dictionary_needs_the_recall_alphabet():
+    with pytest.raises(UserError, match="data.dictionary writes key-value items of letters and digits: use it with "
+                                        "data=recall"):
+        CharDataModule(name="shakespeare", seq_len=600, dictionary=0.2)
 
 
 def test_a_window_too_short_for_the_episodes_is_one_line():

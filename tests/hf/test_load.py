@@ -64,7 +64,7 @@ def broken_folders(tmp_path, hf_models) -> dict:
     ("neox", [], "is a 'gpt_neox' model, which the sparse heads do not serve yet: use one of the families llama"),
     ("llama", ["model.seq_len=512"], "model.seq_len=512 is longer than teacher.hf.model="),
     ("llama", ["teacher.hf.dtype=float8"], "teacher.hf.dtype=float8 is unknown: use one of float32, bfloat16"),
-    ("llama", ["data=synthetic"], "data=synthetic and data.repeats, .warmup, .periodic, .lengths write characters"),
+    ("llama", ["data=synthetic"], "data=synthetic and data.repeats, .warmup, .periodic, .lengths, .dictionary write"),
     ("llama", ["data=recall", "data.repeats=0.1"], "a model's tokenizer (teacher=hf) reads a text corpus as it is"),
     ("small", ["+experiment=evaluate", "selector=window"], f"has {VOCAB + 100} tokens, but the model has {VOCAB}"),
     ("llama", ["+experiment=evaluate"], "make one with `python -m src.train +experiment=pipeline teacher=hf "
