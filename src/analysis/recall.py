@@ -6,8 +6,9 @@ Every model is a heatmap panel and a table row per context length: the teacher (
 the same episodes as its hybrid: one teacher per context length, the first job's) and each hybrid, named by its
 selector and budget (src/analysis/budget_curve.py's lines). The panels show the share of the test episodes' answers
 recalled exactly (src/stages/probes.py) per task and needle depth; the table gives per task the share over all
-depths and the worst depth, the copy probe (the loss on a passage's second appearance over its first, per gap) and
-the test loss change on the filler against the teacher.
+depths and the worst depth, a hybrid's share of the teacher's answers at its worst depth (``kept``: its share over
+the teacher's, per depth the teacher answers), the copy probe (the loss on a passage's second appearance over its
+first, per gap) and the test loss change on the filler against the teacher.
 
 Writes DIR/recall.csv, recall.json, recall.md and recall.png.
 """
@@ -120,10 +121,26 @@ def gather(root: Path) -> list[dict]:
     for r in ok:
         if r["model"] == "teacher":
             teachers.setdefault(r["seq_len"], r)
+    for r in ok:
+        if r["model"] == "hybrid":
+            r.update(kept_of(r, teachers[r["seq_len"]]))
     kept = [r for r in ok if r["model"] == "hybrid" or teachers[r["seq_len"]] is r]
     kept.sort(key=lambda r: (r["seq_len"] is None, r["seq_len"] or 0, r["model"] != "teacher", str(r["selector"]),
                              r["mass"] is not None, r["budget_keys"] or 0))
     return kept + [r for r in rows if r["status"] != "ok"]
+
+
+def kept_of(hybrid: dict, teacher: dict) -> dict:
+    """Per task, the hybrid's share of the teacher's answers at the depth where it keeps the least of them
+    ('passkey_kept', 'passkey_kept_depth'), over the depths the teacher answers at all."""
+    out = {}
+    for key, value in teacher.items():
+        m = DEPTH.match(key)
+        if m and value and hybrid.get(key) is not None:
+            task, ratio = m["task"], hybrid[key] / value
+            if out.get(f"{task}_kept") is None or ratio < out[f"{task}_kept"]:
+                out.update({f"{task}_kept": ratio, f"{task}_kept_depth": m["depth"]})
+    return out
 
 
 def layout(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
@@ -138,7 +155,8 @@ def layout(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
 
 def columns(rows: list[dict]) -> list[str]:
     tasks, depths, gaps = layout(rows)
-    per_task = [c for t in tasks for c in (t, f"{t}_worst", f"{t}_worst_depth", *(f"{t}_d{d}" for d in depths))]
+    per_task = [c for t in tasks for c in (t, f"{t}_worst", f"{t}_worst_depth", f"{t}_kept", f"{t}_kept_depth",
+                                           *(f"{t}_d{d}" for d in depths))]
     return [*BASE, *per_task, "all", *(f"copy_g{g}" for g in gaps), "error"]
 
 
@@ -151,12 +169,14 @@ def markdown(rows: list[dict], root: Path) -> str:
         "",
         f"{len(jobs)} runs, {len(dict.fromkeys(r['job'] for r in ok))} with recall episodes measured. Each task: the "
         "share of the test episodes' answers recalled exactly (teacher-forced: every character of the answer the "
-        "argmax) over all needle depths, and at the worst depth; copy gN: the loss on a passage's second appearance, "
+        "argmax) over all needle depths, and at the worst depth; of teacher: a hybrid's share of the teacher's "
+        "answers at the depth where it keeps the least of them; copy gN: the loss on a passage's second appearance, "
         "N characters after its first, over the first (1: no copying, towards 0: copies); loss change: the test loss "
         "on the filler against the teacher. Heatmaps per depth and context length: recall.png.",
         "",
     ]
-    header = ["model", *(c for t in tasks for c in (t, f"{t} worst depth")), *(f"copy g{g}" for g in gaps),
+    header = ["model", *(c for t in tasks for c in (t, f"{t} worst depth", f"{t} of teacher")),
+              *(f"copy g{g}" for g in gaps),
               "loss change"]
     for T in dict.fromkeys(r["seq_len"] for r in ok):
         group = [r for r in ok if r["seq_len"] == T]
@@ -166,7 +186,7 @@ def markdown(rows: list[dict], root: Path) -> str:
             "",
             markdown_table(header, [
                 [r["panel"],
-                 *(c for t in tasks for c in (percent(r.get(t)), worst_text(r, t))),
+                 *(c for t in tasks for c in (percent(r.get(t)), worst_text(r, t), worst_text(r, t, "kept"))),
                  *(num(r.get(f"copy_g{g}"), ".3f") for g in gaps),
                  "–" if r.get("loss_change_pct") is None else f"{r['loss_change_pct']:+.2f}%"] for r in group],
                 "l" + "r" * (len(header) - 1)),
@@ -179,10 +199,11 @@ def markdown(rows: list[dict], root: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def worst_text(row: dict, task: str) -> str:
-    """'40.0% (d0.9)': a task's worst needle depth and its share; '–' when unmeasured."""
-    depth = row.get(f"{task}_worst_depth")
-    return "–" if depth is None else f"{percent(row[f'{task}_worst'])} (d{depth})"
+def worst_text(row: dict, task: str, which: str = "worst") -> str:
+    """'40.0% (d0.9)': a task's worst needle depth and its share (``which``: 'kept', the share of the teacher's
+    answers); '–' when unmeasured."""
+    depth = row.get(f"{task}_{which}_depth")
+    return "–" if depth is None else f"{percent(row[f'{task}_{which}'])} (d{depth})"
 
 
 def plot(rows: list[dict], path: Path) -> None:

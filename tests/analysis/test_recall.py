@@ -93,13 +93,19 @@ def test_the_table_of_a_multirun(sweep, capsys):
     assert float(window["passkey_worst"]) == 0 and window["passkey_worst_depth"] == "0.1"
     assert float(window["copy_g500"]) == pytest.approx(0.95) and float(teacher["copy_g200"]) == pytest.approx(0.22)
     assert float(window["loss_change_pct"]) == 4.0 and teacher["loss_change_pct"] == ""
+    # the share of the teacher's answers kept at the worst depth: the window none at 0.1, query_block half of 0.75
+    assert float(window["mqar_kept"]) == 0 and window["mqar_kept_depth"] == "0.1" and teacher["mqar_kept"] == ""
+    query_block = rows[4]
+    assert float(query_block["mqar_kept"]) == pytest.approx(0.5 / 0.75) and query_block["mqar_kept_depth"] == "0.1"
+    assert float(query_block["passkey_kept"]) == 0.5
     assert (window["selector"], window["level"], window["budget"], window["budget_keys"]) == ("window", "token", "256",
                                                                                            "256")
     assert "multikey" not in rows[0]  # a task the runs did not measure has no columns
     printed = capsys.readouterr().out
     assert "## T = 2048 (filler: shakespeare)" in printed
-    assert "| window 256 | 41.7% | 0.0% (d0.1) | 41.7% | 0.0% (d0.1) | 0.920 | 0.950 | +4.00% |" in printed
-    assert "| teacher | 100.0% | 100.0% (d0.1) | 91.7% | 75.0% (d0.1) | 0.220 | 0.250 | – |" in printed
+    assert ("| window 256 | 41.7% | 0.0% (d0.1) | 0.0% (d0.1) | 41.7% | 0.0% (d0.1) | 0.0% (d0.1) | 0.920 | 0.950 | "
+            "+4.00% |") in printed
+    assert "| teacher | 100.0% | 100.0% (d0.1) | – | 91.7% | 75.0% (d0.1) | – | 0.220 | 0.250 | – |" in printed
     assert "- 4_recall (failed): CUDA out of memory" in printed
     assert (sweep / "recall.md").read_text() in printed
     assert json.loads((sweep / "recall.json").read_text())[1]["panel"] == "query_block 256"
