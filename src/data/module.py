@@ -38,10 +38,10 @@ def check_recall(filler: str, tasks, episodes: float, pairs: int, queries: int, 
         raise UserError(f"data.test_episodes={test_episodes} must be 1 or more per task and depth")
 
 
-def check_lengths(schedule, seq_len: int, episodes: float, repeats: float, periodic: float,
-                  recall: bool, dictionary: float = 0.0) -> list[tuple[int, int, float]]:
+def check_lengths(schedule, seq_len: int, episodes: float, drills: float, recall: bool) -> list[tuple[int, int, float]]:
     """data.lengths as [(length, steps, episodes), ...] -- a stage's share of episodes is its third value, or
-    data.episodes -- or one line naming the fix."""
+    data.episodes -- or one line naming the fix. ``drills``: the share of the windows the other kinds take
+    (data.repeats, .periodic, .dictionary)."""
     try:
         stages = [tuple(stage) for stage in schedule or ()]
     except TypeError:
@@ -52,7 +52,7 @@ def check_lengths(schedule, seq_len: int, episodes: float, repeats: float, perio
             share = float(stage[2]) if len(stage) > 2 else episodes
         except (TypeError, ValueError):
             share = -1.0
-        rest = 1 - repeats - periodic - dictionary
+        rest = 1 - drills
         if len(stage) > 3 or not 0 <= share <= rest + 1e-9 or (share and not recall):
             raise UserError(f"data.lengths: {list(stage)}: a stage is [length, steps] or [length, steps, episodes] "
                             f"with episodes a share in [0, {rest:g}] (data.repeats, .periodic and .dictionary take "
@@ -125,24 +125,18 @@ class CharDataModule(L.LightningDataModule):
             check_recall(filler, tasks, episodes, pairs, queries, depths, test_episodes)
         self.filler, self.tasks, self.episodes = filler, tuple(tasks), float(episodes) if self.recall else 0.0
         self.pairs, self.queries, self.depths, self.test_episodes = pairs, queries, tuple(depths), test_episodes
-        self.repeats, self.warmup = float(repeats), check_schedule(warmup, seq_len)
-        if not 0 <= self.repeats <= 1 - self.episodes:
-            raise UserError(f"data.repeats={repeats} must be a share of the training windows in [0, "
-                            f"{1 - self.episodes:g}] (data.episodes={self.episodes:g} of them carry an episode)")
-        self.periodic = float(periodic)
-        if not 0 <= self.periodic <= 1 - self.episodes - self.repeats:
-            raise UserError(f"data.periodic={periodic} must be a share of the training windows in [0, "
-                            f"{1 - self.episodes - self.repeats:g}] (data.episodes and data.repeats take the rest)")
-        self.dictionary = float(dictionary)
-        if not 0 <= self.dictionary <= 1 - self.episodes - self.repeats - self.periodic + 1e-9:
-            raise UserError(f"data.dictionary={dictionary} must be a share of the training windows in [0, "
-                            f"{1 - self.episodes - self.repeats - self.periodic:g}] (data.episodes, .repeats and "
-                            ".periodic take the rest)")
+        self.warmup = check_schedule(warmup, seq_len)
+        taken, takers = self.episodes, ["data.episodes"]  # each kind of window a share of what the ones before leave
+        for kind, share in (("repeats", repeats), ("periodic", periodic), ("dictionary", dictionary)):
+            if not 0 <= float(share) <= 1 - taken + 1e-9:
+                raise UserError(f"data.{kind}={share} must be a share of the training windows in [0, {1 - taken:g}] "
+                                f"({', '.join(takers)} take the rest)")
+            setattr(self, kind, float(share))
+            taken, takers = taken + float(share), takers + [f"data.{kind}"]
         if self.dictionary and not self.recall:
             raise UserError("data.dictionary writes key-value items of letters and digits: use it with data=recall, "
                             "whose vocabulary holds them")
-        self.lengths = check_lengths(lengths, seq_len, self.episodes, self.repeats, self.periodic, self.recall,
-                                     self.dictionary)
+        self.lengths = check_lengths(lengths, seq_len, self.episodes, taken - self.episodes, self.recall)
         self.repeat_text = float(repeat_text)
         if not 0 <= self.repeat_text <= 1:
             raise UserError(f"data.repeat_text={repeat_text} must be a share of the repeated passages in [0, 1]")

@@ -77,7 +77,7 @@ class StepBatches(Sampler):
             length, e = self.mix_stage(i)
             count = self.batch_size if length == self.seq_len else max(1, self.batch_size * self.seq_len // length)
             offsets = torch.randint(self.n, (count,), generator=g).tolist()
-            if not e and not self.repeats and not self.periodic and not self.dictionary:
+            if not (e or self.repeats or self.periodic or self.dictionary):
                 yield offsets if length == self.seq_len else [(PLAIN, o, 0, length) for o in offsets]
                 continue
             share = torch.rand(count, generator=g).tolist()
@@ -137,8 +137,10 @@ class MixedWindows(RandomWindows):
             chunk = self.data[offset:offset + length + 1]
             return chunk[:-1], chunk[1:]
         rng = episode_rng(seed)
-        if kind in (WARM, DICT):
-            text = (periodic(rng, self.symbols, offset + 1) if kind == WARM else dictionary(rng, offset + 1))
+        if kind == WARM:
+            text = periodic(rng, self.symbols, offset + 1)
+        elif kind == DICT:
+            text = dictionary(rng, offset + 1)
         else:
             filler = self.vocab.decode(self.data[offset:offset + length + 1])
             text = (episode(rng.choice(self.tasks), rng, filler, self.depth(rng), self.pairs, self.queries).text
