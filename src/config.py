@@ -153,6 +153,8 @@ class SelectorConf:
     sinks: int = 4  # sink_window: first keys always kept (StreamingLLM's 4); block_sink_window: the blocks holding them
     recent: int = 0  # block, query_block: earlier blocks just before the own one always kept (NSA's sliding
     #                  window); not a weight: any value runs a trained selector
+    pieces: int = 1  # query_block: mean index keys per key block (block_size / pieces keys each; a block scores log
+    #                  mean exp of its pieces'), so that one matching run of keys shows; 1: the block's mean
     loss: Optional[str] = None  # ce (teacher's top-1) | topk (multi-label top-K) | kl (to attention) | kl_full (block
     #                             selectors: the KL weighted by each query's mass on earlier blocks); None: the
     #                             selector's own

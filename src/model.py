@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 
 POSITIONS = ("learned", "rope")
+QK_SCALES = ("none", "logn")  # model.qk_scale
 GATES = ("none", "moba", "query_moba")  # model.sparse: dense, or natively sparse on MoBA's gate (src/selectors/moba.py)
 
 
@@ -45,6 +46,12 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm; False is a little better and faster
     pos: str = "learned"  # positions: "learned" embeddings (nanoGPT, GPT-2) or "rope" (rotary q and k, as LLaMA);
     #                       at T = 2048 learned embeddings stall at the bigram loss on a CPU budget, rope does not
+    rope_base: float = 10000.0  # rope's longest wavelength: pair i turns base^(-2i/hs) per position (RoFormer's
+    #                             10000); a larger base (Llama 3: 500000) leaves more pairs nearly still over T, which
+    #                             a head matching content far back needs (Men et al. 2024, "Base of RoPE bounds
+    #                             context length")
+    qk_scale: str = "none"  # "logn": q times a learned per-head s * log(t + 1) at position t (SSMax, Nakanishi 2025),
+    #                         so that a match stays as sharp among 2000 keys as among 200; "none": q as it is
     sparse: str = "none"  # natively sparse layers, trained so from step 0: "moba" (MoBA's parameter-free gate, one
     #                       choice per block of queries from its first query, on the block-sparse kernel: the fast
     #                       one), "query_moba" (every query chooses, MoBA's own rule; the per-query kernel), "none"
@@ -65,6 +72,10 @@ class GPTConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.pos not in POSITIONS:
             raise ValueError(f"model.pos={self.pos!r} is unknown: use one of {', '.join(POSITIONS)}")
+        if self.qk_scale not in QK_SCALES:
+            raise ValueError(f"model.qk_scale={self.qk_scale!r} is unknown: use one of {', '.join(QK_SCALES)}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or self.rope_base <= 1:
+            raise ValueError(f"model.rope_base={self.rope_base} must be a number above 1 (10000: RoFormer's)")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"model.pos=rope rotates pairs of dimensions: the head size {self.head_dim} must be even")
         if self.sparse not in GATES:
@@ -208,9 +219,13 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.rope = cfg.pos == "rope"
         if self.rope:  # not saved: recomputed from the config
-            cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim)
+            cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rope_base)
             self.register_buffer("cos", cos, persistent=False)
             self.register_buffer("sin", sin, persistent=False)
+        self.logn = cfg.qk_scale == "logn"
+        if self.logn:  # SSMax: s starts at 1 / log(256), q as it was at position 255, sharper beyond, softer before
+            self.q_gain = nn.Parameter(torch.full((cfg.n_head,), 1 / math.log(256)))  # (nh,): not weight-decayed
+            self.register_buffer("log_pos", torch.arange(1, cfg.seq_len + 1).log()[:, None], persistent=False)
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
@@ -220,11 +235,13 @@ class CausalSelfAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, C) at positions start..start+T-1 -> q, k, v, each (B, nh, T, hs); q and k rotated by their
-        positions with rope."""
+        positions with rope, q scaled by its position's log with model.qk_scale=logn."""
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         if self.rope:
             q, k = rotate(q, self.cos, self.sin, start), rotate(k, self.cos, self.sin, start)
+        if self.logn:  # (nh, 1, 1) * (T, 1) -> (nh, T, 1)
+            q = q * (self.q_gain[:, None, None] * self.log_pos[start:start + T]).to(q.dtype)
         return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,14 @@ def test_shapes():
     assert m(torch.randint(0, 17, (1, 5))).shape == (1, 5, 17)
 
 
-@pytest.mark.parametrize("pos", ["learned", "rope"])
+POSITION_KINDS = [{"pos": "learned"}, {"pos": "rope"}, {"pos": "rope", "rope_base": 5e5, "qk_scale": "logn"},
+                  {"pos": "learned", "qk_scale": "logn"}]
+
+
+@pytest.mark.parametrize("pos", POSITION_KINDS)
 def test_causal(pos):
     """Logits at position t do not change when tokens after t change."""
-    m = tiny_gpt(pos=pos)
+    m = tiny_gpt(**pos)
     x = torch.randint(0, 17, (2, 24))
     for t in (0, 7, 22):
         y = x.clone()
@@ -95,6 +99,22 @@ def test_set_attention_swaps_one_layer():
     assert not torch.allclose(before, m(x))
 
 
+def test_logn_scales_each_query_by_its_position():
+    """model.qk_scale=logn: q at position t is the plain q times s_h * log(t + 1), k and v unchanged; the gain is a
+    parameter of its own (one per head) and the rope base turns the pairs more slowly."""
+    plain, scaled = tiny_gpt(pos="rope"), tiny_gpt(pos="rope", qk_scale="logn")
+    with torch.no_grad():
+        scaled.blocks[0].attn.q_gain.copy_(torch.tensor([0.5, 2.0]))
+    x = torch.randn(1, 24, 32)
+    (q0, k0, v0), (q1, k1, v1) = plain.blocks[0].attn.qkv(x), scaled.blocks[0].attn.qkv(x)
+    gain = torch.tensor([0.5, 2.0])[:, None, None] * torch.arange(1, 25).log()[:, None]  # (nh, T, 1)
+    torch.testing.assert_close(q1, q0 * gain)
+    torch.testing.assert_close((k1, v1), (k0, v0))
+    assert scaled.blocks[0].attn.q_gain.dim() == 1  # the optimiser does not decay it
+    slow = tiny_gpt(pos="rope", rope_base=1e6).blocks[0].attn
+    assert slow.cos[-1, -1] > plain.blocks[0].attn.cos[-1, -1]
+
+
 def test_too_long_sequence():
     with pytest.raises(ValueError, match="longer than model.seq_len"):
         tiny_gpt()(torch.zeros(1, 25, dtype=torch.long))
@@ -104,7 +124,9 @@ def test_too_long_sequence():
     "kw,msg",
     [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_layer": 0}, "n_layer"), ({"dropout": 1.0}, "dropout"),
      ({"pos": "alibi"}, "model.pos='alibi' is unknown: use one of learned, rope"),
-     ({"pos": "rope", "d_model": 6, "n_head": 2}, "head size 3 must be even")],
+     ({"pos": "rope", "d_model": 6, "n_head": 2}, "head size 3 must be even"),
+     ({"qk_scale": "ssmax"}, "model.qk_scale='ssmax' is unknown: use one of none, logn"),
+     ({"rope_base": 0.5}, "model.rope_base=0.5 must be a number above 1")],
 )
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -117,13 +139,13 @@ def test_generate_length():
     assert out.shape == (1, 33)
 
 
-@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("pos", POSITION_KINDS)
 @pytest.mark.parametrize("prompt", [1, 7, 24])
 def test_kv_cache_equals_recompute(pos, prompt):
     """Prefill + one token at a time through the KV cache gives the logits of one pass over the whole sequence."""
     from src.model import KVCache
 
-    m = tiny_gpt(pos=pos)
+    m = tiny_gpt(**pos)
     x = torch.randint(0, 17, (2, 24))
     cache = KVCache(m.cfg, 2)
     with torch.no_grad():

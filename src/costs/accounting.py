@@ -68,6 +68,7 @@ class ComponentSizes:
     approximator_hidden: int = ApproximatorConf.hidden  # mlp approximator hidden width
     d_index: int = SelectorConf.d_index  # indexer and block selector query/key width
     block: int = SelectorConf.block_size  # block selector block size B
+    pieces: int = SelectorConf.pieces  # query_block: mean index keys per key block
     softmax_ops: int = SOFTMAX_OPS
     topk_ops: int = TOPK_OPS
 
@@ -255,7 +256,8 @@ def flops_columns(cfg: dict) -> dict:
         d, nh, T, n_layer = m["d_model"], m["n_head"], m["seq_len"], m["n_layer"]
         sel_cfg, app_cfg = selector_settings(cfg["selector"]), approximator_settings(cfg["approximator"])
         sizes = ComponentSizes(selector_hidden=sel_cfg["hidden"], approximator_hidden=app_cfg["hidden"],
-                               d_index=sel_cfg["d_index"], block=sel_cfg["block_size"])
+                               d_index=sel_cfg["d_index"], block=sel_cfg["block_size"],
+                               pieces=sel_cfg["pieces"])
         budget = run_budget(cfg)
         dense, sparse = dense_layer(d, nh, T, sizes).flops, sparse_layer(f"{sel}+{app}", d, nh, T, budget, sizes).flops
     except (KeyError, TypeError, ValueError):

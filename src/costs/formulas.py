@@ -167,17 +167,19 @@ def indexed_block_selector(T: int, d_model: int, d_index: int, block: int, topk_
     return Cost(macs=T * d_model + 2 * R * d_model * d_index + pairs * d_index, ops=topk_ops * pairs)
 
 
-def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:
+def query_block_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS,
+                         pieces: int = 1) -> Cost:
     """MoBA's per-query gate as the framework learns it (src/selectors/query_block.py), one head: what
     ``SELECTORS["query_block"]`` counts.
 
-    Pooling the inputs per key block T·d (counted per head, an upper bound); index queries of all T queries and index
-    keys of the ⌈T/B⌉ block means, (T + ⌈T/B⌉)·d·d_index MACs; scores of every (query, earlier or own key block)
-    pair, ``causal_block_pairs``·d_index MACs; top-k over them. Θ(T·d·d_index + T²/B·d_index).
+    Pooling the inputs per piece of a key block T·d (counted per head, an upper bound); index queries of all T
+    queries and index keys of the ⌈T/B⌉·P piece means, (T + ⌈T/B⌉·P)·d·d_index MACs; scores of every (query, piece of
+    an earlier or own key block) pair, P·``causal_block_pairs``·d_index MACs, and with P > 1 the log mean exp over a
+    block's pieces, 2·P ops a pair; top-k over the blocks. Θ(T·d·d_index + T²/B·P·d_index).
     """
     pairs = causal_block_pairs(T, block)
-    return Cost(macs=T * d_model + (T + n_blocks(T, block)) * d_model * d_index + pairs * d_index,
-                ops=topk_ops * pairs)
+    return Cost(macs=T * d_model + (T + n_blocks(T, block) * pieces) * d_model * d_index + pairs * pieces * d_index,
+                ops=topk_ops * pairs + (2 * pieces * pairs if pieces > 1 else 0))
 
 
 def query_bound_selector(T: int, d_model: int, d_index: int, block: int, topk_ops: int = TOPK_OPS) -> Cost:

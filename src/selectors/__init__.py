@@ -45,6 +45,10 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
         raise ValueError(f"selector.recent={settings['recent']} keeps a block selector's previous blocks, but "
                          f"selector={name} does not choose that way: unset it (selector.recent=0), or use "
                          "selector=block")
+    if settings.get("pieces", 1) != 1 and "pieces" not in wanted:  # query_block's summaries only
+        raise ValueError(f"selector.pieces={settings['pieces']} splits query_block's key blocks, but selector={name} "
+                         "does not read block means that way: unset it (selector.pieces=1), or use "
+                         "selector=query_block")
     return cls(**{p: values[p] for p in wanted})
 
 

@@ -75,7 +75,7 @@ class QueryMobaGate(QueryBlockSelector):
 
     def __init__(self, block_size: int, recent: int = 0):  # no weights: QueryBlockSelector's checks only
         nn.Module.__init__(self)
-        self.block_size, self.recent = check_blocks(block_size, recent)
+        self.block_size, self.recent, self.pieces = check_blocks(block_size, recent)
 
     def prepare(self, x, q, k):
         return x, q, k, mean_keys(k, self.block_size)

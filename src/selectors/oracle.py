@@ -70,7 +70,7 @@ class QueryBlockOracleSelector(QueryBlockSelector):
 
     def __init__(self, block_size: int, recent: int = 0):  # no weights
         KeySelector.__init__(self)
-        self.block_size, self.recent = check_blocks(block_size, recent)
+        self.block_size, self.recent, self.pieces = check_blocks(block_size, recent)
 
     def prepare(self, x, q, k):
         return x, q, k

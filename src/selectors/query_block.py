@@ -3,16 +3,18 @@
 The block selector (src/selectors/block.py) chooses once per block of queries, from the block's first query, so an
 answer in the middle of a block cannot ask for the block that holds its needle. Here each query chooses: per served
 head, learned index projections of the layer input (as the indexer's, width d_index) score query t against the mean
-index key of every earlier block, plus a learned bias of the distance in blocks; query t keeps its own block (the keys
-up to itself, causally masked) and the best n - 1 earlier blocks, n the budget in whole blocks (``hybrid.budget``
-rounded up to ``selector.block_size``), as MoBA's gate does with the head's own keys. ``selector.recent`` earlier
-blocks just before the own one are always kept (NSA's sliding window); ``hybrid.mass`` keeps only as many as reach
-that share of the predicted attention, the own block's share a learned function of the query's input.
+index key of every earlier block (or, with ``selector.pieces`` = P, against the mean index keys of the block's P runs
+of B/P keys, the block scoring log mean exp of them), plus a learned bias of the distance in blocks; query t keeps its
+own block (the keys up to itself, causally masked) and the best n - 1 earlier blocks, n the budget in whole blocks
+(``hybrid.budget`` rounded up to ``selector.block_size``), as MoBA's gate does with the head's own keys.
+``selector.recent`` earlier blocks just before the own one are always kept (NSA's sliding window); ``hybrid.mass``
+keeps only as many as reach that share of the predicted attention, the own block's share a learned function of the
+query's input.
 
 Causality: the blocks a query may pick lie wholly before its own block, and its scores read its own input and those
 blocks' keys, so no query's output depends on a later token. Every query has its own choice (``choose``: a
 QueryBlockChoice, src/sparse/choice.py), which the per-query block-sparse kernels run (``query_tiles``, src/sparse/
-query_tiles.py; ``query_flex`` on CUDA); the token kernels take it as keys (``masked``, ``gather``). Θ(T · T/B ·
+query_tiles.py; ``query_flex`` on CUDA); the token kernels take it as keys (``masked``, ``gather``). Θ(T · T/B · P ·
 d_index) per head to score.
 
 Distillation (src/stages/distill_selector.py): per query, the teacher's attention mass per key block against the
@@ -37,13 +39,17 @@ from src.sparse.selection import Selection
 CHOOSE_ROWS = 1024  # queries scored at a time by ``choose``: (B, h, 1024, T/B) scores
 
 
-def check_blocks(block_size, recent) -> tuple[int, int]:
-    """selector.block_size and selector.recent of a per-query block selector, or ValueError naming the fix."""
+def check_blocks(block_size, recent, pieces=1) -> tuple[int, int, int]:
+    """selector.block_size, selector.recent and selector.pieces of a per-query block selector, or ValueError naming
+    the fix."""
     if not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"selector.block_size={block_size} must be a positive number of keys")
     if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
         raise ValueError(f"selector.recent={recent} must be a number of blocks, 0 or more")
-    return block_size, recent
+    if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces <= 0 or block_size % pieces:
+        raise ValueError(f"selector.pieces={pieces} must divide selector.block_size={block_size} (1: one mean per "
+                         "block)")
+    return block_size, recent, pieces
 
 
 class QueryBlockSelector(KeySelector):
@@ -55,11 +61,11 @@ class QueryBlockSelector(KeySelector):
     def cost(T: int, d_model: int, head_dim: int, sizes):
         """Scoring every query against the causal blocks, one head, Θ(T · T/B · d_index)
         (src/costs/formulas.py query_block_selector)."""
-        return costs.query_block_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops)
+        return costs.query_block_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops, sizes.pieces)
 
-    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
+    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0, pieces: int = 1):
         super().__init__()
-        self.block_size, self.recent = check_blocks(block_size, recent)
+        self.block_size, self.recent, self.pieces = check_blocks(block_size, recent, pieces)
         self.n_heads, self.d_index = n_heads, d_index
         self.wq = nn.Linear(d_model, n_heads * d_index, bias=False)
         self.wk = nn.Linear(d_model, n_heads * d_index, bias=False)
@@ -67,20 +73,27 @@ class QueryBlockSelector(KeySelector):
         self.distance = DistanceBias(n_heads)
 
     def prepare(self, x, q, k):
-        """The inputs (B, T, C), every position's index query (B, h, T, d) and every block's mean index key
-        (B, h, nb, d; the index keys are linear in the input, so the mean input's)."""
-        T, bs = x.size(1), self.block_size
-        nb = n_blocks(T, bs)
-        pad = torch.nn.functional.pad(x, (0, 0, 0, nb * bs - T)).unflatten(1, (nb, bs)).sum(2)  # (B, nb, C)
-        count = (T - torch.arange(nb, device=x.device) * bs).clamp(max=bs)[:, None]
+        """The inputs (B, T, C), every position's index query (B, h, T, d) and every piece's mean index key
+        (B, h, nb · pieces, d; the index keys are linear in the input, so the mean input's); the pieces of a block
+        are its ``pieces`` runs of block_size / pieces keys (one, the whole block, by default)."""
+        T, size = x.size(1), self.block_size // self.pieces
+        n = n_blocks(T, self.block_size) * self.pieces  # pieces of the whole blocks; the last one's past T are empty
+        pad = torch.nn.functional.pad(x, (0, 0, 0, n * size - T)).unflatten(1, (n, size)).sum(2)  # (B, n, C)
+        count = (T - torch.arange(n, device=x.device) * size).clamp(min=1, max=size)[:, None]
         return (x, index_vectors(self.wq, x, self.n_heads, self.d_index),
                 index_vectors(self.wk, pad / count, self.n_heads, self.d_index))
 
     def block_rows(self, ctx, rows: torch.Tensor) -> torch.Tensor:
         """The scores of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb); the own
-        block's column holds the own block's score, the later blocks' are never used."""
+        block's column holds the own block's score, the later blocks' are never used. With several pieces a block
+        scores log mean exp of its pieces' scores: the mass it would hold were each piece's exp its mass, so one
+        piece that matches lifts the block as it would a block of its own size (a mean over 64 keys blurs the few
+        that tell one needle from another)."""
         x, qi, kb = ctx
-        return self.finish_rows((qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index)), x, rows)
+        scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # (B, h, R, nb · pieces)
+        if self.pieces > 1:
+            scores = scores.unflatten(-1, (-1, self.pieces)).logsumexp(-1).sub_(math.log(self.pieces))
+        return self.finish_rows(scores, x, rows)
 
     def finish_rows(self, scores: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Content scores (B, h, R, nb) of the queries ``rows`` -> with the distance bias, in place, and the own

@@ -33,6 +33,9 @@ class QueryBoundSelector(QueryBlockSelector):
         query_bound_selector)."""
         return costs.query_bound_selector(T, d_model, sizes.d_index, sizes.block, sizes.topk_ops)
 
+    def __init__(self, n_heads: int, d_model: int, d_index: int, block_size: int, recent: int = 0):
+        super().__init__(n_heads, d_model, d_index, block_size, recent)  # a block's bound: no pieces
+
     def prepare(self, x, q, k):
         """The inputs (B, T, C), every position's index query (B, h, T, d) and every block's per-channel largest
         and smallest index key (B, h, nb, d) each."""

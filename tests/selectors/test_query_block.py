@@ -40,12 +40,14 @@ def test_each_query_fetches_its_own_needle_block():
     assert s.valid[0, 0, 29].sum() == 4 + 2  # block 1 whole, block 7 up to the query (28, 29)
 
 
-@pytest.mark.parametrize("T,bs,top_k,recent", [(32, 4, 8, 0), (30, 4, 12, 1), (17, 8, 8, 0), (9, 16, 5, 0)])
-def test_choice_is_causal_and_whole_blocks(T, bs, top_k, recent):
+@pytest.mark.parametrize("T,bs,top_k,recent,pieces", [(32, 4, 8, 0, 1), (30, 4, 12, 1, 1), (17, 8, 8, 0, 1),
+                                                      (9, 16, 5, 0, 1), (30, 4, 12, 0, 2), (17, 8, 8, 1, 4)])
+def test_choice_is_causal_and_whole_blocks(T, bs, top_k, recent, pieces):
     """Every query keeps its own block up to itself first, then ``recent`` blocks just before it, then the best
-    earlier blocks: never a key after the query, and a query's choice reads nothing after it."""
+    earlier blocks: never a key after the query, and a query's choice reads nothing after it (with several pieces
+    per block too: the last block's pieces past T are empty)."""
     torch.manual_seed(0)
-    sel = build_selector("query_block", 2, 8, 8, T, d_index=4, block_size=bs, recent=recent)
+    sel = build_selector("query_block", 2, 8, 8, T, d_index=4, block_size=bs, recent=recent, pieces=pieces)
     for p in sel.parameters():
         torch.nn.init.normal_(p, std=3.0)
     x = torch.randn(2, T, 8)
@@ -80,6 +82,29 @@ def test_the_selection_is_block_keys_of_the_block_scores():
     expected = block_keys(torch.stack([(rows // 4).expand(1, 2, 24), best], -1), torch.ones(1, 2, 24, 2, dtype=bool)
                           & (rows >= 4)[:, None] | (torch.arange(2) == 0), rows, 4)
     torch.testing.assert_close(s.idx[s.valid], expected.idx[expected.valid])
+
+
+def test_pieces_score_log_mean_exp_of_their_means():
+    """selector.pieces=2: a key block scores log mean exp of its two halves' scores (each half's mean index key
+    against the query), not its whole mean's; the same weights run either way."""
+    torch.manual_seed(0)
+    one, two = (build_selector("query_block", 2, 8, 8, 24, d_index=4, block_size=4, pieces=p) for p in (1, 2))
+    two.load_state_dict(one.state_dict())  # the same weights: pieces are not a weight
+    x, rows = torch.randn(1, 24, 8), torch.arange(24)
+    bias = one.block_rows(one.prepare(torch.zeros(1, 24, 8), None, None), rows)  # distance and own scores only
+    whole = one.block_rows(one.prepare(x, None, None), rows)
+    ki = one.wk(x.view(1, 12, 2, 8).mean(2)).view(1, 12, 2, 4).transpose(1, 2)  # (1, h, 12 halves, d)
+    qi = one.wq(x).view(1, 24, 2, 4).transpose(1, 2)
+    content = (qi @ ki.transpose(-2, -1) / 2).unflatten(-1, (6, 2)).logsumexp(-1) - torch.log(torch.tensor(2.0))
+    earlier = torch.arange(6) < (rows // 4)[:, None]
+    torch.testing.assert_close(two.block_rows(two.prepare(x, None, None), rows)[..., earlier],
+                               (content + bias)[..., earlier])
+    assert not torch.allclose(whole[..., earlier], (content + bias)[..., earlier])
+    with pytest.raises(ValueError, match=r"selector.pieces=3 must divide selector.block_size=4"):
+        build_selector("query_block", 1, 8, 8, 24, d_index=4, block_size=4, pieces=3)
+    with pytest.raises(ValueError, match=r"selector.pieces=2 splits query_block's key blocks, but "
+                                         r"selector=query_bound"):
+        build_selector("query_bound", 1, 8, 8, 24, d_index=4, block_size=4, pieces=2)
 
 
 def test_query_loss_is_zero_at_the_teacher_mass_and_learns_it():
@@ -118,6 +143,9 @@ def test_cost_counts_every_query_against_the_causal_blocks():
     # T=8, blocks of 4, d_model=2, d_index=3: pooling 8·2, index queries of 8 + keys of 2 blocks (8 + 2)·2·3,
     # (query, block) pairs 4·1 + 4·2 = 12, ·3
     assert formulas.query_block_selector(8, 2, 3, 4, topk_ops=1) == formulas.Cost(macs=16 + 60 + 36, ops=12)
+    # pieces=2: keys of 4 half-block means (8 + 4)·2·3, pairs twice ·3, log mean exp 2·2 ops a pair
+    assert formulas.query_block_selector(8, 2, 3, 4, topk_ops=1, pieces=2) == formulas.Cost(
+        macs=16 + 72 + 72, ops=12 + 48)
 
 
 def test_query_block_stages_end_to_end(tiny_cfg, tmp_path, teacher_ckpt):
