@@ -5,7 +5,8 @@ the change in loss, KL(teacher ‖ hybrid) of the next-token distributions and t
 logits (the prototype's headline metric). Per sparse head, teacher-forced: selector top-1 accuracy, recall@K,
 attention-mass recall, the density of keys actually read (mean and spread: the dynamic budget's), approximator
 MSE and relative error. Speed of the whole model (``evaluate.time_forward``): the teacher's forward (SDPA) against
-the hybrid's on each kernel that can serve it, on one test batch, in tokens per second.
+the hybrid's on each kernel that can serve it, on one test batch, in tokens per second, at the run's precision (bf16
+autocast under bf16-mixed, as the stages run).
 """
 
 from __future__ import annotations
@@ -188,8 +189,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         x = next(iter(dm.test_dataloader()))[0].to(device)
         kernels = usable_kernels(module, device, cfg.evaluate.kernels)
         log.info("timing the whole model's forward: teacher against the hybrid on %s", ", ".join(kernels))
-        speed = forward_speed(module.teacher, module.hybrid_logits, module.sparse_layers, x, kernels,
-                              cfg.evaluate.repeats)
+        with trainer.precision_plugin.forward_context():  # as the stages run: bf16 autocast under bf16-mixed
+            speed = forward_speed(module.teacher, module.hybrid_logits, module.sparse_layers, x, kernels,
+                                  cfg.evaluate.repeats)
+        speed["precision"] = str(trainer.precision)
     result = {"stage": "evaluate", "run_dir": str(run_dir), "source": source, "spec": spec(cfg, "evaluate"),
               "fast_dev_run": bool(cfg.trainer.fast_dev_run), **r, "speed": speed}
     if trainer.is_global_zero:

@@ -10,6 +10,7 @@ import pytest
 
 from src.analysis import budget_curve
 from src.analyze import main as analyze
+from src.config import resolve_precision
 from src.errors import UserError
 from tests.conftest import TINY, multirun, run_cli
 
@@ -61,7 +62,9 @@ def test_one_teacher_serves_every_job(tiny_curve):
     assert second["config"]["hybrid"]["mass"] == 0.9 and second["config"]["selector"]["name"] == "block"
     speed = second["evaluate"]["speed"]
     assert speed["teacher_tokens_per_s"] > 0 and "tiles" in speed["kernels"] and speed["tiles_tokens_per_s"] > 0
-    assert "## Whole-model forward speed" in (jobs[1] / "results.md").read_text()
+    device = second["config"]["device"]
+    assert speed["precision"] == str(resolve_precision(device["precision"], device["accelerator"])[0])
+    assert f"precision {speed['precision']}." in (jobs[1] / "results.md").read_text()
 
 
 @pytest.mark.slow
