@@ -92,7 +92,7 @@ class QueryBlockSelector(KeySelector):
         x, qi, kb = ctx
         scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # (B, h, R, nb · pieces)
         if self.pieces > 1:
-            scores = scores.unflatten(-1, (-1, self.pieces)).logsumexp(-1).sub_(math.log(self.pieces))
+            scores = scores.unflatten(-1, (-1, self.pieces)).logsumexp(-1) - math.log(self.pieces)  # (B, h, R, nb)
         return self.finish_rows(scores, x, rows)
 
     def finish_rows(self, scores: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,8 @@ def test_pieces_score_log_mean_exp_of_their_means():
     torch.testing.assert_close(two.block_rows(two.prepare(x, None, None), rows)[..., earlier],
                                (content + bias)[..., earlier])
     assert not torch.allclose(whole[..., earlier], (content + bias)[..., earlier])
+    two.block_rows(two.prepare(x, None, None), rows)[..., earlier].sum().backward()  # it learns through them
+    assert two.wk.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"selector.pieces=3 must divide selector.block_size=4"):
         build_selector("query_block", 1, 8, 8, 24, d_index=4, block_size=4, pieces=3)
     with pytest.raises(ValueError, match=r"selector.pieces=2 splits query_block's key blocks, but "
