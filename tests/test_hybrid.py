@@ -63,6 +63,24 @@ def test_full_k_softmax_reproduces_teacher(layers, heads):
                                        rtol=1e-5)
 
 
+def test_full_k_reproduces_a_teacher_with_slow_rope_and_logn():
+    """model.rope_base and model.qk_scale=logn reach the sparse heads through the layer's own q, k (attn.qkv): with
+    every key kept the hybrid is the teacher, on the per-query kernel too, with several pieces per block."""
+    cfg = GPTConfig(vocab_size=19, seq_len=24, n_layer=2, n_head=4, d_model=32, pos="rope", rope_base=5e5,
+                    qk_scale="logn")
+    torch.manual_seed(0)
+    gpt = GPT(cfg).eval()
+    with torch.no_grad():
+        for block in gpt.blocks:
+            block.attn.q_gain.uniform_(0.2, 0.6)
+    x = torch.randint(0, 19, (2, 24))
+    for kernel in ("gather", "query_tiles"):
+        spec = HybridSpec.from_config(cfg, "all", "all", cfg.seq_len, kernel=kernel)
+        parts = SparseParts(spec, cfg, {"name": "query_block", "block_size": 4, "pieces": 2}, {"name": "softmax"})
+        torch.testing.assert_close(gpt(x, attention=hybrid_attention(gpt, spec, parts)), gpt(x), atol=1e-5,
+                                   rtol=1e-5)
+
+
 @pytest.mark.parametrize("selector,approximator", [("oracle", "softmax"), ("indexer", "mlp"), ("mlp", "mlp"),
                                                    ("indexer", "softmax"), ("window", "softmax"),
                                                    ("sink_window", "softmax"), ("query_block", "softmax"),
