@@ -27,6 +27,10 @@ for _module in pkgutil.iter_modules(__path__):  # each module registers the sele
 
 from src.selectors.block import BlockSelector  # noqa: E402  (re-exported)
 
+RULE_SETTINGS = (  # (setting, what it does, the rule a selector must have to take it, the selector that has it)
+    ("recent", "keeps a block selector's previous blocks", "choose that way", "block"),
+    ("pieces", "splits query_block's key blocks", "read block means that way", "query_block"),
+)
 BLOCK_SELECTORS = tuple(name for name, cls in SELECTORS.items() if cls.whole_blocks)  # keep whole blocks of keys
 
 
@@ -38,17 +42,14 @@ def build_selector(name: str, n_heads: int, d_model: int, head_dim: int, seq_len
     if name not in SELECTORS:
         raise ValueError(f"selector.name={name!r} is unknown: use one of {', '.join(SELECTORS)}")
     cls = SELECTORS[name]
-    values = {**selector_settings(settings), "n_heads": n_heads, "d_model": d_model, "head_dim": head_dim,
+    defaults = selector_settings({})
+    values = {**defaults, **settings, "n_heads": n_heads, "d_model": d_model, "head_dim": head_dim,
               "seq_len": seq_len}
     wanted = [p for p in inspect.signature(cls.__init__).parameters if p in values]
-    if settings.get("recent") and "recent" not in wanted:  # a choice rule of the block selectors only
-        raise ValueError(f"selector.recent={settings['recent']} keeps a block selector's previous blocks, but "
-                         f"selector={name} does not choose that way: unset it (selector.recent=0), or use "
-                         "selector=block")
-    if settings.get("pieces", 1) != 1 and "pieces" not in wanted:  # query_block's summaries only
-        raise ValueError(f"selector.pieces={settings['pieces']} splits query_block's key blocks, but selector={name} "
-                         "does not read block means that way: unset it (selector.pieces=1), or use "
-                         "selector=query_block")
+    for key, what, rule, use in RULE_SETTINGS:  # a setting of some selectors' choice rule, given to another
+        if settings.get(key, defaults[key]) != defaults[key] and key not in wanted:
+            raise ValueError(f"selector.{key}={settings[key]} {what}, but selector={name} does not {rule}: unset it "
+                             f"(selector.{key}={defaults[key]}), or use selector={use}")
     return cls(**{p: values[p] for p in wanted})
 
 
