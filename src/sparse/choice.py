@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from src.sparse.selection import Selection, finite_scores, ranking, within_mass
+from src.sparse.selection import Selection, finite_scores, ranking, top_ranked, within_mass
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -126,7 +126,7 @@ def causal_block_topk(scores: torch.Tensor, n_keep: int, rows: torch.Tensor, blo
         ranked = torch.where(near, torch.finfo(ranked.dtype).max / 4 * (1 + (blk - own + recent) / (recent + 1)),
                              ranked)
     ranked.masked_fill_(blk == own, float("inf"))
-    idx = ranking(ranked).topk(n_keep, dim=-1).indices  # (B, h, R, n_keep): own first (+inf), the recent, by score
+    idx = top_ranked(ranking(ranked), n_keep)  # (B, h, R, n_keep): own first (+inf), the recent, by score
     slot = torch.arange(n_keep, device=scores.device)
     valid = (slot <= own).expand_as(idx)  # row r has r + 1 candidates
     if mass is not None:

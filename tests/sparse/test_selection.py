@@ -69,3 +69,18 @@ def test_ranking_orders_as_the_scores_and_breaks_ties_by_the_later_position():
     tied = torch.zeros(3, 64)  # every key scores the same: the latest win, whatever the batch
     assert causal_topk(tied, 4, torch.tensor([10, 40, 63])).idx[:, :].tolist() == [
         [10, 9, 8, 7], [40, 39, 38, 37], [63, 62, 61, 60]]
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 17, 40])
+def test_top_ranked_is_topk_of_the_keys(k):
+    """The few picks taken one max at a time (k <= AMAX_TOP) are topk's, in its order, ties and infinities included."""
+    from src.sparse.selection import ranking, top_ranked
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 5, 48).round(decimals=1)  # many ties
+    scores[0, 0, :7] = float("-inf")
+    scores[1, 2, 5] = float("inf")
+    scores[2, 3, :] = -0.0
+    keys = ranking(scores)
+    assert torch.equal(top_ranked(keys, k), keys.topk(k, dim=-1).indices)
+    assert torch.equal(keys, ranking(scores))  # the keys are left as they were
