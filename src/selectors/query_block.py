@@ -24,6 +24,7 @@ query at a time instead of summed over a block of queries.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -74,25 +75,32 @@ class QueryBlockSelector(KeySelector):
 
     def prepare(self, x, q, k):
         """The inputs (B, T, C), every position's index query (B, h, T, d) and every piece's mean index key
-        (B, h, nb · pieces, d; the index keys are linear in the input, so the mean input's); the pieces of a block
-        are its ``pieces`` runs of block_size / pieces keys (one, the whole block, by default)."""
+        (B, h, pieces · nb, d, piece-major: piece p of block c at p · nb + c; the index keys are linear in the input,
+        so the mean input's); the pieces of a block are its ``pieces`` runs of block_size / pieces keys (one, the
+        whole block, by default)."""
         T, size = x.size(1), self.block_size // self.pieces
-        n = n_blocks(T, self.block_size) * self.pieces  # pieces of the whole blocks; the last one's past T are empty
+        nb = n_blocks(T, self.block_size)
+        n = nb * self.pieces  # pieces of the whole blocks; the last one's past T are empty
         pad = torch.nn.functional.pad(x, (0, 0, 0, n * size - T)).unflatten(1, (n, size)).sum(2)  # (B, n, C)
         count = (T - torch.arange(n, device=x.device) * size).clamp(min=1, max=size)[:, None]
+        means = (pad / count).unflatten(1, (nb, self.pieces)).transpose(1, 2).flatten(1, 2)  # (B, pieces · nb, C)
         return (x, index_vectors(self.wq, x, self.n_heads, self.d_index),
-                index_vectors(self.wk, pad / count, self.n_heads, self.d_index))
+                index_vectors(self.wk, means, self.n_heads, self.d_index))
 
     def block_rows(self, ctx, rows: torch.Tensor) -> torch.Tensor:
         """The scores of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb); the own
         block's column holds the own block's score, the later blocks' are never used. With several pieces a block
         scores log mean exp of its pieces' scores: the mass it would hold were each piece's exp its mass, so one
         piece that matches lifts the block as it would a block of its own size (a mean over 64 keys blurs the few
-        that tell one needle from another)."""
+        that tell one needle from another). By hand, piece by piece (``prepare`` puts the pieces outermost): each step
+        runs along the blocks in memory, 4x faster than torch.logsumexp over an inner dimension of 8 pieces."""
         x, qi, kb = ctx
-        scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # (B, h, R, nb · pieces)
+        scores = (qi[:, :, rows] @ kb.transpose(-2, -1)).div_(math.sqrt(self.d_index))  # (B, h, R, pieces · nb)
         if self.pieces > 1:
-            scores = scores.unflatten(-1, (-1, self.pieces)).logsumexp(-1) - math.log(self.pieces)  # (B, h, R, nb)
+            parts = scores.unflatten(-1, (self.pieces, -1)).unbind(-2)  # pieces x (B, h, R, nb)
+            top = functools.reduce(torch.maximum, parts)
+            total = functools.reduce(torch.add, [(p - top).exp_() for p in parts])
+            scores = total.log() + (top - math.log(self.pieces))  # (B, h, R, nb)
         return self.finish_rows(scores, x, rows)
 
     def finish_rows(self, scores: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
