@@ -29,9 +29,6 @@ from src.sparse.choice import QueryBlockChoice, ceil_div, n_blocks
 from src.sparse.tiles import gather_blocks, padded
 
 TILE_ROWS = 128  # queries per tile of one key block (64 and 256 were no faster on the 2-core reference machine)
-FUSED_DTYPE = torch.float32  # the parts' dtype on PyTorch's fused CPU kernel, whatever the inputs': in bf16 it runs
-#                              tiles of 128 x 64 in 1.7x the time fp32 takes, and the own 64 x 64 blocks in 1.7x
-#                              (2-core AVX-512 BF16 machine, heads of 32; tiles of 64 x 256 take the same in both)
 CHUNK_PAIRS = 2**16  # (query, earlier block) pairs per chunk: ~20 MB of gathered fp32 queries of 64 (2**15: 10 %
 #                     slower, 2**17: no faster and 120 MB more at T = 16384)
 
@@ -91,16 +88,13 @@ def query_tiled_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choic
     L = nb * bs
     if fused is None:
         fused = q.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    dtype = q.dtype
-    if fused:  # the fused CPU kernel runs these small parts 1.7x slower in bf16 than in fp32 (FUSED_DTYPE)
-        q, k, v = (t.to(FUSED_DTYPE) for t in (q, k, v))
     q, k, v, _ = padded(q, k, v, bs)  # (B, h, L, hs), whole blocks
     own, own_lse = attend(*(t.view(BH, nb, bs, hs) for t in (q, k, v)), causal=True, fused=fused)  # each block
     own, own_lse = own.view(BH, L, hs)[:, :T].reshape(BH * T, hs), own_lse.reshape(BH, L)[:, :T].reshape(BH * T)
     # own (BH · T, hs), own_lse (BH · T,): every query over its own block, one row per (sequence and head, query)
     n1 = choice.n - 1  # earlier blocks per query
     if n1 == 0:
-        return own.view(B, h, T, hs).to(dtype), own_lse
+        return own.view(B, h, T, hs), own_lse
     idx, valid = choice.idx[..., 1:].reshape(BH * T, n1), choice.valid[..., 1:].reshape(BH * T, n1)
     q_rows = q.view(BH * L, hs)
     y = own if fused else torch.empty_like(own)  # without a gradient each chunk overwrites its own rows once read
@@ -130,7 +124,7 @@ def query_tiled_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, choic
         for j in range(n1):  # slot by slot: one (R, hs) gather at a time
             y_c.addcmul_(out.index_select(0, slot_of[:, j]), w[:, j + 1:j + 2])
         y[s:e], lse_all[s:e] = y_c, lse_c
-    return y.view(B, h, T, hs).to(dtype), lse_all
+    return y.view(B, h, T, hs), lse_all
 
 
 def part_grads(q, k, v, dy, lse, delta, causal: bool, real=None):

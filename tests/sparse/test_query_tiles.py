@@ -69,28 +69,6 @@ def test_query_tiles_equals_gather(B, T, bs, n, rows):
             torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_query_tiles_in_bf16_runs_the_parts_in_fp32_and_returns_bf16():
-    """bf16 inputs (autocast's): the fused parts in fp32 (FUSED_DTYPE), the output bf16 -- the fp32 output rounded,
-    forward and through the backward."""
-    _, q, k, v = qkv(2, 64)
-    choice = query_choice(2, 64, 16, 3)
-    with torch.no_grad():
-        ref = query_tiled_attention(q, k, v, choice)
-    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
-    with torch.no_grad():
-        y = query_tiled_attention(qb, kb, vb, choice)
-    assert y.dtype == torch.bfloat16
-    exact = query_tiled_attention(*(t.float() for t in (qb, kb, vb)), choice)  # the same rounded inputs, fp32
-    torch.testing.assert_close(y, exact.detach().bfloat16(), atol=0, rtol=0)
-    torch.testing.assert_close(y.float(), ref, atol=3e-2, rtol=3e-2)
-    qg, kg, vg = (t.clone().requires_grad_() for t in (qb, kb, vb))
-    yg = query_tiled_attention(qg, kg, vg, choice)
-    assert yg.dtype == torch.bfloat16
-    torch.testing.assert_close(yg.float(), y.float(), atol=2e-2, rtol=2e-2)
-    yg.float().square().sum().backward()
-    assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all() for t in (qg, kg, vg))
-
-
 @pytest.mark.parametrize("mass,recent", [(0.5, 0), (None, 1), (0.7, 1)])
 def test_query_tiles_with_narrowed_and_recent_choices(mass, recent):
     """The dynamic budget's invalid slots (pointing at the own block) and the recent blocks change nothing."""
