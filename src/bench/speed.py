@@ -1,6 +1,6 @@
-"""A trained hybrid against its teacher, timed side by side in one process (``time_runs``): the whole model's
-forward on each kernel that can serve it (the evaluation's tokens per second), and one attention layer (the
-pipeline's ``pipeline.measure_speed``)."""
+"""A trained hybrid against its teacher, timed side by side in one process: the whole model's forward on each kernel
+that can serve it, in turns (``in_turns``; the evaluation's tokens per second), and one attention layer (the
+pipeline's ``pipeline.measure_speed``, ``time_runs``)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,42 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from src.bench.timing import time_runs
+from src.bench.timing import time_runs, timed
 from src.sparse import SparseAttention
+
+
+def in_turns(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each of ``fns`` timed in turns -- one call of each per round, ``repeats`` rounds after one
+    untimed call of each -- so that a shared machine whose speed drifts (another job starting or ending) weighs on
+    every one alike, where timing one after the other would give the drift to whichever ran in it."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        timed(fn, (), device)  # warm-up (compiles flex)
+    for _ in range(repeats):
+        for name, fn in fns.items():  # one call each (whole-model forwards: far above the timer's resolution)
+            times[name].append(timed(fn, (), device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.no_grad()
 def forward_speed(teacher: nn.Module, hybrid: Callable, sparse: list[SparseAttention], x: torch.Tensor,
                   kernels: list[str], repeats: int) -> dict:
-    """Median seconds of the whole model's forward on ``x`` (B, T): ``teacher`` (SDPA), then ``hybrid`` with its
-    ``sparse`` layers on each of ``kernels``, in this process; tokens per second and speed-ups."""
+    """Median seconds of the whole model's forward on ``x`` (B, T): ``teacher`` (SDPA) and ``hybrid`` with its
+    ``sparse`` layers on each of ``kernels``, in this process, in turns (``in_turns``); tokens per second and
+    speed-ups."""
     device, tokens = x.device, x.numel()
     saved = [s.kernel for s in sparse]
-    seconds = {"teacher": statistics.median(time_runs(teacher, (x,), device, repeats, max_seconds=None))}
-    try:
-        for kernel in kernels:
+
+    def on(kernel: str) -> Callable[[], object]:
+        def run():
             for s in sparse:
                 s.kernel = kernel
-            seconds[kernel] = statistics.median(time_runs(hybrid, (x,), device, repeats, max_seconds=None))
+            return hybrid(x)
+        return run
+
+    try:
+        seconds = in_turns({"teacher": lambda: teacher(x), **{kernel: on(kernel) for kernel in kernels}}, device,
+                           repeats)
     finally:
         for s, kernel in zip(sparse, saved):
             s.kernel = kernel

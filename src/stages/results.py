@@ -33,7 +33,7 @@ def speed_markdown(speed: dict) -> list[str]:
         "## Whole-model forward speed",
         "",
         f"One test batch ({speed['batch']} × {speed['seq_len']} tokens) on {speed['device']}, median of "
-        f"{speed['repeats']} forwards after a warm-up, teacher and hybrid timed side by side in one process"
+        f"{speed['repeats']} forwards after a warm-up, teacher and hybrid timed in turns in one process"
         f"{', precision ' + speed['precision'] if 'precision' in speed else ''}.",
         "",
         markdown_table(["model", "kernel", "ms per forward", "tokens / s", "speed-up over the teacher"],

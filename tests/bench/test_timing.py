@@ -84,3 +84,21 @@ def test_phases_add_up_to_the_time_around_them():
 def test_peak_memory_counts_what_the_call_allocates():
     peak = bench.peak_bytes(lambda: torch.ones(1_000_000).mul(2).sum(), (), torch.device("cpu"))
     assert 8e6 <= peak < 9e6  # the ones and their product live at once (4 MB each); the sum is 4 bytes
+
+
+def test_in_turns_times_one_call_of_each_per_round():
+    """The evaluation's speed-up: teacher and hybrid alternate (one untimed call of each first), so a machine that
+    slows down part-way weighs on both; each gets the median of its own calls."""
+    from src.bench.speed import in_turns
+
+    calls = []
+
+    def work(name: str, seconds: float):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    medians = in_turns({"a": work("a", 0.02), "b": work("b", 0.04)}, torch.device("cpu"), repeats=3)
+    assert calls == ["a", "b"] * 4  # one untimed call of each, then one of each per round
+    assert 0.015 < medians["a"] < 0.035 and 0.035 < medians["b"] < 0.07
