@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 
 from src.approximators import APPROXIMATORS
 from src.bench.speed import forward_speed
+from src.costs.accounting import flops_columns
 from src.config import resolve_device
 from src.errors import UserError
 from src.metrics import PerHeadRatio, approximation_stats
@@ -193,6 +194,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             speed = forward_speed(module.teacher, module.hybrid_logits, module.sparse_layers, x, kernels,
                                   cfg.evaluate.repeats)
         speed["precision"] = str(trainer.precision)
+        groups = ("model", "hybrid", "selector", "approximator")
+        flops = flops_columns({g: dict(module.hparams[g] or {}) for g in groups})
+        if flops:  # what the speed-up would be if time followed FLOPs (full accounting, src/costs/accounting.py)
+            speed["flop_limit"] = flops["model_flops_speedup"]
     result = {"stage": "evaluate", "run_dir": str(run_dir), "source": source, "spec": spec(cfg, "evaluate"),
               "fast_dev_run": bool(cfg.trainer.fast_dev_run), **r, "speed": speed}
     if trainer.is_global_zero:

@@ -42,6 +42,9 @@ def speed_markdown(speed: dict) -> list[str]:
                        [["hybrid", k, f"{speed[f'{k}_ms']:.1f}", f"{speed[f'{k}_tokens_per_s']:,.0f}",
                          f"{speed[f'{k}_speedup']:.2f}×"] for k in speed["kernels"]], "llrrr"),
     ]
+    if "flop_limit" in speed:
+        lines += ["", f"The hybrid's FLOP limit: {speed['flop_limit']:.2f}× (the teacher's FLOPs over the hybrid's, "
+                      "full accounting -- selection included -- src/costs/accounting.py)."]
     return lines + [""]
 
 

@@ -65,6 +65,7 @@ def test_one_teacher_serves_every_job(tiny_curve):
     device = second["config"]["device"]
     assert speed["precision"] == str(resolve_precision(device["precision"], device["accelerator"])[0])
     assert f"precision {speed['precision']}." in (jobs[1] / "results.md").read_text()
+    assert speed["flop_limit"] > 0 and f"FLOP limit: {speed['flop_limit']:.2f}×" in (jobs[1] / "results.md").read_text()
 
 
 @pytest.mark.slow
