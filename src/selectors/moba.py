@@ -80,8 +80,8 @@ class QueryMobaGate(QueryBlockSelector):
     def prepare(self, x, q, k):
         return x, q, k, mean_keys(k, self.block_size)
 
-    def block_rows(self, ctx, rows):
-        """Every query ``rows`` (R,) against every block's mean key -> (B, h, R, nb)."""
+    def block_rows(self, ctx, rows, upto=None):
+        """Every query ``rows`` (R,) against every block's mean key (the first ``upto``) -> (B, h, R, nb)."""
         x, q, k, kb = ctx
-        scores = q[:, :, rows] @ kb.transpose(-2, -1) / math.sqrt(q.size(-1))
+        scores = q[:, :, rows] @ kb[..., :upto, :].transpose(-2, -1) / math.sqrt(q.size(-1))
         return own_scores(scores, q, k, rows, rows // self.block_size)

@@ -75,9 +75,9 @@ class QueryBlockOracleSelector(QueryBlockSelector):
     def prepare(self, x, q, k):
         return x, q, k
 
-    def block_rows(self, ctx, rows):
+    def block_rows(self, ctx, rows, upto=None):
         """Log of each query's attention mass per key block (B, h, R, nb): its own block's up to itself, later
-        blocks' zero."""
+        blocks' zero (every block, whatever ``upto``: the mass needs every key)."""
         _, q, k = ctx
         scores = q[:, :, rows] @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, R, T)
         probs = scores.masked_fill(torch.arange(k.size(-2), device=q.device) > rows[:, None], float("-inf")).softmax(-1)

@@ -42,8 +42,9 @@ class QueryBoundSelector(QueryBlockSelector):
         return (x, index_vectors(self.wq, x, self.n_heads, self.d_index),
                 *key_bounds(index_vectors(self.wk, x, self.n_heads, self.d_index), self.block_size))
 
-    def block_rows(self, ctx, rows: torch.Tensor) -> torch.Tensor:
-        """The bound of every key block for the queries at positions ``rows`` (R,) -> (B, h, R, nb), with the
-        distance bias; the own block's column holds the own block's score."""
+    def block_rows(self, ctx, rows: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """The bound of every key block (the first ``upto``) for the queries at positions ``rows`` (R,) -> (B, h, R,
+        nb), with the distance bias; the own block's column holds the own block's score."""
         x, qi, kmax, kmin = ctx
-        return self.finish_rows(bound_scores(qi[:, :, rows], kmax, kmin).div_(math.sqrt(self.d_index)), x, rows)
+        scores = bound_scores(qi[:, :, rows], kmax[..., :upto, :], kmin[..., :upto, :])
+        return self.finish_rows(scores.div_(math.sqrt(self.d_index)), x, rows)

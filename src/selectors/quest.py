@@ -47,8 +47,8 @@ class QuestSelector(QueryMobaGate):
     def prepare(self, x, q, k):
         return x, q, k, *key_bounds(k, self.block_size)
 
-    def block_rows(self, ctx, rows):
-        """Every query ``rows`` (R,) against every block's bound -> (B, h, R, nb)."""
+    def block_rows(self, ctx, rows, upto=None):
+        """Every query ``rows`` (R,) against every block's bound (the first ``upto``) -> (B, h, R, nb)."""
         x, q, k, kmax, kmin = ctx
-        scores = bound_scores(q[:, :, rows], kmax, kmin)
+        scores = bound_scores(q[:, :, rows], kmax[..., :upto, :], kmin[..., :upto, :])
         return own_scores(scores / math.sqrt(q.size(-1)), q, k, rows, rows // self.block_size)

@@ -184,3 +184,25 @@ def test_the_query_block_oracle_keeps_each_querys_own_heaviest_blocks():
         earlier = mass[0, :, t, :t // bs].argmax(-1)  # (h,) the heaviest earlier block of each head
         kept = choice.idx[0, :, t][choice.valid[0, :, t]].view(h, -1)
         assert all(set(kept[i].tolist()) == {t // bs, int(earlier[i])} for i in range(h))
+
+
+@pytest.mark.parametrize("name,pieces,mass", [("query_block", 1, None), ("query_block", 4, 0.7),
+                                              ("query_bound", 1, None), ("query_bound", 1, 0.7),
+                                              ("quest", 1, None), ("query_moba", 1, 0.7)])
+def test_choice_scores_only_the_blocks_up_to_its_rows(name, pieces, mass):
+    """choose, chunk by chunk, scores only the blocks up to each chunk's last own block (``upto``): the same choice
+    as the causal top-k over every block's score."""
+    from src.sparse.choice import causal_block_topk
+
+    torch.manual_seed(0)
+    sel = build_selector(name, 2, 16, 8, 200, d_index=4, block_size=16, **({"pieces": pieces} if pieces > 1 else {}))
+    for p in sel.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    x, rows = torch.randn(2, 200, 16), torch.arange(200)
+    q, k = torch.randn(2, 2, 200, 8), torch.randn(2, 2, 200, 8)  # the head's own (quest, query_moba read them)
+    full = sel.block_rows(sel.prepare(x, q, k), rows)
+    assert full.size(-1) == 13
+    ref = causal_block_topk(full, 4, rows // 16, 16, 200, mass)
+    got = sel.choose(x, q, k, 4, mass=mass, chunk=37)
+    assert torch.equal(got.idx, ref.idx) and torch.equal(got.valid, ref.valid)
+    assert sel.block_rows(sel.prepare(x, q, k), rows[:40], upto=3).size(-1) == 3
