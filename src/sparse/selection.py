@@ -51,7 +51,7 @@ def top_ranked(keys: torch.Tensor, k: int) -> torch.Tensor:
     lowered below every other."""
     if k > AMAX_TOP:
         return keys.topk(k, dim=-1).indices
-    keys, picks = keys.clone(), []
+    keys, picks = keys.clone() if k > 1 else keys, []  # lowered in place after each pick but the last
     for j in range(k):
         best = keys.amax(-1, keepdim=True)
         picks.append(best & 0xFFFFFFFF)
