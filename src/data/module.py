@@ -105,6 +105,7 @@ class CharDataModule(L.LightningDataModule):
         repeat_text: float = 0.0,
         depth_power: float = 1.0,
         dictionary: float = 0.0,
+        gap_power: float = 1.0,
     ):
         super().__init__()
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -144,6 +145,10 @@ class CharDataModule(L.LightningDataModule):
         if not 0 < self.depth_power <= 10:
             raise UserError(f"data.depth_power={depth_power} must be in (0, 10]: 1 draws the training episodes' "
                             "depths uniformly, 2 puts 45 % of the needles in the first fifth of the text")
+        self.gap_power = float(gap_power)
+        if not 1 <= self.gap_power <= 10:
+            raise UserError(f"data.gap_power={gap_power} must be in [1, 10]: 1 places the repeated passages uniformly, "
+                            "2 puts 38 % of their gaps at 1000 characters or more (T = 2048)")
         if self.tokens and (name == "synthetic" or self.repeats or self.warmup or self.periodic or self.lengths
                             or self.dictionary):
             raise UserError(f"data={name} and data.repeats, .warmup, .periodic, .lengths, .dictionary write characters "
@@ -215,7 +220,8 @@ class CharDataModule(L.LightningDataModule):
                  f"{skew})" if self.recall else "")
         if self.repeats:
             woven += f" (repeated passages in {self.repeats:.0%} of the training windows" + (
-                f", {self.repeat_text:.0%} of them the text's own)" if self.repeat_text else ")")
+                f", {self.repeat_text:.0%} of them the text's own" if self.repeat_text else "") + (
+                f", places u^{self.gap_power:g} from the ends)" if self.gap_power != 1 else ")")
         if self.warmup:
             woven += " (induction warm-up: " + ", ".join(f"{s} steps at {n}" for n, s in self.warmup) + ")"
         if self.periodic:
@@ -252,7 +258,8 @@ class CharDataModule(L.LightningDataModule):
         if shuffle:
             mixed = MixedWindows if not self.tokens else TokenEpisodeWindows  # a model's tokens: episodes alone
             windows = (mixed(self.splits[split], self.seq_len, self.vocab, self.tasks, self.pairs, self.queries,
-                             "" if self.tokens else self.symbols(), self.repeat_text, self.depth_power)
+                             "" if self.tokens else self.symbols(), self.repeat_text, self.depth_power,
+                             self.gap_power)
                        if self.recall or self.repeats or self.warmup or self.periodic or self.lengths
                        else RandomWindows(self.splits[split], self.seq_len))
             step = (lambda: trainer.global_step) if trainer is not None else (lambda: 0)

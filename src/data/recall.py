@@ -183,18 +183,26 @@ def dictionary(rng: random.Random, length: int) -> str:
     return "".join(out)[:length]
 
 
-def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4, own: float = 0.0) -> str:
+def repeat_passages(rng: random.Random, text: str, symbols: str, most: int = 4, own: float = 0.0,
+                    gap_power: float = 1.0) -> str:
     """``text`` with 1 to ``most`` passages (20 to 200 characters, at most a quarter of the text), each repeated at a
     random later place: only copying predicts a repeat. A passage is random ``symbols`` written at a random place or,
     with probability ``own``, the text's own characters there (natural text, as the copy probe's passages: random
-    characters teach copying that a small model may not apply to text it can half predict)."""
+    characters teach copying that a small model may not apply to text it can half predict). ``gap_power`` g > 1 draws
+    the first appearance's place u^g from the text's start and the repeat's v^g from its end (u, v uniform): far
+    repeats, which uniform places make rare (at 2048 characters 12 % of the gaps reach 1000, 2 % 1500; g = 2: 38 %
+    and 14 %)."""
     chars, n = list(text), len(text)
     for _ in range(rng.randint(1, most)):
         p = rng.randint(min(20, n // 4), min(200, n // 4))
         if p < 1:
             break
-        a = rng.randrange(0, n - 2 * p + 1)
-        b = rng.randrange(a + p, n - p + 1)
+        if gap_power == 1:
+            a = rng.randrange(0, n - 2 * p + 1)
+            b = rng.randrange(a + p, n - p + 1)
+        else:
+            a = int((n - 2 * p + 1) * rng.random() ** gap_power)
+            b = n - p - int((n - 2 * p - a + 1) * rng.random() ** gap_power)
         if not (own and rng.random() < own):
             chars[a:a + p] = [rng.choice(symbols) for _ in range(p)]
         chars[b:b + p] = chars[a:a + p]

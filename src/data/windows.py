@@ -119,11 +119,12 @@ class MixedWindows(RandomWindows):
     otherwise."""
 
     def __init__(self, data: torch.Tensor, seq_len: int, vocab, tasks=(), pairs: int = 4, queries: int = 2,
-                 symbols: str = "", own: float = 0.0, depth_power: float = 1.0):
+                 symbols: str = "", own: float = 0.0, depth_power: float = 1.0, gap_power: float = 1.0):
         super().__init__(data, seq_len)
         self.vocab, self.tasks, self.pairs, self.queries, self.symbols = vocab, tuple(tasks), pairs, queries, symbols
         self.own = own  # the share of repeated passages that are the corpus's own text (repeat_passages)
         self.depth_power = depth_power  # an episode's needle depth is u ** depth_power, u uniform in [0, 1)
+        self.gap_power = gap_power  # the repeated passages' places u ** gap_power from the ends (repeat_passages)
 
     def depth(self, rng) -> float:
         return rng.random() ** self.depth_power
@@ -144,6 +145,7 @@ class MixedWindows(RandomWindows):
         else:
             filler = self.vocab.decode(self.data[offset:offset + length + 1])
             text = (episode(rng.choice(self.tasks), rng, filler, self.depth(rng), self.pairs, self.queries).text
-                    if kind == EPISODE else repeat_passages(rng, filler, self.symbols, own=self.own))
+                    if kind == EPISODE else repeat_passages(rng, filler, self.symbols, own=self.own,
+                                                                    gap_power=self.gap_power))
         chunk = self.vocab.encode(text)
         return chunk[:-1], chunk[1:]

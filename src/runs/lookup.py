@@ -86,6 +86,8 @@ def data_spec(cfg: DictConfig) -> dict:
         out["depth_power"] = d.depth_power
     if d.get("dictionary"):
         out["dictionary"] = d.dictionary
+    if d.get("gap_power", 1.0) != 1.0:
+        out["gap_power"] = d.gap_power
     return out
 
 

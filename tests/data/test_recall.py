@@ -258,6 +258,27 @@ def test_repeated_passages_may_be_the_text_itself():
     assert "repeated passages in 30% of the training windows, 50% of them the text's own" in dm.summary()
 
 
+def test_gap_power_moves_the_repeats_apart():
+    """data.gap_power: the repeated passages' places drawn towards the window's ends -- at 2048 characters, 12 % of the
+    gaps reach 1000 uniformly, 38 % with power 2 -- each passage still repeated whole, inside the window."""
+    filler = "".join(chr(0x100 + i) for i in range(2048))  # every character distinct: a repeat shows as a copy
+    far = {}
+    for power in (1, 2):
+        gaps = []
+        for seed in range(300):
+            out = repeat_passages(random.Random(seed), filler, "xyz", most=1, own=1.0, gap_power=power)
+            changed = [i for i in range(2048) if out[i] != filler[i]]
+            first = ord(out[changed[0]]) - 0x100  # the repeat copies the passage that starts there
+            assert len(out) == 2048 and out[changed[0]:changed[-1] + 1] == filler[first:first + len(changed)]
+            gaps.append(changed[0] - first - len(changed))
+        assert min(gaps) >= 0
+        far[power] = sum(g >= 1000 for g in gaps) / len(gaps)
+    assert 0.06 < far[1] < 0.2 and 0.28 < far[2] < 0.5
+    dm = CharDataModule(name="recall", seq_len=600, episodes=0.2, repeats=0.3, repeat_text=0.5, gap_power=2)
+    dm.setup()
+    assert "places u^2 from the ends" in dm.summary() and dm.train_dataloader().dataset.gap_power == 2
+
+
 def test_depth_power_moves_the_training_needles_back():
     """data.depth_power: the training episodes' needles drawn as u ** power -- 2 puts ~45 % in the first fifth of the
     text (uniform: 20 %); the test episodes keep their fixed depths."""
@@ -279,6 +300,7 @@ def test_depth_power_moves_the_training_needles_back():
      r"or \[length, steps, episodes\] with episodes a share in \[0, 0.7\]"),
     ({"lengths": [[200, 10, "many"]]}, r"data.lengths: \[200, 10, 'many'\]: a stage is"),
     ({"repeat_text": 2}, r"data.repeat_text=2 must be a share of the repeated passages in \[0, 1\]"),
+    ({"gap_power": 0.5}, r"data.gap_power=0.5 must be in \[1, 10\]: 1 places the repeated passages uniformly"),
     ({"repeats": 0.4, "periodic": 0.2}, r"data.periodic=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.4, "dictionary": 0.2}, r"data.dictionary=0.2 must be a share of the training windows in \[0, 0.1\]"),
     ({"repeats": 0.8}, r"data.repeats=0.8 must be a share of the training windows in \[0, 0.5\]"),

@@ -118,7 +118,8 @@ def test_the_training_mix_is_part_of_a_teachers_data_spec():
     from tests.conftest import compose_config
 
     plain = data_spec(compose_config(["data=recall"]))
-    assert "repeat_text" not in plain and "depth_power" not in plain and "dictionary" not in plain
+    assert not {"repeat_text", "depth_power", "dictionary", "gap_power"} & set(plain)
     mixed = data_spec(compose_config(["data=recall", "data.repeats=0.3", "data.repeat_text=0.5",
-                                      "data.depth_power=2", "data.dictionary=0.2"]))
-    assert mixed == {**plain, "repeats": 0.3, "repeat_text": 0.5, "depth_power": 2.0, "dictionary": 0.2}
+                                      "data.depth_power=2", "data.dictionary=0.2", "data.gap_power=2"]))
+    assert mixed == {**plain, "repeats": 0.3, "repeat_text": 0.5, "depth_power": 2.0, "dictionary": 0.2,
+                     "gap_power": 2.0}
