@@ -97,3 +97,28 @@ def test_the_teacher_stage_measures_the_model(tmp_path, hf_models):
     assert result["best_val_loss"] > 0 and result["test/ppl"] > 1
     lines = summary_lines(result)
     assert "best_val_loss: " in "\n".join(lines) and all("nats/char" not in line for line in lines)
+
+
+@pytest.mark.slow  # trains a tiny model to copy (about a minute), distils and evaluates
+def test_a_distilled_selector_keeps_the_far_copy_that_a_window_loses(tmp_path):
+    """A task that needs a far key, on a Hugging Face teacher: a tiny Llama taught to copy (periodic random tokens,
+    src/hf/tiny.py) reads the copy probe's passage again 33 tokens after its end, beyond a 16-key window. The
+    per-query selector distilled into it (every head sparse, 16 keys in blocks of 8) keeps most of the teacher's
+    copying; the sliding window of the same budget keeps none."""
+    from src.hf.tiny import make_tiny
+
+    folder = make_tiny("llama", tmp_path / "copier", corpus_text("shakespeare")[:200_000], 300, steps=1500,
+                       seq_len=64, periodic=1.0)["folder"]
+    text = tmp_path / "plays.txt"
+    text.write_text(corpus_text("shakespeare")[:150_000])
+    common = ["teacher=hf", f"teacher.hf.model={folder}", "data=text_file", f"data.path={text}", "model.seq_len=64",
+              "data.batch_size=8", "evaluate.limit_batches=2", "evaluate.kernels=[auto]", "evaluate.repeats=1",
+              "evaluate.copy_windows=16", "trainer.enable_progress_bar=false", f"paths.outputs={tmp_path / 'out'}",
+              "selector.block_size=8", "hybrid.budget=16", "hybrid.layers=all", "hybrid.heads=all"]
+    window = train(compose_config(["+experiment=evaluate", "selector=block_window", *common]), tmp_path / "w")
+    learned = train(compose_config(["+experiment=pipeline", "selector=query_block", "selector.max_steps=200",
+                                    "approximator.max_steps=1", *common]), tmp_path / "q")["evaluate"]
+    teacher, hybrid, win = (r[f"test/{who}_copy/g33"] for r, who in
+                            ((learned, "teacher"), (learned, "hybrid"), (window, "hybrid")))
+    assert teacher < 0.9 and win > 0.95  # the teacher copies; the window cannot see the passage
+    assert (win - hybrid) > 0.6 * (win - teacher)  # measured: teacher 0.77, selector 0.84, window 1.07
