@@ -46,5 +46,5 @@ class QueryBoundSelector(QueryBlockSelector):
         """The bound of every key block (the first ``upto``) for the queries at positions ``rows`` (R,) -> (B, h, R,
         nb), with the distance bias; the own block's column holds the own block's score."""
         x, qi, kmax, kmin = ctx
-        scores = bound_scores(qi[:, :, rows], kmax[..., :upto, :], kmin[..., :upto, :])
+        scores = bound_scores(qi[:, :, rows], kmax, kmin, upto)
         return self.finish_rows(scores.div_(math.sqrt(self.d_index)), x, rows)

@@ -29,9 +29,10 @@ def key_bounds(k: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Te
     return blocks.nan_to_num(float("-inf")).amax(3), blocks.nan_to_num(float("inf")).amin(3)
 
 
-def bound_scores(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor) -> torch.Tensor:
-    """Queries q (B, h, R, d) against every block's per-channel key bounds (B, h, nb, d) -> the bounds of their
-    logits, sum_c max(q_c * kmax_c, q_c * kmin_c), (B, h, R, nb), unscaled."""
+def bound_scores(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+    """Queries q (B, h, R, d) against every block's per-channel key bounds (B, h, nb, d) -- only the first ``upto``
+    blocks' -> the bounds of their logits, sum_c max(q_c * kmax_c, q_c * kmin_c), (B, h, R, nb or upto), unscaled."""
+    kmax, kmin = kmax[..., :upto, :], kmin[..., :upto, :]
     return (q.clamp(min=0) @ kmax.transpose(-2, -1)).add_(q.clamp(max=0) @ kmin.transpose(-2, -1))
 
 
@@ -50,5 +51,5 @@ class QuestSelector(QueryMobaGate):
     def block_rows(self, ctx, rows, upto=None):
         """Every query ``rows`` (R,) against every block's bound (the first ``upto``) -> (B, h, R, nb)."""
         x, q, k, kmax, kmin = ctx
-        scores = bound_scores(q[:, :, rows], kmax[..., :upto, :], kmin[..., :upto, :])
+        scores = bound_scores(q[:, :, rows], kmax, kmin, upto)
         return own_scores(scores / math.sqrt(q.size(-1)), q, k, rows, rows // self.block_size)
